@@ -1,0 +1,155 @@
+"""Environment parsing for settings.py.
+
+Every helper raises ConfigError with one line naming the variable and the expected form;
+manage.py and asgi.py turn that into a one-line message and exit status 2 instead of a
+traceback.
+"""
+
+import ipaddress
+import os
+import secrets
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+
+class ConfigError(Exception):
+    pass
+
+
+def env(name: str, default: str = "") -> str:
+    return os.environ.get(name, "").strip() or default
+
+
+def envint(name: str, default: int, low: int, high: int) -> int:
+    raw = env(name)
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        value = None
+    if value is None or not low <= value <= high:
+        raise ConfigError(f"{name} must be an integer from {low} to {high} (got {raw!r})")
+    return value
+
+
+def envfloat(name: str, default: float, low: float = 0.0) -> float:
+    raw = env(name)
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        value = None
+    if value is None or value < low:
+        raise ConfigError(f"{name} must be a number >= {low:g} (got {raw!r})")
+    return value
+
+
+def envbool(name: str, default: bool = False) -> bool:
+    raw = env(name).lower()
+    if not raw:
+        return default
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    if raw in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{name} must be one of 1/0, true/false, yes/no, on/off (got {raw!r})")
+
+
+def envhost(name: str, default: str) -> str:
+    raw = env(name, default)
+    if raw == "localhost":
+        return raw
+    try:
+        ipaddress.ip_address(raw)
+    except ValueError:
+        raise ConfigError(
+            f"{name} must be an IP address such as 127.0.0.1 or 0.0.0.0 (got {raw!r})"
+        ) from None
+    return raw
+
+
+def is_loopback(host: str) -> bool:
+    return host == "localhost" or ipaddress.ip_address(host).is_loopback
+
+
+def envrange(name: str, default: tuple[int, int]) -> tuple[int, int]:
+    raw = env(name)
+    if not raw:
+        return default
+    low, sep, high = raw.partition("-")
+    try:
+        lo, hi = int(low), int(high)
+    except ValueError:
+        lo = hi = 0
+    if not sep or not 1 <= lo <= hi <= 65535:
+        raise ConfigError(f"{name} must be a port range LOW-HIGH such as 4001-4100 (got {raw!r})")
+    return lo, hi
+
+
+def envdir(name: str, default: Path) -> Path:
+    raw = env(name)
+    path = Path(raw).expanduser() if raw else default
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(
+            f"{name} must be a directory ComfyHub can create ({path}: {exc.strerror})"
+        ) from None
+    return path.resolve()
+
+
+def envurl(name: str, default: str, schemes: tuple[str, ...]) -> str:
+    raw = env(name, default)
+    if raw and urlsplit(raw).scheme not in schemes:
+        forms = " or ".join(f"{s}://..." for s in schemes)
+        raise ConfigError(f"{name} must be a URL of the form {forms} (got {raw!r})")
+    return raw
+
+
+def database_from_url(name: str, url: str) -> dict:
+    """Turn postgres://user:pass@host:port/db into a Django DATABASES entry."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("postgres", "postgresql") or not parts.path.strip("/"):
+        raise ConfigError(
+            f"{name} must look like postgresql://user:password@host:5432/dbname (got {url!r})"
+        )
+    try:
+        port = parts.port
+    except ValueError:
+        raise ConfigError(f"{name} has an invalid port (got {url!r})") from None
+    return {
+        "ENGINE": "django.db.backends.postgresql",
+        "NAME": unquote(parts.path.strip("/")),
+        "USER": unquote(parts.username or ""),
+        "PASSWORD": unquote(parts.password or ""),
+        "HOST": parts.hostname or "",
+        "PORT": str(port or ""),
+        "CONN_MAX_AGE": 0,
+    }
+
+
+def secret_key(data_dir: Path) -> str:
+    """COMFYHUB_SECRET_KEY, else a key generated once into the data dir (mode 0600)."""
+    given = env("COMFYHUB_SECRET_KEY")
+    if given:
+        return given
+    path = data_dir / "secret_key"
+    if not path.exists():
+        # Written aside then hard-linked: web and worker may start at once, and neither
+        # may ever read a half-written key.
+        tmp = data_dir / f".secret_key.{os.getpid()}"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(secrets.token_urlsafe(50))
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            pass
+        finally:
+            tmp.unlink()
+    key = path.read_text().strip()
+    if not key:
+        raise ConfigError(f"COMFYHUB_SECRET_KEY is unset and {path} is empty; delete it")
+    return key

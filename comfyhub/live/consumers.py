@@ -1,0 +1,79 @@
+"""WebSocket consumers that keep a server-rendered fragment current.
+
+On connect the consumer sends the object's fragment (root with `id` + `hx-swap-oob`), then
+re-renders it whenever the object changes: woken by an `object.changed` hint when the
+channel layer reaches across processes, else by re-reading the row every
+LIVE_POLL_SECONDS (the embedded default's worker runs in another process). It closes with
+1000 once the object reaches a terminal state.
+"""
+
+import asyncio
+
+from channels.db import database_sync_to_async
+from channels.generic.websocket import AsyncWebsocketConsumer
+from django.conf import settings
+from django.template.loader import render_to_string
+
+from comfyhub.live.broadcast import group_for, is_cross_process
+from recovery.models import Job
+
+
+class LiveConsumer(AsyncWebsocketConsumer):
+    kind = ""
+
+    def load(self, pk: int):
+        """Return (version, html, terminal) for the object, or None when it is gone."""
+        raise NotImplementedError
+
+    async def connect(self) -> None:
+        user = self.scope.get("user")
+        if settings.LOGIN_REQUIRED and not (user and user.is_authenticated):
+            await self.close()
+            return
+        self.pk = int(self.scope["url_route"]["kwargs"]["pk"])
+        self.group = group_for(self.kind, self.pk)
+        self.version = None
+        self.poller = None
+        await self.accept()
+        await self.channel_layer.group_add(self.group, self.channel_name)
+        if await self.refresh() and not is_cross_process(self.channel_layer):
+            self.poller = asyncio.create_task(self.poll())
+
+    async def disconnect(self, code: int) -> None:
+        if getattr(self, "poller", None):
+            self.poller.cancel()
+        if hasattr(self, "group"):
+            await self.channel_layer.group_discard(self.group, self.channel_name)
+
+    async def object_changed(self, event: dict) -> None:
+        await self.refresh()
+
+    async def poll(self) -> None:
+        while await self.refresh():
+            await asyncio.sleep(settings.LIVE_POLL_SECONDS)
+
+    async def refresh(self) -> bool:
+        """Send the fragment if it changed; return False once the socket is done."""
+        state = await database_sync_to_async(self.load)(self.pk)
+        if state is None:
+            await self.close(code=4404)
+            return False
+        version, html, terminal = state
+        if version != self.version:
+            self.version = version
+            await self.send(text_data=html)
+        if terminal:
+            await self.close(code=1000)
+            return False
+        return True
+
+
+class JobConsumer(LiveConsumer):
+    kind = "job"
+
+    def load(self, pk: int):
+        job = Job.objects.filter(pk=pk).first()
+        if job is None:
+            return None
+        html = render_to_string("live/job.html", {"job": job, "oob": True})
+        return job.updated_at, html, job.is_terminal

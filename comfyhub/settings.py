@@ -1,0 +1,179 @@
+"""ComfyHub settings: environment only, validated at import (see README "Configuration")."""
+
+from pathlib import Path
+
+from comfyhub.config import (
+    database_from_url,
+    env,
+    envbool,
+    envdir,
+    envfloat,
+    envhost,
+    envint,
+    envrange,
+    envurl,
+    is_loopback,
+    secret_key,
+)
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+DATA_DIR = envdir("COMFYHUB_DATA_DIR", BASE_DIR / "var")
+MODELS_DIR = envdir("COMFYHUB_MODELS_DIR", DATA_DIR / "models")
+PROJECTS_DIR = envdir("COMFYHUB_PROJECTS_DIR", DATA_DIR / "projects")
+
+HOST = envhost("COMFYHUB_HOST", "127.0.0.1")
+PORT = envint("COMFYHUB_PORT", 4000, 1, 65535)
+PORT_RANGE = envrange("COMFYHUB_PORT_RANGE", (4001, 4100))
+DATABASE_URL = envurl("COMFYHUB_DATABASE_URL", "", ("postgres", "postgresql"))
+REDIS_URL = envurl("COMFYHUB_REDIS_URL", "", ("redis", "rediss", "unix"))
+COMFYUI_REPO = env("COMFYHUB_COMFYUI_REPO", "https://github.com/comfyanonymous/ComfyUI.git")
+ALLOW_LOCAL_REPOS = envbool("COMFYHUB_ALLOW_LOCAL_REPOS")
+HF_ENDPOINT = envurl("COMFYHUB_HF_ENDPOINT", "https://huggingface.co", ("http", "https"))
+CIVITAI_ENDPOINT = envurl("COMFYHUB_CIVITAI_ENDPOINT", "https://civitai.com", ("http", "https"))
+HF_TOKEN = env("HF_TOKEN")
+CIVITAI_API_TOKEN = env("CIVITAI_API_TOKEN")
+
+# How often a live page re-reads its object when no cross-process channel layer can wake
+# it, and how stale the worker heartbeat may be before /healthz says the worker is down.
+LIVE_POLL_SECONDS = envfloat("COMFYHUB_LIVE_POLL_SECONDS", 0.5, low=0.05)
+WORKER_TICK_SECONDS = envfloat("COMFYHUB_WORKER_TICK_SECONDS", 1.0, low=0.05)
+WORKER_STALE_SECONDS = envfloat("COMFYHUB_WORKER_STALE_SECONDS", 15.0, low=1.0)
+
+SECRET_KEY = secret_key(DATA_DIR)
+DEBUG = envbool("COMFYHUB_DEBUG")
+
+# Off loopback, ComfyHub is reachable by others: every page and socket needs a login.
+LOGIN_REQUIRED = not is_loopback(HOST)
+if HOST in ("0.0.0.0", "::"):  # noqa: S104 (a comparison, not a bind)
+    ALLOWED_HOSTS = ["*"]
+else:
+    ALLOWED_HOSTS = sorted({HOST, "127.0.0.1", "localhost", "[::1]"})
+
+INSTALLED_APPS = [
+    "daphne",
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "channels",
+    "django_htmx",
+    "django_q",
+    "recovery",
+    "comfyhub",
+    "comfyhub.live",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "django_htmx.middleware.HtmxMiddleware",
+]
+if LOGIN_REQUIRED:
+    MIDDLEWARE.append("django.contrib.auth.middleware.LoginRequiredMiddleware")
+
+ROOT_URLCONF = "comfyhub.urls"
+ASGI_APPLICATION = "comfyhub.asgi.application"
+WSGI_APPLICATION = None
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+if DATABASE_URL:
+    DATABASES = {"default": database_from_url("COMFYHUB_DATABASE_URL", DATABASE_URL)}
+else:
+    DATABASES = {
+        "default": {
+            "ENGINE": "django.db.backends.sqlite3",
+            "NAME": DATA_DIR / "comfyhub.sqlite3",
+            # Web, worker and CLI share one file: WAL lets readers run beside the writer,
+            # IMMEDIATE takes the write lock up front so two writers queue on the busy
+            # timeout instead of failing with "database is locked" mid-transaction.
+            "OPTIONS": {
+                "timeout": 30,
+                "transaction_mode": "IMMEDIATE",
+                "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+            },
+            "TEST": {"NAME": DATA_DIR / "test.sqlite3"},
+        }
+    }
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+if REDIS_URL:
+    CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            "CONFIG": {"hosts": [REDIS_URL]},
+        }
+    }
+else:
+    CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+
+Q_CLUSTER = {
+    "name": "comfyhub",
+    "workers": envint("COMFYHUB_WORKERS", 2, 1, 64),
+    "timeout": 24 * 3600,
+    "retry": 24 * 3600 + 60,
+    # Our own Job rows carry retries; django-q2 only delivers each task once.
+    "max_attempts": 1,
+    "ack_failures": True,
+    "save_limit": 200,
+    "catch_up": False,
+    "poll": 0.2,
+    "label": "Worker queue",
+}
+if REDIS_URL:
+    Q_CLUSTER["redis"] = REDIS_URL
+else:
+    Q_CLUSTER["orm"] = "default"
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+]
+LOGIN_URL = "/admin/login/"
+LOGIN_REDIRECT_URL = "/"
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = False
+USE_TZ = True
+
+STATIC_URL = "/static/"
+STATICFILES_DIRS = [BASE_DIR / "static"]
+STATIC_ROOT = DATA_DIR / "static"
+# Serve straight from the app and static/ folders: no collectstatic step to forget.
+WHITENOISE_USE_FINDERS = True
+WHITENOISE_AUTOREFRESH = DEBUG
+
+SESSION_COOKIE_HTTPONLY = True
+X_FRAME_OPTIONS = "DENY"
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": env("COMFYHUB_LOG_LEVEL", "INFO")},
+    "loggers": {"django.channels.server": {"level": "WARNING"}},
+}

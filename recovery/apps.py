@@ -1,0 +1,12 @@
+from django.apps import AppConfig
+from django.utils.module_loading import autodiscover_modules
+
+
+class RecoveryConfig(AppConfig):
+    name = "recovery"
+    verbose_name = "Recovery"
+    default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self) -> None:
+        # Every installed app's jobs.py registers its job kinds with @recovery.job.
+        autodiscover_modules("jobs")

@@ -1,0 +1,37 @@
+"""The worker cluster's own loop beside django-q2: heartbeat (and, later, lease reaping)."""
+
+import logging
+import time
+
+from django.db import close_old_connections
+
+from recovery.models import WorkerHeartbeat
+
+log = logging.getLogger(__name__)
+
+
+def tick(name: str) -> None:
+    WorkerHeartbeat.beat(name)
+
+
+def run_cluster(name: str, interval: float) -> None:
+    """Start the django-q2 cluster and tick until it is told to stop (SIGTERM/SIGINT)."""
+    from django.db import connections
+    from django_q.cluster import Cluster
+
+    # The cluster forks; a connection opened before the fork must not be shared.
+    connections.close_all()
+    cluster = Cluster()
+    cluster.start()
+    try:
+        while cluster.stop_event is not None and cluster.sentinel.is_alive():
+            close_old_connections()
+            try:
+                tick(name)
+            except Exception:
+                log.exception("worker tick failed; retrying next tick")
+            time.sleep(interval)
+    finally:
+        if cluster.stop_event is not None:
+            cluster.stop()
+        WorkerHeartbeat.objects.filter(name=name).delete()
