@@ -1,0 +1,124 @@
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+REDIS_URL = os.environ.get("COMFYHUB_REDIS_URL") or "redis://127.0.0.1:6379/0"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def redis_reachable(url: str = REDIS_URL) -> bool:
+    try:
+        import redis
+    except ImportError:
+        return False
+    try:
+        return bool(redis.Redis.from_url(url, socket_connect_timeout=1).ping())
+    except Exception:
+        return False
+
+
+def manage(*args: str, env: dict, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(ROOT / "manage.py"), *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def processes_with_env(marker: str) -> list[int]:
+    """PIDs whose environment contains `marker` (how a test finds its own leftovers)."""
+    found = []
+    needle = marker.encode()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            if needle in (entry / "environ").read_bytes():
+                found.append(int(entry.name))
+        except OSError:
+            continue
+    return found
+
+
+class Server:
+    """`manage.py serve` as a real subprocess on a free port, with its own data dir."""
+
+    def __init__(self, data_dir: Path, **extra_env: str):
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.marker = f"COMFYHUB_DATA_DIR={data_dir}"
+        clean = {k: v for k, v in os.environ.items() if not k.startswith("COMFYHUB_")}
+        self.env = {
+            **clean,
+            "COMFYHUB_DATA_DIR": str(data_dir),
+            "COMFYHUB_PORT": str(self.port),
+            "COMFYHUB_WORKER_TICK_SECONDS": "0.2",
+            **extra_env,
+        }
+        self.log = data_dir / "serve.log"
+        self.proc = None
+
+    def start(self, timeout: float = 60) -> "Server":
+        migrated = manage("migrate", "--noinput", env=self.env)
+        assert migrated.returncode == 0, migrated.stderr
+        with self.log.open("wb") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, str(ROOT / "manage.py"), "serve"],
+                cwd=ROOT,
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        self.wait_healthy(timeout)
+        return self
+
+    def wait_healthy(self, timeout: float) -> dict:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.proc.poll() is None, self.log.read_text()
+            try:
+                body = httpx.get(self.base + "/healthz", timeout=2).json()
+                if body["worker"] == "ok":
+                    return body
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        raise AssertionError(f"serve not healthy in {timeout}s:\n{self.log.read_text()}")
+
+    def stop(self, timeout: float = 30) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout=timeout)
+
+
+@pytest.fixture
+def serve_factory(tmp_path):
+    servers = []
+
+    def start(**extra_env: str) -> Server:
+        server = Server(tmp_path / f"data{len(servers)}", **extra_env)
+        servers.append(server)
+        return server.start()
+
+    yield start
+    for server in servers:
+        if server.proc and server.proc.poll() is None:
+            server.proc.kill()
+        for pid in processes_with_env(server.marker):
+            os.kill(pid, signal.SIGKILL)

@@ -1,0 +1,81 @@
+"""`serve` as a real process tree: web + worker, live fragments, clean shutdown."""
+
+import asyncio
+import os
+import re
+import signal
+
+import httpx
+import pytest
+import websockets
+
+from tests.conftest import REDIS_URL, processes_with_env, redis_reachable
+
+pytestmark = pytest.mark.e2e
+
+LAYERS = [
+    pytest.param({}, "InMemoryChannelLayer", id="embedded"),
+    pytest.param({"COMFYHUB_REDIS_URL": REDIS_URL}, "RedisChannelLayer", id="redis"),
+]
+
+
+def queue_self_test(base: str) -> int:
+    with httpx.Client(base_url=base) as client:
+        client.get("/system/")
+        response = client.post(
+            "/system/",
+            data={"csrfmiddlewaretoken": client.cookies["csrftoken"]},
+            headers={"Referer": base + "/system/"},
+        )
+    assert response.status_code == 302
+    return int(re.search(r"job=(\d+)", response.headers["location"]).group(1))
+
+
+async def watch(base: str, pk: int) -> tuple[list[str], int]:
+    statuses = []
+    url = base.replace("http://", "ws://") + f"/ws/jobs/{pk}/"
+    async with websockets.connect(url, origin=base, open_timeout=10) as ws:
+        async for message in ws:
+            assert f'id="job-{pk}"' in message and 'hx-swap-oob="true"' in message
+            statuses.append(re.search(r'data-status="(\w+)"', message).group(1))
+    return statuses, ws.close_code
+
+
+@pytest.mark.parametrize(("extra_env", "layer"), LAYERS)
+def test_a_browser_socket_sees_the_self_test_go_from_queued_to_succeeded(
+    serve_factory, extra_env, layer
+):
+    if extra_env and not redis_reachable():
+        pytest.skip(f"Redis not reachable at {REDIS_URL} (apt-get install redis-server)")
+    server = serve_factory(**extra_env)
+    assert httpx.get(server.base + "/healthz").json()["channel_layer"] == layer
+    pk = queue_self_test(server.base)
+    statuses, close_code = asyncio.run(asyncio.wait_for(watch(server.base, pk), 60))
+    assert statuses[0] in ("queued", "running")
+    assert statuses[-1] == "succeeded" and close_code == 1000
+    assert "running" in statuses
+
+
+def test_sigterm_stops_web_and_worker_leaving_no_process_behind(serve_factory):
+    server = serve_factory()
+    assert len(processes_with_env(server.marker)) >= 3  # serve, daphne, cluster
+    assert server.stop() == 0
+    assert processes_with_env(server.marker) == []
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(server.base + "/healthz")
+
+
+def test_when_the_worker_dies_serve_stops_the_web_server_too(serve_factory):
+    server = serve_factory()
+    worker = next(p for p in processes_with_env(server.marker) if is_worker_leader(p))
+    os.kill(worker, signal.SIGKILL)
+    assert server.proc.wait(timeout=30) == 1
+    assert processes_with_env(server.marker) == []
+
+
+def is_worker_leader(pid: int) -> bool:
+    with open(f"/proc/{pid}/cmdline", "rb") as fh:
+        args = fh.read().split(b"\0")
+    with open(f"/proc/{pid}/stat") as fh:
+        pgid = int(fh.read().rsplit(")", 1)[1].split()[2])
+    return b"worker" in args and pgid == pid
