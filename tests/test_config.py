@@ -71,7 +71,10 @@ def test_loopback_hosts_are_recognised():
 
 def test_a_non_loopback_host_turns_on_login_and_follows_allowed_hosts(tmp_path):
     env = {**ENV, "COMFYHUB_DATA_DIR": str(tmp_path), "COMFYHUB_HOST": "0.0.0.0"}
-    code = "from django.conf import settings as s; print(s.LOGIN_REQUIRED, s.ALLOWED_HOSTS, s.MIDDLEWARE[-1])"
+    code = (
+        "from django.conf import settings as s; "
+        "print(s.LOGIN_REQUIRED, s.ALLOWED_HOSTS, s.MIDDLEWARE[-1])"
+    )
     result = manage("shell", "-v0", "-c", code, env=env)
     login_mw = "django.contrib.auth.middleware.LoginRequiredMiddleware"
     assert result.stdout.strip() == f"True ['*'] {login_mw}"

@@ -15,6 +15,7 @@ from recovery.models import Job, Status
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.django_db(transaction=True)]
 
+
 @pytest_asyncio.fixture(autouse=True)
 async def close_thread_connections():
     yield
