@@ -108,12 +108,29 @@ def envurl(name: str, default: str, schemes: tuple[str, ...]) -> str:
     return raw
 
 
+SQLITE_OPTIONS = {
+    # Web, worker and CLI share one file: WAL lets readers run beside the writer,
+    # IMMEDIATE takes the write lock up front so two writers queue on the busy timeout
+    # instead of failing with "database is locked" mid-transaction.
+    "timeout": 30,
+    "transaction_mode": "IMMEDIATE",
+    "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+}
+
+
+def sqlite_database(path: Path) -> dict:
+    return {"ENGINE": "django.db.backends.sqlite3", "NAME": path, "OPTIONS": SQLITE_OPTIONS}
+
+
 def database_from_url(name: str, url: str) -> dict:
-    """Turn postgres://user:pass@host:port/db into a Django DATABASES entry."""
+    """Turn postgresql://user:pass@host:port/db or sqlite:////abs/path into DATABASES."""
     parts = urlsplit(url)
+    if parts.scheme == "sqlite" and parts.path:
+        return sqlite_database(Path(unquote(parts.path)))
     if parts.scheme not in ("postgres", "postgresql") or not parts.path.strip("/"):
         raise ConfigError(
-            f"{name} must look like postgresql://user:password@host:5432/dbname (got {url!r})"
+            f"{name} must look like postgresql://user:password@host:5432/dbname "
+            f"or sqlite:////absolute/path.sqlite3 (got {url!r})"
         )
     try:
         port = parts.port

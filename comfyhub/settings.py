@@ -14,6 +14,7 @@ from comfyhub.config import (
     envurl,
     is_loopback,
     secret_key,
+    sqlite_database,
 )
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -25,7 +26,7 @@ PROJECTS_DIR = envdir("COMFYHUB_PROJECTS_DIR", DATA_DIR / "projects")
 HOST = envhost("COMFYHUB_HOST", "127.0.0.1")
 PORT = envint("COMFYHUB_PORT", 4000, 1, 65535)
 PORT_RANGE = envrange("COMFYHUB_PORT_RANGE", (4001, 4100))
-DATABASE_URL = envurl("COMFYHUB_DATABASE_URL", "", ("postgres", "postgresql"))
+DATABASE_URL = envurl("COMFYHUB_DATABASE_URL", "", ("postgres", "postgresql", "sqlite"))
 REDIS_URL = envurl("COMFYHUB_REDIS_URL", "", ("redis", "rediss", "unix"))
 COMFYUI_REPO = env("COMFYHUB_COMFYUI_REPO", "https://github.com/comfyanonymous/ComfyUI.git")
 ALLOW_LOCAL_REPOS = envbool("COMFYHUB_ALLOW_LOCAL_REPOS")
@@ -102,21 +103,8 @@ TEMPLATES = [
 if DATABASE_URL:
     DATABASES = {"default": database_from_url("COMFYHUB_DATABASE_URL", DATABASE_URL)}
 else:
-    DATABASES = {
-        "default": {
-            "ENGINE": "django.db.backends.sqlite3",
-            "NAME": DATA_DIR / "comfyhub.sqlite3",
-            # Web, worker and CLI share one file: WAL lets readers run beside the writer,
-            # IMMEDIATE takes the write lock up front so two writers queue on the busy
-            # timeout instead of failing with "database is locked" mid-transaction.
-            "OPTIONS": {
-                "timeout": 30,
-                "transaction_mode": "IMMEDIATE",
-                "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
-            },
-            "TEST": {"NAME": DATA_DIR / "test.sqlite3"},
-        }
-    }
+    DATABASES = {"default": sqlite_database(DATA_DIR / "comfyhub.sqlite3")}
+    DATABASES["default"]["TEST"] = {"NAME": DATA_DIR / "test.sqlite3"}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 if REDIS_URL:
@@ -147,6 +135,15 @@ if REDIS_URL:
 else:
     Q_CLUSTER["orm"] = "default"
 
+# recovery/ (the jobs engine): see recovery/conf.py for every knob and its default.
+RECOVERY_LEASE_SECONDS = envfloat("COMFYHUB_LEASE_SECONDS", 30.0, low=0.5)
+RECOVERY_BACKOFF_SCALE = envfloat("COMFYHUB_BACKOFF_SCALE", 1.0)
+RECOVERY_RETENTION_DAYS = envint("COMFYHUB_RETENTION_DAYS", 30, 1, 3650)
+RECOVERY_BREAKER_THRESHOLD = envint("COMFYHUB_BREAKER_THRESHOLD", 5, 1, 1000)
+RECOVERY_BREAKER_COOLDOWN = envfloat("COMFYHUB_BREAKER_COOLDOWN", 30.0)
+RECOVERY_JOB_MODULES = [m for m in env("COMFYHUB_JOB_MODULES").split(",") if m]
+RECOVERY_SECRET_SETTINGS = ["HF_TOKEN", "CIVITAI_API_TOKEN", "SECRET_KEY"]
+
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
     {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
@@ -174,7 +171,14 @@ LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "filters": {"redact": {"()": "recovery.redact.RedactingFilter"}},
+    "handlers": {
+        "console": {
+            "class": "logging.StreamHandler",
+            "formatter": "plain",
+            "filters": ["redact"],
+        }
+    },
     "root": {"handlers": ["console"], "level": env("COMFYHUB_LOG_LEVEL", "INFO")},
     "loggers": {"django.channels.server": {"level": "WARNING"}},
 }

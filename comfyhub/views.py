@@ -7,7 +7,7 @@ from django.shortcuts import redirect, render
 from django.views.decorators.http import require_GET, require_http_methods
 
 from recovery.models import Job, WorkerHeartbeat
-from recovery.runner import enqueue
+from recovery.engine import enqueue
 
 
 @login_not_required

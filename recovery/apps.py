@@ -9,4 +9,7 @@ class RecoveryConfig(AppConfig):
 
     def ready(self) -> None:
         # Every installed app's jobs.py registers its job kinds with @recovery.job.
+        from recovery.engine import load_job_modules
+
         autodiscover_modules("jobs")
+        load_job_modules()

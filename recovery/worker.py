@@ -1,17 +1,33 @@
-"""The worker cluster's own loop beside django-q2: heartbeat (and, later, lease reaping)."""
+"""The worker cluster's own loop beside django-q2: heartbeat, lease reaping, due jobs."""
 
 import logging
 import time
 
 from django.db import close_old_connections
 
+from recovery.engine import dispatch_due, reap_expired
 from recovery.models import WorkerHeartbeat
 
 log = logging.getLogger(__name__)
 
+PRUNE_SCHEDULE = "recovery: prune finished jobs"
+
 
 def tick(name: str) -> None:
     WorkerHeartbeat.beat(name)
+    reclaimed = reap_expired()
+    if reclaimed:
+        log.warning("reclaimed jobs with expired leases: %s", reclaimed)
+    dispatch_due()
+
+
+def ensure_schedules() -> None:
+    from django_q.models import Schedule
+
+    Schedule.objects.get_or_create(
+        name=PRUNE_SCHEDULE,
+        defaults={"func": "recovery.maintenance.prune", "schedule_type": Schedule.DAILY},
+    )
 
 
 def run_cluster(name: str, interval: float) -> None:
@@ -19,6 +35,7 @@ def run_cluster(name: str, interval: float) -> None:
     from django.db import connections
     from django_q.cluster import Cluster
 
+    ensure_schedules()
     # The cluster forks; a connection opened before the fork must not be shared.
     connections.close_all()
     cluster = Cluster()

@@ -122,3 +122,40 @@ def serve_factory(tmp_path):
             server.proc.kill()
         for pid in processes_with_env(server.marker):
             os.kill(pid, signal.SIGKILL)
+
+
+def database_url() -> str:
+    """The test database as a COMFYHUB_DATABASE_URL, so subprocesses share it."""
+    from django.db import connection
+
+    db = connection.settings_dict
+    if db["ENGINE"].endswith("sqlite3"):
+        return f"sqlite://{Path(db['NAME']).resolve()}"
+    auth = db["USER"] + (f":{db['PASSWORD']}" if db["PASSWORD"] else "")
+    return f"postgresql://{auth}@{db['HOST']}:{db['PORT'] or 5432}/{db['NAME']}"
+
+
+def subprocess_env(data_dir: Path, **extra: str) -> dict:
+    """Environment for manage.py subprocesses that share this test's database."""
+    keep = {k: v for k, v in os.environ.items() if not k.startswith("COMFYHUB_")}
+    if os.environ.get("COMFYHUB_REDIS_URL"):
+        keep["COMFYHUB_REDIS_URL"] = os.environ["COMFYHUB_REDIS_URL"]
+    return {
+        **keep,
+        "COMFYHUB_DATA_DIR": str(data_dir),
+        "COMFYHUB_DATABASE_URL": database_url(),
+        "COMFYHUB_JOB_MODULES": "tests.jobkinds",
+        "COMFYHUB_WORKER_TICK_SECONDS": "0.2",
+        **extra,
+    }
+
+
+def wait_until(predicate, timeout: float = 60, what: str = "condition"):
+    """Poll a condition the test cannot be told about directly, with a hard deadline."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")

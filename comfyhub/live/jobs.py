@@ -9,7 +9,7 @@ from channels.layers import get_channel_layer
 from django.conf import settings
 
 from recovery.models import Job
-from recovery.runner import job
+from recovery.engine import recoverable
 
 
 def check_database(current: Job) -> None:
@@ -29,12 +29,14 @@ def check_channel_layer(current: Job) -> None:
 CHECKS = [check_database, check_models_dir, check_channel_layer]
 
 
-@job("selftest")
+@recoverable("selftest")
 def selftest(current: Job) -> None:
     # Paced on purpose: a person watching /system/ sees each step land live.
     pause = float(current.params.get("step_seconds", 0.5))
-    current.write(progress_done=0, progress_total=len(CHECKS), progress_unit="checks")
-    for done, check in enumerate(CHECKS, start=1):
+    first = current.checkpoint_data.get("checks_done", 0)
+    current.progress(first, len(CHECKS), "checks")
+    for done, check in enumerate(CHECKS[first:], start=first + 1):
         time.sleep(pause)
         check(current)
-        current.write(progress_done=done)
+        current.checkpoint(checks_done=done)
+        current.progress(done, len(CHECKS))

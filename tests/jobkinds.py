@@ -1,0 +1,69 @@
+"""Job kinds used by the tests. Worker subprocesses load them via COMFYHUB_JOB_MODULES."""
+
+import time
+from pathlib import Path
+
+from recovery.engine import recoverable
+from recovery.errors import JobError
+from recovery.models import Job
+
+
+def note(job: Job, line: str) -> None:
+    if job.params.get("log"):
+        with open(job.params["log"], "a") as fh:
+            fh.write(line + "\n")
+
+
+def wait_for_file(path: str, timeout: float = 120) -> None:
+    """A gate the test opens by creating a file: no guessing how long a step takes."""
+    deadline = time.monotonic() + timeout
+    while not Path(path).exists():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"gate {path} never opened")
+        time.sleep(0.05)
+
+
+@recoverable("test.steps")
+def steps(job: Job) -> None:
+    """params: steps, log, gate_step + gate (wait for a file before that step's checkpoint)."""
+    total = job.params.get("steps", 3)
+    for step in range(job.checkpoint_data.get("done", 0), total):
+        note(job, f"start {step}")
+        if step == job.params.get("gate_step"):
+            wait_for_file(job.params["gate"])
+        note(job, f"end {step}")
+        job.checkpoint(done=step + 1)
+        job.progress(step + 1, total, "steps")
+
+
+@recoverable("test.script")
+def script(job: Job) -> None:
+    """params.errors: categories raised by attempts 1..n (null = succeed); then success.
+
+    With params.advance, each attempt makes progress before failing.
+    """
+    errors = job.params.get("errors", [])
+    if job.params.get("advance"):
+        job.progress(job.progress_done + 1, 1000)
+    if job.attempt <= len(errors) and errors[job.attempt - 1]:
+        raise JobError(
+            f"scripted {errors[job.attempt - 1]}",
+            category=errors[job.attempt - 1],
+            retry_after=job.params.get("retry_after"),
+        )
+
+
+@recoverable("test.self_interrupt")
+def self_interrupt(job: Job) -> None:
+    """Asks for params.action (pause/cancel) on itself mid-way, as a user would."""
+    for step in range(job.checkpoint_data.get("done", 0), 3):
+        note(job, f"step {step}")
+        if step == 1 and job.attempt == 1:
+            getattr(Job.objects.get(pk=job.pk), job.params["action"])()
+            job.renew_lease()
+        job.checkpoint(done=step + 1)
+
+
+@recoverable("test.noop")
+def noop(job: Job) -> None:
+    job.progress(1, 1)
