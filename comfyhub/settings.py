@@ -1,5 +1,6 @@
 """ComfyHub settings: environment only, validated at import (see README "Configuration")."""
 
+import os
 from pathlib import Path
 
 from comfyhub.config import (
@@ -104,7 +105,9 @@ if DATABASE_URL:
     DATABASES = {"default": database_from_url("COMFYHUB_DATABASE_URL", DATABASE_URL)}
 else:
     DATABASES = {"default": sqlite_database(DATA_DIR / "comfyhub.sqlite3")}
-    DATABASES["default"]["TEST"] = {"NAME": DATA_DIR / "test.sqlite3"}
+    # A file (not :memory:) so worker subprocesses in tests can share it; per process so
+    # two test runs on one checkout never trample each other's database.
+    DATABASES["default"]["TEST"] = {"NAME": DATA_DIR / f"test-{os.getpid()}.sqlite3"}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 if REDIS_URL:

@@ -1,11 +1,12 @@
 from django.contrib import admin
-from django.urls import path
+from django.urls import include, path
 
 from comfyhub import views
 
 urlpatterns = [
     path("", views.planned, {"title": "Projects", "issue": 6}, name="projects"),
     path("downloads/", views.planned, {"title": "Downloads", "issue": 4}, name="downloads"),
+    path("", include("recovery.urls")),
     path("recovery/", views.planned, {"title": "Recovery", "issue": 3}, name="recovery"),
     path("settings/", views.planned, {"title": "Settings", "issue": 7}, name="settings"),
     path("system/", views.system, name="system"),

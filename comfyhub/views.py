@@ -6,8 +6,8 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_GET, require_http_methods
 
-from recovery.models import Job, WorkerHeartbeat
 from recovery.engine import enqueue
+from recovery.models import Job, WorkerHeartbeat
 
 
 @login_not_required

@@ -15,6 +15,7 @@ DEFAULTS = {
     "RECOVERY_POLICIES": {},  # {category: {max_attempts, base, cap, jitter}} overrides
     "RECOVERY_KIND_POLICIES": {},  # {kind: {category: {...}}} overrides
     "RECOVERY_JOB_MODULES": [],  # extra modules to import for their @recoverable kinds
+    "RECOVERY_SECRET_SETTINGS": [],  # setting names whose values are always redacted
 }
 
 

@@ -317,4 +317,4 @@ def run_foreground(job_id: int, owner: str = "", sleep=time.sleep, clock=timezon
         if wake and wake > now:
             sleep(min((wake - now).total_seconds(), 60))
             continue
-        execute(job_id, owner)
+        execute(job_id, owner, now)

@@ -15,17 +15,6 @@ from tests.conftest import ROOT, subprocess_env, wait_until
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
 
-def start_worker(env: dict, log) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, str(ROOT / "manage.py"), "worker"],
-        cwd=ROOT,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-
-
 def stop(proc: subprocess.Popen, sig=signal.SIGTERM) -> None:
     """Signal the leader as serve does, then sweep its process group."""
     if proc.poll() is None:
@@ -33,6 +22,29 @@ def stop(proc: subprocess.Popen, sig=signal.SIGTERM) -> None:
     proc.wait(timeout=60)
     with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGKILL)
+
+
+@pytest.fixture
+def start_worker():
+    """Starts `manage.py worker` processes; whatever happens, none outlives the test."""
+    started = []
+
+    def start(env: dict, log) -> subprocess.Popen:
+        command = [sys.executable, str(ROOT / "manage.py"), "worker"]
+        proc = subprocess.Popen(
+            command,
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        started.append(proc)
+        return proc
+
+    yield start
+    for proc in started:
+        stop(proc, signal.SIGKILL)
 
 
 def test_a_killed_workers_job_is_reclaimed_and_finishes_from_its_checkpoint(tmp_path, start_worker):
