@@ -7,7 +7,7 @@ urlpatterns = [
     path("", views.planned, {"title": "Projects", "issue": 6}, name="projects"),
     path("downloads/", views.planned, {"title": "Downloads", "issue": 4}, name="downloads"),
     path("", include("recovery.urls")),
-    path("recovery/", views.planned, {"title": "Recovery", "issue": 3}, name="recovery"),
+    path("recovery/", views.planned, {"title": "Recovery", "issue": 7}, name="recovery"),
     path("settings/", views.planned, {"title": "Settings", "issue": 7}, name="settings"),
     path("system/", views.system, name="system"),
     path("healthz", views.healthz, name="healthz"),

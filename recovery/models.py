@@ -220,19 +220,16 @@ class Job(models.Model):
 
     def release(self, **fields) -> bool:
         """End this process's run: write `fields` only if it still holds the lease."""
-        now = timezone.now()
+        fields.update(lease_owner="", lease_expires_at=None, requested=Requested.NOTHING)
+        fields["updated_at"] = timezone.now()
         mine = Job.objects.filter(pk=self.pk, status=Status.RUNNING, lease_owner=self.owner)
-        released = mine.update(
-            lease_owner="",
-            lease_expires_at=None,
-            requested=Requested.NOTHING,
-            updated_at=now,
-            **fields,
-        )
-        self.refresh_from_db()
-        if released:
-            job_changed.send(sender=Job, job=self)
-        return bool(released)
+        if not mine.update(**fields):
+            self.refresh_from_db()  # someone else owns it now; show their truth
+            return False
+        for name, value in fields.items():
+            setattr(self, name, value)
+        job_changed.send(sender=Job, job=self)
+        return True
 
     # -- user actions ----------------------------------------------------------------------
 
