@@ -67,3 +67,14 @@ def self_interrupt(job: Job) -> None:
 @recoverable("test.noop")
 def noop(job: Job) -> None:
     job.progress(1, 1)
+
+
+@recoverable("test.leaky")
+def leaky(job: Job) -> None:
+    """Calls params.url with params.token in the query and the Authorization header."""
+    import httpx
+
+    token = job.params["token"]
+    url = f"{job.params['url']}?token={token}"
+    response = httpx.get(url, headers={"Authorization": f"Bearer {token}"}, timeout=5)
+    response.raise_for_status()

@@ -1,5 +1,6 @@
 """The recovery engine in-process: attempts, policies, breaker, leases, user actions."""
 
+import socket
 from datetime import timedelta
 
 import pytest
@@ -237,3 +238,20 @@ def test_prune_removes_old_finished_jobs_and_never_unfinished_ones():
     assert prune(30) == 1
     assert set(Job.objects.values_list("pk", flat=True)) == {waiting.pk, recent.pk}
     assert not Attempt.objects.exists()
+
+
+def test_a_token_never_reaches_any_job_or_attempt_field(settings):
+    settings.HF_TOKEN = "hf_" + "s3cr3t" * 6
+    settings.RECOVERY_SECRET_SETTINGS = ["HF_TOKEN"]
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    params = {"url": f"http://127.0.0.1:{port}/model.bin", "token": settings.HF_TOKEN}
+    job = Job.objects.create(kind="test.leaky", params=params)
+    assert execute(job.pk) == Status.WAITING
+    job.refresh_from_db()
+    assert job.error_category == "network"
+    stored = [job.error_message, job.error_detail]
+    stored += [v for a in job.attempts.values("message", "detail") for v in a.values()]
+    assert all(settings.HF_TOKEN not in text for text in stored)
+    assert "127.0.0.1" in job.error_message
