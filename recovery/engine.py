@@ -19,7 +19,7 @@ from django.utils import timezone
 
 from recovery.classify import Failure, classify
 from recovery.conf import setting
-from recovery.errors import LeaseLost, PauseRequested
+from recovery.errors import Defer, LeaseLost, PauseRequested
 from recovery.models import (
     Attempt,
     Category,
@@ -27,6 +27,7 @@ from recovery.models import (
     Job,
     Outcome,
     Status,
+    holder_is_dead,
     process_name,
 )
 from recovery.policy import Action, policy_for
@@ -140,6 +141,8 @@ def run_attempt(job: Job, kind: Kind, attempt: Attempt) -> None:
             kind.func(job)
         except LeaseLost:
             attempt.close(Outcome.LOST, progress_to=job.progress_done)
+        except Defer as defer:
+            settle_deferred(job, attempt, defer)
         except PauseRequested:
             job.release(status=Status.PAUSED, error_message="Paused by the user.")
             attempt.close(Outcome.PAUSED, progress_to=job.progress_done)
@@ -150,6 +153,19 @@ def run_attempt(job: Job, kind: Kind, attempt: Attempt) -> None:
             settle_failure(job, kind, attempt, classify(exc), progressed)
         else:
             settle_success(job, attempt)
+
+
+def settle_deferred(job: Job, attempt: Attempt, defer: Defer) -> None:
+    """The task could not start yet: wait, and don't count this as an attempt."""
+    retry_at = timezone.now() + timedelta(seconds=defer.seconds)
+    job.release(
+        status=Status.WAITING,
+        next_attempt_at=retry_at,
+        attempt=job.attempt - 1,
+        dispatched_at=None,
+        error_message=defer.message,
+    )
+    attempt.delete()
 
 
 def settle_success(job: Job, attempt: Attempt) -> None:
@@ -205,9 +221,14 @@ def settle_failure(job: Job, kind: Kind, attempt: Attempt, failure: Failure, pro
 
 def settle_cancelled(job: Job, kind: Kind, error: dict, now: datetime) -> str:
     job.release(status=Status.CANCELLED, finished_at=now, **error)
-    if kind.on_cancel:
-        kind.on_cancel(job)
+    run_cancel_hook(job)
     return Outcome.CANCELLED
+
+
+def run_cancel_hook(job: Job) -> None:
+    kind = REGISTRY.get(job.kind)
+    if kind and kind.on_cancel:
+        kind.on_cancel(job)
 
 
 def settle_restart(job: Job, error: dict) -> str:
@@ -255,12 +276,15 @@ class LeaseKeeper:
 
 
 def reap_expired(now: datetime | None = None) -> list[int]:
-    """Requeue running jobs whose worker stopped renewing the lease (killed, crashed)."""
+    """Requeue running jobs whose runner is gone: lease expired, or a dead local process."""
     now = now or timezone.now()
     reclaimed = []
-    for job in Job.objects.expired(now):
+    for job in Job.objects.filter(status=Status.RUNNING):
+        expired = job.lease_expires_at is not None and job.lease_expires_at < now
+        if not (expired or holder_is_dead(job.lease_owner)):
+            continue
         gone = Job.objects.filter(pk=job.pk, status=Status.RUNNING, lease_owner=job.lease_owner)
-        if gone.filter(lease_expires_at__lt=now).update(
+        if gone.update(
             status=Status.QUEUED,
             lease_owner="",
             lease_expires_at=None,

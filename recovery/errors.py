@@ -41,3 +41,15 @@ class PauseRequested(Exception):
 
 class LeaseLost(Exception):
     """Raised at a checkpoint/progress call when another process took the job over."""
+
+
+class Defer(Exception):
+    """Not a failure: the job cannot start yet (e.g. no free slot). Try again later.
+
+    The engine puts the job back to `waiting` for `seconds` without counting an attempt.
+    """
+
+    def __init__(self, message: str, seconds: float = 2.0):
+        super().__init__(message)
+        self.message = message
+        self.seconds = seconds

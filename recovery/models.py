@@ -64,6 +64,24 @@ def process_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
+def holder_is_dead(owner: str) -> bool:
+    """True when `owner` was a process on this host that no longer runs.
+
+    Lets a command that was SIGKILLed be taken over at once on re-run, instead of after
+    its lease runs out. Owners on other hosts are judged by their lease alone.
+    """
+    host, _, pid = owner.rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return False
+
+
 def lease_until(now):
     return now + timedelta(seconds=setting("RECOVERY_LEASE_SECONDS"))
 
@@ -252,16 +270,22 @@ class Job(models.Model):
         return moved
 
     def cancel(self) -> bool:
+        """Cancel now, or (when running) at the task's next checkpoint; runs on_cancel."""
         if self.status == Status.RUNNING:
             return self.transition([Status.RUNNING], requested=Requested.CANCEL)
         stoppable = [Status.QUEUED, Status.WAITING, Status.PAUSED]
-        return self.transition(
+        moved = self.transition(
             stoppable,
             status=Status.CANCELLED,
             finished_at=timezone.now(),
             error_category=Category.CANCELLED,
             error_message="Cancelled by the user.",
         )
+        if moved:
+            from recovery.engine import run_cancel_hook
+
+            run_cancel_hook(self)
+        return moved
 
     def retry_now(self) -> bool:
         """Run a waiting, paused or failed job at once, with a fresh failure count."""

@@ -78,3 +78,15 @@ def leaky(job: Job) -> None:
     url = f"{job.params['url']}?token={token}"
     response = httpx.get(url, headers={"Authorization": f"Bearer {token}"}, timeout=5)
     response.raise_for_status()
+
+
+CANCELLED_JOBS: list[int] = []
+
+
+@recoverable("test.deferring", on_cancel=lambda job: CANCELLED_JOBS.append(job.pk))
+def deferring(job: Job) -> None:
+    """Defers while params.busy_file exists, as a download waits for a free slot."""
+    from recovery.errors import Defer
+
+    if Path(job.params.get("busy_file", "/nonexistent")).exists():
+        raise Defer("Waiting for a free slot.", seconds=5)

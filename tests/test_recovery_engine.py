@@ -1,12 +1,14 @@
 """The recovery engine in-process: attempts, policies, breaker, leases, user actions."""
 
+import os
 import socket
+import subprocess
 from datetime import timedelta
 
 import pytest
 from django.utils import timezone
 
-import tests.jobkinds  # noqa: F401  (registers the test job kinds)
+import tests.jobkinds  # registers the test job kinds
 from recovery.engine import execute, reap_expired, run_foreground
 from recovery.maintenance import prune
 from recovery.models import Attempt, BreakerState, CircuitBreaker, Job, Outcome, Status
@@ -255,3 +257,36 @@ def test_a_token_never_reaches_any_job_or_attempt_field(settings):
     stored += [v for a in job.attempts.values("message", "detail") for v in a.values()]
     assert all(settings.HF_TOKEN not in text for text in stored)
     assert "127.0.0.1" in job.error_message
+
+
+def test_a_deferred_job_waits_without_counting_an_attempt(tmp_path):
+    busy = tmp_path / "busy"
+    busy.touch()
+    job = Job.objects.create(kind="test.deferring", params={"busy_file": str(busy)})
+    assert execute(job.pk) == Status.WAITING
+    job.refresh_from_db()
+    assert job.attempt == 0 and not job.attempts.exists()
+    assert job.error_message == "Waiting for a free slot."
+    busy.unlink()
+    assert execute(job.pk, now=job.next_attempt_at) == Status.SUCCEEDED
+
+
+def test_cancelling_a_queued_job_runs_its_cleanup_hook():
+    job = Job.objects.create(kind="test.deferring")
+    assert job.cancel()
+    assert job.pk in tests.jobkinds.CANCELLED_JOBS
+
+
+def test_a_job_held_by_a_dead_local_process_is_reclaimed_before_its_lease_runs_out():
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    job = Job.objects.create(kind="test.noop")
+    Job.objects.claim(job.pk, f"{socket.gethostname()}:{proc.pid}", timezone.now())
+    assert reap_expired() == [job.pk]
+    assert execute(job.pk) == Status.SUCCEEDED
+
+
+def test_a_job_held_by_a_live_process_is_left_alone():
+    job = Job.objects.create(kind="test.noop")
+    Job.objects.claim(job.pk, f"{socket.gethostname()}:{os.getpid()}", timezone.now())
+    assert reap_expired() == []
