@@ -36,6 +36,11 @@ CIVITAI_ENDPOINT = envurl("COMFYHUB_CIVITAI_ENDPOINT", "https://civitai.com", ("
 HF_TOKEN = env("HF_TOKEN")
 CIVITAI_API_TOKEN = env("CIVITAI_API_TOKEN")
 
+# Downloads: no bytes for this long counts as a stall (timeout, then resume).
+STALL_TIMEOUT = envfloat("COMFYHUB_STALL_TIMEOUT", 60.0, low=0.1)
+DOWNLOADS_MAX = envint("COMFYHUB_DOWNLOADS_MAX", 3, 1, 64)
+DOWNLOADS_PER_HOST = envint("COMFYHUB_DOWNLOADS_PER_HOST", 2, 1, 64)
+
 # How often a live page re-reads its object when no cross-process channel layer can wake
 # it, and how stale the worker heartbeat may be before /healthz says the worker is down.
 LIVE_POLL_SECONDS = envfloat("COMFYHUB_LIVE_POLL_SECONDS", 0.5, low=0.05)
@@ -66,6 +71,7 @@ INSTALLED_APPS = [
     "recovery",
     "comfyhub",
     "comfyhub.live",
+    "comfyhub.library",
 ]
 
 MIDDLEWARE = [
@@ -183,5 +189,8 @@ LOGGING = {
         }
     },
     "root": {"handlers": ["console"], "level": env("COMFYHUB_LOG_LEVEL", "INFO")},
-    "loggers": {"django.channels.server": {"level": "WARNING"}},
+    "loggers": {
+        "django.channels.server": {"level": "WARNING"},
+        "httpx": {"level": "WARNING"},
+    },
 }

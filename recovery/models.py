@@ -209,6 +209,10 @@ class Job(models.Model):
         final = total is not None and done >= total
         if final or clock - self.last_progress_write >= setting("RECOVERY_PROGRESS_INTERVAL"):
             self.last_progress_write = clock
+            # Pick up pause/cancel within one progress interval, not one lease renewal.
+            self.requested = (
+                Job.objects.filter(pk=self.pk).values_list("requested", flat=True).first() or ""
+            )
             self.write(
                 progress_done=done,
                 progress_total=self.progress_total,

@@ -1,0 +1,436 @@
+"""Streaming a model file into place: resume from the last byte, verify, then rename.
+
+Bytes go to `<dest>.part` beside the destination, with a sidecar `<dest>.part.json`
+(written before the first byte) naming the URL and validators they came from. A resumed
+attempt re-hashes the kept prefix and asks for the rest with `Range` + `If-Range`. Only
+a file whose size and sha256 check out is fsynced and `os.replace`d onto the destination,
+so the destination never holds partial or unverified bytes.
+
+The network is read on the job's thread while a second thread writes and hashes (both
+release the GIL), so download, hashing and disk overlap.
+"""
+
+import contextlib
+import errno
+import hashlib
+import json
+import os
+import queue
+import random
+import shutil
+import threading
+import time
+from dataclasses import dataclass, field
+from urllib.parse import urljoin
+
+import httpx
+from django.conf import settings
+
+from comfyhub.library import sources
+from comfyhub.library.models import Download
+from comfyhub.library.paths import BadInput, check_url
+from recovery.errors import Defer, JobError
+from recovery.models import Job
+
+CHUNK = 1 << 20
+QUEUE_DEPTH = 4  # chunks in flight to the writer: bounds memory and bytes lost to a kill
+REPORT_SECONDS = 0.5
+REDIRECTS = 10
+RESTARTS = 3
+
+
+def fetch(job: Job) -> None:
+    download = Download.objects.get(job=job)
+    if finish_if_present(download, job):
+        return
+    acquire_slot(download)
+    timeout = httpx.Timeout(30.0, read=settings.STALL_TIMEOUT)
+    with httpx.Client(timeout=timeout, follow_redirects=False) as client:
+        if not download.url:
+            resolve_into(download, client)
+        transfer = Transfer(download, job)
+        transfer.prepare()
+        stream(client, transfer)
+    transfer.place()
+
+
+def finish_if_present(download: Download, job: Job) -> bool:
+    """A file already at the destination with the expected sha256 (or, without one, the
+    expected size) finishes the download without touching the network."""
+    path = download.path
+    if not path.is_file():
+        return False
+    size = path.stat().st_size
+    if download.expected_size is not None and size != download.expected_size:
+        return False
+    digest = hash_file(path, size)
+    if download.expected_sha256 and digest != download.expected_sha256:
+        return False
+    record_done(download, job, digest, size)
+    return True
+
+
+def acquire_slot(download: Download) -> None:
+    """Per-host and global limits. This job is already `running`, so it counts itself;
+    two jobs racing for the last slot may both step back, never both go ahead."""
+    running = Download.objects.running_on()
+    on_host = running.filter(host=download.host).count()
+    if running.count() > settings.DOWNLOADS_MAX or on_host > settings.DOWNLOADS_PER_HOST:
+        message = f"Waiting for a free download slot ({on_host} running from {download.host})."
+        raise Defer(message, seconds=random.uniform(1.0, 3.0))  # noqa: S311 (jitter)
+
+
+def resolve_into(download: Download, client: httpx.Client) -> None:
+    resolved = sources.resolve(download.source_url, client)
+    download.url = resolved.url
+    download.expected_sha256 = download.expected_sha256 or resolved.sha256
+    download.total_bytes = download.expected_size or resolved.size_hint
+    download.save(update_fields=["url", "expected_sha256", "total_bytes"])
+
+
+def stream(client: httpx.Client, transfer: "Transfer") -> None:
+    transfer.check_space()  # before the first request when the size is known already
+    for _ in range(RESTARTS):
+        with contextlib.closing(open_response(client, transfer)) as response:
+            if accept(response, transfer):
+                transfer.check_space()
+                pump(response, transfer)
+                return
+    raise JobError(
+        f"{transfer.download.host} kept answering with parts that do not fit together; "
+        "retrying from the start.",
+        category="server",
+    )
+
+
+def open_response(client: httpx.Client, transfer: "Transfer") -> httpx.Response:
+    """GET with Range/If-Range, following redirects by hand so a token never leaves its
+    own host."""
+    url = transfer.download.url
+    for _ in range(REDIRECTS):
+        headers = {**transfer.range_headers(), **sources.auth_headers(url)}
+        headers["Accept-Encoding"] = "identity"
+        response = client.send(client.build_request("GET", url, headers=headers), stream=True)
+        if not response.is_redirect:
+            return response
+        response.close()
+        url = follow(url, response.headers.get("location", ""))
+    raise JobError(f"{transfer.download.host} redirected too many times.", category="server")
+
+
+def follow(url: str, location: str) -> str:
+    try:
+        return check_url(urljoin(url, location))
+    except BadInput as exc:
+        raise JobError(
+            f"The server redirected to an address that cannot be used: {exc}", category="validation"
+        ) from None
+
+
+def accept(response: httpx.Response, transfer: "Transfer") -> bool:
+    """Decide what the answer means for the bytes we have; False means ask again."""
+    status = response.status_code
+    if status == 206:
+        return transfer.continue_from(response)
+    if status == 200:
+        transfer.restart(response)
+        return True
+    if status == 416:
+        return transfer.check_complete(response)
+    if status in (401, 403):
+        raise auth_error(transfer.download, status)
+    response.read()
+    response.raise_for_status()
+    raise JobError(
+        f"Unexpected answer HTTP {status} from {transfer.download.host}.", category="server"
+    )
+
+
+def auth_error(download: Download, status: int) -> JobError:
+    setting, _ = sources.token_for(download.url)
+    if setting:
+        fix = f"Set {setting} in Settings to a token that may download this file, then retry."
+    else:
+        fix = "This file needs an access you do not have; check the link."
+    return JobError(f"{download.host} refused the download (HTTP {status}). {fix}", category="auth")
+
+
+def pump(response: httpx.Response, transfer: "Transfer") -> None:
+    try:
+        with Sink(transfer) as sink:
+            gather(response, sink, transfer)
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise transfer.disk_full() from exc
+        raise
+    if transfer.total is not None and transfer.offset < transfer.total:
+        raise JobError(
+            f"The connection to {transfer.download.host} closed after {transfer.offset:,} of "
+            f"{transfer.total:,} bytes; resuming from there.",
+            category="network",
+        )
+
+
+def gather(response: httpx.Response, sink: "Sink", transfer: "Transfer") -> None:
+    """Hand the writer 1 MiB blocks; when the connection drops, every byte that did
+    arrive is still written, so the next attempt resumes from the very last one."""
+    block = bytearray()
+    try:
+        for piece in response.iter_raw():
+            block += piece
+            if len(block) >= CHUNK:
+                sink.put(bytes(block))
+                transfer.advance(len(block))
+                block.clear()
+    finally:
+        if block:
+            sink.put(bytes(block))
+            transfer.offset += len(block)
+
+
+class Sink:
+    """Writes and hashes chunks on a thread of its own, in order."""
+
+    def __init__(self, transfer: "Transfer"):
+        self.transfer = transfer
+        # Unbuffered: blocks are large, and a failed write must surface here, not at close.
+        self.file = open(transfer.part, "ab", buffering=0)  # noqa: SIM115  (see __exit__)
+        self.queue: queue.Queue = queue.Queue(maxsize=QUEUE_DEPTH)
+        self.error: OSError | None = None
+        self.thread = threading.Thread(target=self.drain, daemon=True)
+
+    def __enter__(self) -> "Sink":
+        self.thread.start()
+        return self
+
+    def put(self, chunk: bytes) -> None:
+        if self.error:
+            raise self.error
+        self.queue.put(chunk)
+
+    def drain(self) -> None:
+        while (chunk := self.queue.get()) is not None:
+            if self.error is None:
+                try:
+                    self.file.write(chunk)
+                    self.transfer.hasher.update(chunk)
+                except OSError as exc:
+                    self.error = exc
+
+    def __exit__(self, *exc_info) -> None:
+        self.queue.put(None)
+        self.thread.join()
+        try:
+            if self.error is None:
+                os.fsync(self.file.fileno())
+        finally:
+            self.file.close()
+        if self.error:
+            raise self.error
+
+
+@dataclass
+class Transfer:
+    """The state of one attempt: how many bytes the .part holds and their running hash."""
+
+    download: Download
+    job: Job
+    offset: int = 0
+    total: int | None = None
+    hasher: "hashlib._Hash" = field(default_factory=hashlib.sha256)
+    validator: str = ""
+    speed: float = 0.0
+    reported_at: float = field(default_factory=time.monotonic)
+    reported_bytes: int = 0
+
+    @property
+    def part(self):
+        return self.download.part_path
+
+    def prepare(self) -> None:
+        """Keep the .part only if the sidecar says it came from this URL; re-hash it."""
+        state = read_sidecar(self.download)
+        if self.part.exists() and state.get("url") == self.download.url:
+            self.offset = self.part.stat().st_size
+            self.hasher = hashlib.sha256()
+            hash_into(self.part, self.offset, self.hasher)
+            self.validator = state.get("validator", "")
+        else:
+            self.download.discard_partial()
+            self.part.parent.mkdir(parents=True, exist_ok=True)
+            self.part.touch()
+        self.reported_bytes = self.offset
+        self.total = self.download.expected_size or self.download.total_bytes
+        self.save_sidecar()
+
+    def range_headers(self) -> dict[str, str]:
+        if not self.offset:
+            return {}
+        headers = {"Range": f"bytes={self.offset}-"}
+        if self.validator:
+            headers["If-Range"] = self.validator
+        return headers
+
+    def continue_from(self, response: httpx.Response) -> bool:
+        start, total = content_range(response.headers.get("content-range", ""))
+        changed = self.validator and validator_of(response) not in ("", self.validator)
+        if start != self.offset or changed:
+            self.reset()
+            return False
+        self.total = total if total is not None else self.total
+        return True
+
+    def restart(self, response: httpx.Response) -> None:
+        """A full body (200): whatever we had is replaced from byte zero."""
+        self.reset()
+        self.validator = validator_of(response)
+        length = response.headers.get("content-length")
+        self.total = int(length) if length and length.isdigit() else self.download.expected_size
+        self.save_sidecar()
+
+    def check_complete(self, response: httpx.Response) -> bool:
+        """416: we asked past the end; either the .part is whole, or start over."""
+        _, total = content_range(response.headers.get("content-range", ""))
+        if total is not None and total == self.offset:
+            self.total = total
+            return True
+        self.reset()
+        return False
+
+    def reset(self) -> None:
+        self.offset, self.validator, self.hasher = 0, "", hashlib.sha256()
+        self.reported_bytes = 0
+        with open(self.part, "wb"):
+            pass
+
+    def save_sidecar(self) -> None:
+        data = {
+            "url": self.download.url,
+            "validator": self.validator,
+            "expected_sha256": self.download.expected_sha256,
+            "total": self.total,
+        }
+        tmp = self.download.sidecar_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(data))
+        os.replace(tmp, self.download.sidecar_path)
+
+    def check_space(self) -> None:
+        needed = (self.total or 0) - self.offset
+        if needed > shutil.disk_usage(self.part.parent).free:
+            raise self.disk_full()
+
+    def disk_full(self) -> JobError:
+        folder = self.part.parent
+        kept = self.part.stat().st_size if self.part.exists() else 0
+        needed = max(0, (self.total or self.offset) - kept)
+        free = shutil.disk_usage(folder).free
+        return JobError(
+            f"Not enough disk space in {folder}: this download needs {human(needed)} more and "
+            f"{human(free)} is free. Free some space, then press Retry; it resumes where it "
+            "stopped.",
+            category="disk_full",
+        )
+
+    def advance(self, count: int) -> None:
+        self.offset += count
+        now = time.monotonic()
+        if now - self.reported_at >= REPORT_SECONDS:
+            self.report(now)
+
+    def report(self, now: float) -> None:
+        instant = (self.offset - self.reported_bytes) / max(now - self.reported_at, 1e-6)
+        self.speed = instant if not self.speed else 0.3 * instant + 0.7 * self.speed
+        self.reported_at, self.reported_bytes = now, self.offset
+        left = (self.total - self.offset) if self.total else None
+        eta = left / self.speed if left is not None and self.speed else None
+        self.download.report(self.offset, self.total, self.speed, eta)
+        self.job.progress(self.offset, self.total, "bytes")
+
+    def place(self) -> None:
+        """Verify size and sha256, then fsync and atomically rename onto the destination."""
+        size = self.part.stat().st_size
+        digest = self.hasher.hexdigest()
+        expected = self.download.expected_sha256
+        if expected and digest != expected:
+            self.reject(f"its sha256 is {digest[:16]}…, expected {expected[:16]}…")
+        if self.download.expected_size is not None and size != self.download.expected_size:
+            self.reject(f"it has {size:,} bytes, expected {self.download.expected_size:,}")
+        target = self.download.path
+        os.replace(self.part, target)
+        fsync_dir(target.parent)
+        self.download.sidecar_path.unlink(missing_ok=True)
+        record_done(self.download, self.job, digest, size)
+
+    def reject(self, why: str) -> None:
+        self.download.discard_partial()
+        raise JobError(
+            f"The file from {self.download.host} failed verification: {why}. It was "
+            "discarded and is downloaded again once; if that fails too, the source file "
+            "is probably different from the one expected.",
+            category="integrity",
+        )
+
+
+def read_sidecar(download: Download) -> dict:
+    try:
+        return json.loads(download.sidecar_path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def validator_of(response: httpx.Response) -> str:
+    """A validator If-Range may carry: a strong ETag, else Last-Modified."""
+    etag = response.headers.get("etag", "")
+    if etag and not etag.startswith("W/"):
+        return etag
+    return response.headers.get("last-modified", "")
+
+
+def content_range(header: str) -> tuple[int | None, int | None]:
+    """'bytes 100-199/1000' -> (100, 1000); 'bytes */1000' -> (None, 1000)."""
+    unit, _, spec = header.partition(" ")
+    span, _, total = spec.partition("/")
+    if unit != "bytes":
+        return None, None
+    start = span.partition("-")[0]
+    return (
+        int(start) if start.isdigit() else None,
+        int(total) if total.isdigit() else None,
+    )
+
+
+def hash_into(path, length: int, hasher) -> None:
+    with open(path, "rb") as fh:
+        remaining = length
+        while remaining and (block := fh.read(min(CHUNK * 4, remaining))):
+            hasher.update(block)
+            remaining -= len(block)
+
+
+def hash_file(path, size: int) -> str:
+    hasher = hashlib.sha256()
+    hash_into(path, size, hasher)
+    return hasher.hexdigest()
+
+
+def fsync_dir(path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def record_done(download: Download, job: Job, digest: str, size: int) -> None:
+    download.sha256 = digest
+    download.report(size, size, download.speed, 0)
+    download.save(update_fields=["sha256"])
+    job.progress(size, size, "bytes")
+
+
+def human(count: float) -> str:
+    for unit in ("bytes", "KB", "MB", "GB"):
+        if count < 1000:
+            return f"{count:.0f} {unit}" if unit == "bytes" else f"{count:.1f} {unit}"
+        count /= 1000
+    return f"{count:.1f} TB"

@@ -1,0 +1,92 @@
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from django.conf import settings
+from django.db import models, transaction
+from django.utils import timezone
+
+from comfyhub.library.paths import models_path
+from recovery.models import ACTIVE, Job, Status
+
+UNFINISHED = (*ACTIVE, Status.PAUSED)
+
+
+class DownloadQuerySet(models.QuerySet):
+    def unfinished(self):
+        return self.filter(job__status__in=UNFINISHED)
+
+    def running_on(self, host: str | None = None):
+        running = self.filter(job__status=Status.RUNNING)
+        return running.filter(host=host) if host else running
+
+    def request(self, url: str, dest: str, sha256: str = "", size: int | None = None):
+        """(download, created): one download per destination; a second request joins it.
+
+        Inputs must already be checked (paths.check_url, models_path, check_sha256).
+        """
+        with transaction.atomic():
+            existing = self.unfinished().filter(dest=dest).select_related("job").first()
+            if existing:
+                return existing, False
+            host = urlsplit(url).netloc.lower()
+            job = Job.objects.create(kind="download", params={"dest": dest}, breaker_key=host)
+            download = self.create(
+                job=job,
+                source_url=url,
+                dest=dest,
+                host=host,
+                expected_sha256=sha256,
+                expected_size=size,
+            )
+        return download, True
+
+
+class Download(models.Model):
+    """A model file on its way into the models folder; the job carries status and errors."""
+
+    job = models.OneToOneField(Job, on_delete=models.CASCADE, related_name="download")
+    source_url = models.URLField(max_length=2000)
+    url = models.URLField(max_length=2000, blank=True)  # the file URL after resolution
+    dest = models.CharField(max_length=500, db_index=True)  # DIR/NAME in the models folder
+    host = models.CharField(max_length=255, db_index=True)
+    expected_size = models.BigIntegerField(null=True, blank=True)
+    expected_sha256 = models.CharField(max_length=64, blank=True)
+    sha256 = models.CharField(max_length=64, blank=True)  # of the verified file
+    etag = models.CharField(max_length=255, blank=True)
+    last_modified = models.CharField(max_length=64, blank=True)
+    bytes_done = models.BigIntegerField(default=0)
+    total_bytes = models.BigIntegerField(null=True, blank=True)
+    speed = models.FloatField(default=0)  # bytes per second, smoothed
+    eta_seconds = models.FloatField(null=True, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    updated_at = models.DateTimeField(default=timezone.now)
+
+    objects = DownloadQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"{self.dest} ({self.job.status})"
+
+    @property
+    def path(self) -> Path:
+        return models_path(self.dest, settings.MODELS_DIR)
+
+    @property
+    def part_path(self) -> Path:
+        return self.path.with_name(self.path.name + ".part")
+
+    @property
+    def sidecar_path(self) -> Path:
+        return self.path.with_name(self.path.name + ".part.json")
+
+    def report(self, done: int, total: int | None, speed: float, eta: float | None) -> None:
+        self.bytes_done, self.total_bytes, self.speed, self.eta_seconds = done, total, speed, eta
+        self.updated_at = timezone.now()
+        self.save(update_fields=["bytes_done", "total_bytes", "speed", "eta_seconds", "updated_at"])
+
+    def discard_partial(self) -> None:
+        """Forget the bytes so far (.part and its sidecar); never touches the destination."""
+        self.part_path.unlink(missing_ok=True)
+        self.sidecar_path.unlink(missing_ok=True)

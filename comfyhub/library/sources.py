@@ -1,0 +1,85 @@
+"""Hosts with special handling: Hugging Face and CivitAI. Tokens go only to their host."""
+
+import re
+from dataclasses import dataclass
+from urllib.parse import parse_qs, urlsplit
+
+import httpx
+from django.conf import settings
+
+from recovery.errors import JobError
+
+CIVITAI_PAGE = re.compile(r"^/models/(?P<model>\d+)(?:/[^/]*)?/?$")
+
+
+@dataclass(frozen=True)
+class Resolved:
+    url: str
+    filename: str = ""
+    sha256: str = ""
+    size_hint: int | None = None  # CivitAI's sizeKB: good for a space check, not exact
+
+
+def netloc(url: str) -> str:
+    return urlsplit(url).netloc.lower()
+
+
+def token_for(url: str) -> tuple[str, str]:
+    """(setting name, token) for the host of `url`, or ("", "") for any other host."""
+    host = netloc(url)
+    if host == netloc(settings.HF_ENDPOINT):
+        return "HF_TOKEN", settings.HF_TOKEN
+    if host == netloc(settings.CIVITAI_ENDPOINT):
+        return "CIVITAI_API_TOKEN", settings.CIVITAI_API_TOKEN
+    return "", ""
+
+
+def auth_headers(url: str) -> dict[str, str]:
+    _, token = token_for(url)
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
+def normalise(url: str) -> str:
+    """Hugging Face page links (/blob/) become file links (/resolve/)."""
+    if netloc(url) == netloc(settings.HF_ENDPOINT) and "/blob/" in url:
+        return url.replace("/blob/", "/resolve/", 1)
+    return url
+
+
+def resolve(url: str, client: httpx.Client) -> Resolved:
+    """Turn a model page URL into the file to fetch; other URLs pass through."""
+    url = normalise(url)
+    parts = urlsplit(url)
+    page = CIVITAI_PAGE.match(parts.path)
+    if netloc(url) != netloc(settings.CIVITAI_ENDPOINT) or not page:
+        return Resolved(url)
+    version = parse_qs(parts.query).get("modelVersionId", [""])[0]
+    if version:
+        return civitai_file(civitai_get(client, f"/api/v1/model-versions/{version}"))
+    model = civitai_get(client, f"/api/v1/models/{page['model']}")
+    if not model.get("modelVersions"):
+        raise JobError(
+            f"CivitAI model {page['model']} has no downloadable version.", category="not_found"
+        )
+    return civitai_file(model["modelVersions"][0])
+
+
+def civitai_get(client: httpx.Client, path: str) -> dict:
+    api = settings.CIVITAI_ENDPOINT.rstrip("/") + path
+    response = client.get(api, headers=auth_headers(api))
+    response.raise_for_status()
+    return response.json()
+
+
+def civitai_file(version: dict) -> Resolved:
+    files = version.get("files") or []
+    chosen = next((f for f in files if f.get("primary")), files[0] if files else None)
+    if chosen is None:
+        raise JobError(f"CivitAI version {version.get('id')} lists no files.", category="not_found")
+    size_kb = chosen.get("sizeKB")
+    return Resolved(
+        url=chosen.get("downloadUrl") or version["downloadUrl"],
+        filename=chosen.get("name", ""),
+        sha256=(chosen.get("hashes") or {}).get("SHA256", "").lower(),
+        size_hint=int(size_kb * 1024) if size_kb else None,
+    )
