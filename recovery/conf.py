@@ -6,6 +6,7 @@ DEFAULTS = {
     "RECOVERY_LEASE_SECONDS": 30.0,  # a running job's lease; renewed every third of it
     "RECOVERY_PROGRESS_INTERVAL": 0.5,  # least seconds between two progress writes
     "RECOVERY_BACKOFF_SCALE": 1.0,  # multiplies every computed delay; tests set 0
+    "RECOVERY_INLINE_RETRY_SECONDS": 1.0,  # a worker retries this soon in place, not later
     "RECOVERY_RETRY_AFTER_CAP": 3600.0,  # longest Retry-After honoured, seconds
     "RECOVERY_BREAKER_THRESHOLD": 5,  # consecutive transient failures that open a breaker
     "RECOVERY_BREAKER_COOLDOWN": 30.0,  # first open period, doubled on each failed probe

@@ -74,8 +74,27 @@ def enqueue(kind: str, params: dict | None = None, *, breaker_key: str = "") -> 
     return job
 
 
+def work(job_id: int) -> str:
+    """The worker cluster's task: execute(), then any retry due within
+    RECOVERY_INLINE_RETRY_SECONDS right here (a dropped connection resumes in well under
+    a second); longer waits go back to the schedule, so a worker never sleeps long."""
+    status = execute(job_id)
+    while status == Status.WAITING and (delay := inline_delay(job_id)) is not None:
+        time.sleep(delay)
+        status = execute(job_id)
+    return status
+
+
+def inline_delay(job_id: int) -> float | None:
+    due = Job.objects.filter(pk=job_id).values_list("next_attempt_at", flat=True).first()
+    delay = (due - timezone.now()).total_seconds() if due else None
+    if delay is None or delay > setting("RECOVERY_INLINE_RETRY_SECONDS"):
+        return None
+    return max(0.0, delay)
+
+
 def execute(job_id: int, owner: str = "", now: datetime | None = None) -> str:
-    """The worker's task: one attempt at the job if it can be claimed; its status after."""
+    """One attempt at the job if it can be claimed; its status after."""
     job = run_once(job_id, owner, now)
     if job is None:
         current = Job.objects.filter(pk=job_id).values_list("status", flat=True).first()
@@ -336,8 +355,9 @@ def run_foreground(job_id: int, owner: str = "", sleep=time.sleep, clock=timezon
             return job
         wake = job.next_attempt_at if job.status == Status.WAITING else None
         if job.status == Status.RUNNING:
+            if job_id in reap_expired(now):
+                continue
             wake = job.lease_expires_at
-            reap_expired(now)
         if wake and wake > now:
             sleep(min((wake - now).total_seconds(), 60))
             continue

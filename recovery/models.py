@@ -313,7 +313,7 @@ class Job(models.Model):
 
         pk = self.pk
         Job.objects.filter(pk=pk).update(dispatched_at=timezone.now())
-        transaction.on_commit(lambda: async_task("recovery.engine.execute", pk, group="jobs"))
+        transaction.on_commit(lambda: async_task("recovery.engine.work", pk, group="jobs"))
 
 
 class Attempt(models.Model):

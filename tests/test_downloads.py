@@ -133,7 +133,7 @@ def test_a_flipped_byte_is_caught_discarded_and_downloaded_again(server):
 
 
 def test_a_file_that_never_matches_fails_as_integrity_and_leaves_nothing(server, models_dir):
-    download, job = fetch(server.add("/m.bin", DATA, script=["flip:1", "flip:2"]))
+    _download, job = fetch(server.add("/m.bin", DATA, script=["flip:1", "flip:2"]))
     assert job.status == Status.FAILED and job.error_category == "integrity"
     assert leftovers(models_dir) == []
 
@@ -179,7 +179,7 @@ def test_a_complete_part_answered_with_416_is_verified_without_a_body(server, mo
 
 
 def test_a_wrong_size_fails_verification(server, models_dir):
-    download, job = fetch(server.add("/m.bin", DATA), sha256="", size=len(DATA) + 1)
+    _download, job = fetch(server.add("/m.bin", DATA), sha256="", size=len(DATA) + 1)
     assert job.status == Status.FAILED and job.error_category == "integrity"
     assert leftovers(models_dir) == []
 

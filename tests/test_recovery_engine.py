@@ -9,7 +9,7 @@ import pytest
 from django.utils import timezone
 
 import tests.jobkinds  # registers the test job kinds
-from recovery.engine import execute, reap_expired, run_foreground
+from recovery.engine import execute, reap_expired, run_foreground, work
 from recovery.maintenance import prune
 from recovery.models import Attempt, BreakerState, CircuitBreaker, Job, Outcome, Status
 from recovery.policy import policy_for
@@ -290,3 +290,27 @@ def test_a_job_held_by_a_live_process_is_left_alone():
     job = Job.objects.create(kind="test.noop")
     Job.objects.claim(job.pk, f"{socket.gethostname()}:{os.getpid()}", timezone.now())
     assert reap_expired() == []
+
+
+def test_the_worker_retries_a_short_delay_in_place(settings):
+    settings.RECOVERY_INLINE_RETRY_SECONDS = 1
+    job = script(["network", "network"])
+    assert work(job.pk) == Status.SUCCEEDED
+    assert outcomes(job) == [Outcome.RETRY, Outcome.RETRY, Outcome.SUCCEEDED]
+
+
+def test_the_worker_leaves_a_long_delay_to_the_schedule(settings):
+    settings.RECOVERY_BACKOFF_SCALE = 1
+    job = script(["rate_limited"], retry_after=60)
+    assert work(job.pk) == Status.WAITING
+    assert outcomes(job) == [Outcome.RETRY]
+
+
+def test_run_foreground_takes_over_from_a_dead_local_process_without_waiting():
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    job = Job.objects.create(kind="test.noop")
+    Job.objects.claim(job.pk, f"{socket.gethostname()}:{proc.pid}", timezone.now())
+    slept = []
+    assert run_foreground(job.pk, sleep=slept.append).status == Status.SUCCEEDED
+    assert slept == []

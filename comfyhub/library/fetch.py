@@ -32,6 +32,11 @@ from comfyhub.library.paths import BadInput, check_url
 from recovery.errors import Defer, JobError
 from recovery.models import Job
 
+# sha256 states of .part prefixes this process has already hashed, so a retry in the same
+# process resumes without re-reading a 20 GB prefix. Trusted only while the file's size
+# and mtime are exactly what they were when the state was taken.
+PREFIX_HASHES: dict[str, tuple[int, int, "hashlib._Hash"]] = {}
+
 CHUNK = 1 << 20
 QUEUE_DEPTH = 4  # chunks in flight to the writer: bounds memory and bytes lost to a kill
 REPORT_SECONDS = 0.5
@@ -163,6 +168,8 @@ def pump(response: httpx.Response, transfer: "Transfer") -> None:
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):
             raise transfer.disk_full() from exc
         raise
+    finally:
+        transfer.remember_hash()
     if transfer.total is not None and transfer.offset < transfer.total:
         raise JobError(
             f"The connection to {transfer.download.host} closed after {transfer.offset:,} of "
@@ -212,7 +219,7 @@ class Sink:
         while (chunk := self.queue.get()) is not None:
             if self.error is None:
                 try:
-                    self.file.write(chunk)
+                    write_all(self.file, chunk)
                     self.transfer.hasher.update(chunk)
                 except OSError as exc:
                     self.error = exc
@@ -252,8 +259,7 @@ class Transfer:
         state = read_sidecar(self.download)
         if self.part.exists() and state.get("url") == self.download.url:
             self.offset = self.part.stat().st_size
-            self.hasher = hashlib.sha256()
-            hash_into(self.part, self.offset, self.hasher)
+            self.hasher = self.prefix_hash()
             self.validator = state.get("validator", "")
         else:
             self.download.discard_partial()
@@ -262,6 +268,20 @@ class Transfer:
         self.reported_bytes = self.offset
         self.total = self.download.expected_size or self.download.total_bytes
         self.save_sidecar()
+
+    def prefix_hash(self) -> "hashlib._Hash":
+        stat = self.part.stat()
+        known = PREFIX_HASHES.get(str(self.part))
+        if known and known[:2] == (stat.st_size, stat.st_mtime_ns):
+            return known[2].copy()
+        hasher = hashlib.sha256()
+        hash_into(self.part, stat.st_size, hasher)
+        return hasher
+
+    def remember_hash(self) -> None:
+        stat = self.part.stat() if self.part.exists() else None
+        if stat and stat.st_size == self.offset:
+            PREFIX_HASHES[str(self.part)] = (stat.st_size, stat.st_mtime_ns, self.hasher.copy())
 
     def range_headers(self) -> dict[str, str]:
         if not self.offset:
@@ -356,6 +376,7 @@ class Transfer:
         if self.download.expected_size is not None and size != self.download.expected_size:
             self.reject(f"it has {size:,} bytes, expected {self.download.expected_size:,}")
         target = self.download.path
+        PREFIX_HASHES.pop(str(self.part), None)
         os.replace(self.part, target)
         fsync_dir(target.parent)
         self.download.sidecar_path.unlink(missing_ok=True)
@@ -369,6 +390,13 @@ class Transfer:
             "is probably different from the one expected.",
             category="integrity",
         )
+
+
+def write_all(file, chunk: bytes) -> None:
+    """An unbuffered write may be partial (e.g. just before the disk fills)."""
+    view = memoryview(chunk)
+    while view:
+        view = view[file.write(view) :]
 
 
 def read_sidecar(download: Download) -> dict:

@@ -11,6 +11,11 @@ def discard_partial(job: Job) -> None:
         download.discard_partial()
 
 
-@recoverable("download", on_cancel=discard_partial)
+# A drop mid-file is routine: come back within a second (the worker retries that in
+# place). Progress resets the count, so only a connection that stays dead gives up.
+QUICK = {"base": 0.25, "jitter": 0.25, "max_attempts": 10}
+
+
+@recoverable("download", on_cancel=discard_partial, policies={"network": QUICK, "timeout": QUICK})
 def download(job: Job) -> None:
     fetch(job)

@@ -1,0 +1,252 @@
+"""Loopback fakes of the CivitAI and Hugging Face APIs, answering with the real response
+shapes (trimmed to the fields a downloader reads)."""
+
+import hashlib
+import re
+from dataclasses import dataclass
+from urllib.parse import parse_qs
+
+from tests.fileserver import FileServer, LoopbackServer
+
+LFS_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".bin", ".pth")
+LFS_SPEC = "version https://git-lfs.github.com/spec/v1"
+
+
+def git_oid(blob: bytes) -> str:
+    return hashlib.sha1(b"blob %d\0" % len(blob) + blob, usedforsecurity=False).hexdigest()
+
+
+@dataclass
+class CivitaiVersion:
+    model_id: int
+    version_id: int
+    name: str
+    data_url: str
+    sha256: str
+    size: int
+    filename: str
+    base_model: str
+
+
+class FakeCivitai(LoopbackServer):
+    """/api/v1/model-versions/<id>, /api/v1/model-versions/by-hash/<sha256>,
+    /api/v1/models/<id>, and /api/download/models/<id>, which redirects to the file's
+    `data_url` (put it on a FileServer: another port, like the real CDN's other host).
+
+    With `token`, only the download endpoint wants it, as `Authorization: Bearer <token>`
+    or `?token=<token>` (the real site takes either)."""
+
+    def __init__(self, host: str = "127.0.0.1", token: str | None = None):
+        super().__init__(host)
+        self.token = token
+        self.models: dict[int, dict] = {}
+        self.versions: dict[int, CivitaiVersion] = {}
+
+    def add_version(
+        self,
+        model_id: int,
+        version_id: int,
+        name: str,
+        data_url: str,
+        sha256_hex: str,
+        size_bytes: int,
+        filename: str,
+        *,
+        model_name: str | None = None,
+        model_type: str = "Checkpoint",
+        base_model: str = "SDXL 1.0",
+    ) -> dict:
+        """Register a version (the latest added is the model's newest); returns its JSON."""
+        model = self.models.setdefault(
+            model_id, {"name": model_name or f"Model {model_id}", "type": model_type, "ids": []}
+        )
+        model["ids"].append(version_id)
+        self.versions[version_id] = CivitaiVersion(
+            model_id, version_id, name, data_url, sha256_hex, size_bytes, filename, base_model
+        )
+        return self.version_json(self.versions[version_id])
+
+    def download_url(self, version_id: int) -> str:
+        return self.url(f"/api/download/models/{version_id}")
+
+    def version_json(self, version: CivitaiVersion) -> dict:
+        model = self.models[version.model_id]
+        url = self.download_url(version.version_id)
+        sha = version.sha256.upper()
+        file = {
+            "id": version.version_id,
+            "name": version.filename,
+            "sizeKB": version.size / 1024,
+            "type": "Model",
+            "primary": True,
+            "hashes": {"SHA256": sha, "AutoV2": sha[:10]},
+            "downloadUrl": url,
+            "metadata": {
+                "format": "SafeTensor" if version.filename.endswith(".safetensors") else "Other",
+                "fp": "fp16",
+                "size": "pruned",
+            },
+        }
+        return {
+            "id": version.version_id,
+            "modelId": version.model_id,
+            "name": version.name,
+            "baseModel": version.base_model,
+            "downloadUrl": url,
+            "files": [file],
+            "model": {"name": model["name"], "type": model["type"]},
+        }
+
+    def model_json(self, model_id: int) -> dict:
+        model = self.models[model_id]
+        newest_first = [self.version_json(self.versions[vid]) for vid in reversed(model["ids"])]
+        return {
+            "id": model_id,
+            "name": model["name"],
+            "type": model["type"],
+            "modelVersions": newest_first,
+        }
+
+    def handle(self, h, record: dict) -> None:
+        if match := re.fullmatch(r"/api/download/models/(\d+)", record["path"]):
+            return self.download(h, record, int(match[1]))
+        self.reply_json(h, record, *self.api(record["path"]))
+
+    def api(self, path: str) -> tuple[int, dict]:
+        if match := re.fullmatch(r"/api/v1/model-versions/by-hash/(\w+)", path):
+            found = [v for v in self.versions.values() if v.sha256.lower() == match[1].lower()]
+            return (200, self.version_json(found[0])) if found else (404, {"error": "Not found"})
+        if match := re.fullmatch(r"/api/v1/model-versions/(\d+)", path):
+            version = self.versions.get(int(match[1]))
+            if version:
+                return 200, self.version_json(version)
+            return 404, {"error": f"No model version with id {match[1]}"}
+        if match := re.fullmatch(r"/api/v1/models/(\d+)", path):
+            if int(match[1]) in self.models:
+                return 200, self.model_json(int(match[1]))
+            return 404, {"error": f"No model with id {match[1]}"}
+        return 404, {"error": "Not found"}
+
+    def download(self, h, record: dict, version_id: int) -> None:
+        offered = {h.headers.get("Authorization"), *parse_qs(record["query"]).get("token", [])}
+        if self.token and not {f"Bearer {self.token}", self.token} & offered:
+            message = "The creator of this asset requires you to be logged in to download it"
+            return self.reply_json(h, record, 401, {"error": "Unauthorized", "message": message})
+        version = self.versions.get(version_id)
+        if version is None:
+            return self.reply_json(
+                h, record, 404, {"error": f"No model version with id {version_id}"}
+            )
+        self.reply(h, record, 302, b"", {"Location": version.data_url})
+
+
+class FakeHuggingFace(FileServer):
+    """Files at /<org>/<repo>/resolve/<rev>/<path> (a FileServer, so Range and scripts
+    work), HTML at .../blob/..., and the JSON of /api/models?search=, /api/models/<repo>
+    (also .../revision/<rev>) and /api/models/<repo>/tree/<rev>[/<folder>][?recursive=1].
+
+    With `token`, resolve routes want `Authorization: Bearer <token>`; the API does not."""
+
+    def __init__(self, host: str = "127.0.0.1", token: str | None = None):
+        super().__init__(host)
+        self.token = token
+        self.repos: dict[str, dict] = {}
+        self.trees: dict[tuple[str, str], dict[str, dict]] = {}
+
+    def add_repo(self, repo: str, *, tags=(), likes: int = 0, downloads: int = 0) -> None:
+        self.repos[repo] = {"tags": list(tags), "likes": likes, "downloads": downloads}
+
+    def add_file(
+        self, repo: str, path: str, data: bytes, rev: str = "main", *, lfs=None, **options
+    ) -> str:
+        """Register a file; `options` go to FileServer.add (script, rate, etag, ...).
+        Like the real hub, the ETag is the LFS sha256 for LFS files, else the git blob id."""
+        if repo not in self.repos:
+            self.add_repo(repo)
+        lfs = path.endswith(LFS_SUFFIXES) if lfs is None else lfs
+        sha256 = hashlib.sha256(data).hexdigest()
+        pointer = (
+            f"version https://git-lfs.github.com/spec/v1\noid sha256:{sha256}\nsize {len(data)}\n"
+        )
+        entry = {"type": "file", "oid": git_oid(data), "size": len(data), "path": path}
+        if lfs:
+            entry["oid"] = git_oid(pointer.encode())
+            entry["lfs"] = {"oid": sha256, "size": len(data), "pointerSize": len(pointer)}
+        self.trees.setdefault((repo, rev), {})[path] = entry
+        options.setdefault("etag", f'"{sha256 if lfs else entry["oid"]}"')
+        auth = f"Bearer {self.token}" if self.token else None
+        return self.add(f"/{repo}/resolve/{rev}/{path}", data, auth=auth, **options)
+
+    def commit(self, repo: str, rev: str) -> str:
+        oids = sorted(e["path"] + e["oid"] for e in self.trees[repo, rev].values())
+        return hashlib.sha1("".join([repo, rev, *oids]).encode(), usedforsecurity=False).hexdigest()
+
+    def handle(self, h, record: dict) -> None:
+        path, query = record["path"], parse_qs(record["query"])
+        if path == "/api/models":
+            return self.reply_json(h, record, 200, self.search(query))
+        if match := re.fullmatch(r"/api/models/([^/]+/[^/]+)/tree/([^/]+)/?(.*)", path):
+            recursive = query.get("recursive", [""])[0] in {"1", "true", "True"}
+            return self.reply_json(h, record, *self.tree(*match.groups(), recursive))
+        if match := re.fullmatch(r"/api/models/([^/]+/[^/]+)(?:/revision/([^/]+))?", path):
+            return self.reply_json(h, record, *self.info(match[1], match[2] or "main"))
+        if match := re.fullmatch(r"/([^/]+/[^/]+)/blob/([^/]+)/(.+)", path):
+            return self.blob_page(h, record, *match.groups())
+        super().handle(h, record)
+
+    def search(self, query: dict) -> list[dict]:
+        needle = query.get("search", [""])[0].lower()
+        limit = int(query.get("limit", ["1000"])[0])
+        found = [repo for repo in self.repos if needle in repo.lower()][:limit]
+        return [
+            {
+                "_id": hashlib.md5(repo.encode(), usedforsecurity=False).hexdigest()[:24],
+                "id": repo,
+                "modelId": repo,
+                "likes": self.repos[repo]["likes"],
+                "downloads": self.repos[repo]["downloads"],
+                "tags": self.repos[repo]["tags"],
+                "private": False,
+            }
+            for repo in found
+        ]
+
+    def info(self, repo: str, rev: str) -> tuple[int, dict]:
+        if (repo, rev) not in self.trees:
+            return 404, {"error": "Repository not found"}
+        return 200, {
+            "id": repo,
+            "modelId": repo,
+            "sha": self.commit(repo, rev),
+            "private": False,
+            "tags": self.repos[repo]["tags"],
+            "likes": self.repos[repo]["likes"],
+            "downloads": self.repos[repo]["downloads"],
+            "siblings": [{"rfilename": path} for path in sorted(self.trees[repo, rev])],
+        }
+
+    def tree(self, repo: str, rev: str, folder: str, recursive: bool) -> tuple[int, list | dict]:
+        if (repo, rev) not in self.trees:
+            return 404, {"error": "Repository not found"}
+        prefix = folder.strip("/") + "/" if folder.strip("/") else ""
+        folders, files = {}, []
+        for path, entry in sorted(self.trees[repo, rev].items()):
+            if not path.startswith(prefix):
+                continue
+            rest = path.removeprefix(prefix)
+            if "/" in rest and not recursive:
+                name = prefix + rest.split("/")[0]
+                oid = git_oid(name.encode())
+                folders[name] = {"type": "directory", "oid": oid, "size": 0, "path": name}
+            else:
+                files.append(entry)
+        return 200, [*folders.values(), *files]
+
+    def blob_page(self, h, record: dict, repo: str, rev: str, path: str) -> None:
+        status = 200 if f"/{repo}/resolve/{rev}/{path}" in self.files else 404
+        page = (
+            f'<!doctype html>\n<html class=""><head><meta charset="utf-8" />'
+            f"<title>{path} · {repo} at {rev}</title></head>\n<body><main>"
+            f'<a href="/{repo}/resolve/{rev}/{path}">download</a></main></body></html>\n'
+        )
+        self.reply(h, record, status, page.encode(), {"Content-Type": "text/html; charset=utf-8"})

@@ -1,0 +1,125 @@
+"""`manage.py download`: exit codes, JSON, and resuming after the process was SIGKILLed."""
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+from io import StringIO
+
+import pytest
+from django.core.management import CommandError, call_command
+
+from tests.conftest import ROOT, subprocess_env, wait_until
+from tests.fileserver import FileServer
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+DATA = os.urandom(2 * 1024 * 1024)
+SHA = hashlib.sha256(DATA).hexdigest()
+
+
+@pytest.fixture(autouse=True)
+def models_dir(settings, tmp_path):
+    settings.MODELS_DIR = tmp_path / "models"
+    settings.MODELS_DIR.mkdir()
+    settings.RECOVERY_BACKOFF_SCALE = 0
+    return settings.MODELS_DIR
+
+
+@pytest.fixture
+def server():
+    with FileServer() as running:
+        yield running
+
+
+def download(*args: str) -> dict:
+    out = StringIO()
+    call_command("download", *args, "--json", stdout=out)
+    return json.loads(out.getvalue())
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["ftp://127.0.0.1/x", "--dest", "checkpoints/x.bin"],
+        ["http://127.0.0.1/x", "--dest", "/tmp/x.bin"],
+        ["http://127.0.0.1/x", "--dest", "checkpoints/../../x.bin"],
+        ["http://127.0.0.1/x", "--dest", "checkpoints/x.bin", "--sha256", "nothex"],
+        ["http://127.0.0.1/x", "--dest", "checkpoints/x.bin", "--size", "-1"],
+    ],
+)
+def test_bad_input_exits_2_with_a_clear_message(args):
+    with pytest.raises(CommandError) as error:
+        call_command("download", *args)
+    assert error.value.returncode == 2
+
+
+def test_a_real_bad_invocation_prints_one_line_and_exits_2(tmp_path):
+    command = [sys.executable, str(ROOT / "manage.py"), "download", "ftp://h/x", "--dest", "a/b"]
+    result = subprocess.run(command, env=subprocess_env(tmp_path), capture_output=True, text=True)
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        "CommandError: Only http:// and https:// URLs can be downloaded (got 'ftp://h/x')."
+    )
+
+
+def test_json_reports_a_verified_download(server, models_dir):
+    report = download(server.add("/m.bin", DATA), "--dest", "vae/m.bin", "--sha256", SHA)
+    assert report == {
+        "status": "succeeded",
+        "path": str(models_dir.resolve() / "vae/m.bin"),
+        "bytes": len(DATA),
+        "sha256": SHA,
+        "attempts": 1,
+        "error": None,
+    }
+
+
+def test_a_failed_download_exits_1_and_explains(server, capsys):
+    out = StringIO()
+    with pytest.raises(SystemExit) as exit_info:
+        call_command(
+            "download",
+            server.add("/m.bin", DATA, script=["status:404"]),
+            "--dest",
+            "vae/m.bin",
+            "--json",
+            stdout=out,
+        )
+    assert exit_info.value.code == 1
+    report = json.loads(out.getvalue())
+    assert report["status"] == "failed" and report["sha256"] is None
+    assert report["error"]["category"] == "not_found" and report["error"]["retryable"] is False
+
+
+@pytest.mark.e2e
+def test_a_killed_download_resumes_its_part_when_run_again(server, tmp_path, models_dir):
+    size = 12 * 1024 * 1024
+    data = os.urandom(size)
+    url = server.add("/big.bin", data, rate=4 * 1024 * 1024)
+    env = subprocess_env(tmp_path, COMFYHUB_MODELS_DIR=str(models_dir))
+    sha = hashlib.sha256(data).hexdigest()
+    command = [
+        sys.executable,
+        str(ROOT / "manage.py"),
+        "download",
+        url,
+        "--dest",
+        "checkpoints/big.bin",
+        "--sha256",
+        sha,
+        "--json",
+    ]
+    part = models_dir / "checkpoints/big.bin.part"
+    first = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE)
+    wait_until(lambda: part.exists() and part.stat().st_size >= 3 * 1024 * 1024, what="3 MiB")
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    server.release_stalls()
+    second = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert second.returncode == 0, second.stderr
+    assert json.loads(second.stdout)["sha256"] == sha
+    assert server.requests[-1]["headers"]["range"].startswith("bytes=")
+    assert server.bytes_sent() <= size + 16 * 1024 * 1024
