@@ -2,10 +2,16 @@ from django.contrib import admin
 from django.urls import include, path
 
 from comfyhub import views
+from comfyhub.library import views as library_views
 
 urlpatterns = [
     path("", views.planned, {"title": "Projects", "issue": 6}, name="projects"),
-    path("downloads/", views.planned, {"title": "Downloads", "issue": 4}, name="downloads"),
+    path("downloads/", library_views.downloads, name="downloads"),
+    path(
+        "downloads/<int:pk>/<str:action>/",
+        library_views.download_action,
+        name="download-action",
+    ),
     path("", include("recovery.urls")),
     path("recovery/", views.planned, {"title": "Recovery", "issue": 7}, name="recovery"),
     path("settings/", views.planned, {"title": "Settings", "issue": 7}, name="settings"),

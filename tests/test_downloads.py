@@ -2,6 +2,7 @@
 
 import hashlib
 import os
+import time
 from datetime import timedelta
 
 import pytest
@@ -10,6 +11,7 @@ from django.utils import timezone
 from comfyhub.library.models import Download
 from recovery.engine import execute, run_foreground
 from recovery.models import Job, Outcome, Status
+from recovery.signals import job_changed
 from tests.fileserver import FileServer
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -262,3 +264,22 @@ def test_a_full_host_makes_the_next_download_wait_without_an_attempt(server, set
     assert execute(waiting.job_id) == Status.WAITING
     job = Job.objects.get(pk=waiting.job_id)
     assert "free download slot" in job.error_message and job.attempt == 0
+
+
+def test_progress_is_written_at_most_twice_a_second_with_speed_and_eta(server):
+    url = server.add("/m.bin", DATA, rate=2 * 1024 * 1024)
+    seen = []
+
+    def record(sender, job, **kwargs):
+        if job.status == Status.RUNNING and job.progress_done:
+            seen.append(Download.objects.filter(job=job).values("speed", "eta_seconds").get())
+
+    job_changed.connect(record)
+    started = time.monotonic()
+    try:
+        _, job = fetch(url)
+    finally:
+        job_changed.disconnect(record)
+    assert job.status == Status.SUCCEEDED
+    assert 1 <= len(seen) <= (time.monotonic() - started) / 0.5 + 2
+    assert any(row["speed"] > 0 and row["eta_seconds"] is not None for row in seen)

@@ -10,6 +10,7 @@ import pytest
 import websockets
 
 from tests.conftest import REDIS_URL, processes_with_env, redis_reachable
+from tests.fileserver import FileServer
 
 pytestmark = pytest.mark.e2e
 
@@ -19,15 +20,17 @@ LAYERS = [
 ]
 
 
-def queue_self_test(base: str) -> int:
+def post_form(base: str, path: str, fields: dict) -> httpx.Response:
     with httpx.Client(base_url=base) as client:
-        client.get("/system/")
-        response = client.post(
-            "/system/",
-            data={"csrfmiddlewaretoken": client.cookies["csrftoken"]},
-            headers={"Referer": base + "/system/"},
-        )
-    assert response.status_code == 302
+        client.get(path)
+        fields = {**fields, "csrfmiddlewaretoken": client.cookies["csrftoken"]}
+        response = client.post(path, data=fields, headers={"Referer": base + path})
+    assert response.status_code == 302, response.text
+    return response
+
+
+def queue_self_test(base: str) -> int:
+    response = post_form(base, "/system/", {})
     return int(re.search(r"job=(\d+)", response.headers["location"]).group(1))
 
 
@@ -79,3 +82,19 @@ def is_worker_leader(pid: int) -> bool:
     with open(f"/proc/{pid}/stat") as fh:
         pgid = int(fh.read().rsplit(")", 1)[1].split()[2])
     return b"worker" in args and pgid == pid
+
+
+def test_a_download_posted_on_the_page_is_fetched_by_the_worker_through_a_drop(
+    serve_factory, tmp_path
+):
+    data = os.urandom(3 * 1024 * 1024)
+    with FileServer() as files:
+        url = files.add("/m.safetensors", data, script=["drop:1000000"])
+        server = serve_factory(COMFYHUB_MODELS_DIR=str(tmp_path / "models"))
+        post_form(server.base, "/downloads/", {"url": url, "dest": "vae/m.safetensors"})
+        page = httpx.get(server.base + "/downloads/").text
+        pk = int(re.search(r'ws-connect="/ws/jobs/(\d+)/"', page).group(1))
+        statuses, close_code = asyncio.run(asyncio.wait_for(watch(server.base, pk), 60))
+    assert statuses[-1] == "succeeded" and close_code == 1000
+    assert (tmp_path / "models/vae/m.safetensors").read_bytes() == data
+    assert files.requests[-1]["headers"]["range"] == "bytes=1000000-"

@@ -40,6 +40,13 @@ class DownloadQuerySet(models.QuerySet):
             )
         return download, True
 
+    def queue(self, url: str, dest: str, sha256: str = "", size: int | None = None):
+        """request() for the worker: a new download is handed to the cluster."""
+        download, created = self.request(url, dest, sha256, size)
+        if created:
+            download.job.dispatch()
+        return download, created
+
 
 class Download(models.Model):
     """A model file on its way into the models folder; the job carries status and errors."""
@@ -68,6 +75,12 @@ class Download(models.Model):
 
     def __str__(self) -> str:
         return f"{self.dest} ({self.job.status})"
+
+    @property
+    def percent(self) -> int | None:
+        if not self.total_bytes:
+            return None
+        return min(100, int(self.bytes_done * 100 / self.total_bytes))
 
     @property
     def path(self) -> Path:

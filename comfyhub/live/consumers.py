@@ -12,7 +12,7 @@ import asyncio
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
-from django.template.loader import render_to_string
+from django.template.loader import select_template
 
 from comfyhub.live.broadcast import group_for, is_cross_process
 from recovery.models import Job
@@ -69,11 +69,21 @@ class LiveConsumer(AsyncWebsocketConsumer):
 
 
 class JobConsumer(LiveConsumer):
+    """A job's card; a kind may bring its own (templates/live/<kind>.html)."""
+
     kind = "job"
 
     def load(self, pk: int):
         job = Job.objects.filter(pk=pk).first()
         if job is None:
             return None
-        html = render_to_string("live/job.html", {"job": job, "oob": True})
-        return job.updated_at, html, job.is_terminal
+        template = select_template([f"live/{job.kind}.html", "live/job.html"])
+        context = {"job": job, "oob": True, "csrf_token": self.csrf_token()}
+        if hasattr(job, "download"):
+            context["download"] = job.download
+        return job.updated_at, template.render(context), job.is_terminal
+
+    def csrf_token(self) -> str:
+        # Forms inside a pushed fragment must post like the page's own; the cookie's
+        # secret is a valid token for the same browser.
+        return self.scope.get("cookies", {}).get(settings.CSRF_COOKIE_NAME, "")

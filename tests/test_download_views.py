@@ -1,0 +1,115 @@
+import pytest
+from asgiref.sync import sync_to_async
+from channels.testing import WebsocketCommunicator
+from django.db import connections
+from django.test import Client
+from django_q.brokers import get_broker
+
+from comfyhub.asgi import application
+from comfyhub.library.models import Download
+from recovery.models import Job, Status
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture(autouse=True)
+def models_dir(settings, tmp_path):
+    settings.MODELS_DIR = tmp_path
+    return tmp_path
+
+
+def queued(dest: str = "loras/a.safetensors") -> Download:
+    download, _ = Download.objects.request("http://127.0.0.1:9/a.safetensors", dest)
+    return download
+
+
+def test_the_empty_page_says_what_to_do(client):
+    response = client.get("/downloads/")
+    assert response.status_code == 200 and b"No downloads yet" in response.content
+
+
+def test_posting_a_url_queues_a_download_for_the_worker(client, django_capture_on_commit_callbacks):
+    before = get_broker().queue_size()
+    with django_capture_on_commit_callbacks(execute=True):
+        response = client.post(
+            "/downloads/", {"url": "https://example.org/m.bin", "dest": "vae/m.bin", "sha256": ""}
+        )
+    assert response.status_code == 302 and response["Location"] == "/downloads/"
+    download = Download.objects.get()
+    assert (download.dest, download.host, download.job.status) == (
+        "vae/m.bin",
+        "example.org",
+        "queued",
+    )
+    assert get_broker().queue_size() == before + 1
+
+
+def test_a_bad_destination_is_refused_with_the_reason(client):
+    response = client.post("/downloads/", {"url": "https://example.org/m.bin", "dest": "../x"})
+    assert response.status_code == 400
+    assert b"may not contain" in response.content and not Download.objects.exists()
+
+
+def test_a_non_http_url_is_refused(client):
+    response = client.post("/downloads/", {"url": "file:///etc/passwd", "dest": "vae/x.bin"})
+    assert response.status_code == 400 and b"Only http" in response.content
+
+
+def test_posting_without_csrf_is_refused():
+    response = Client(enforce_csrf_checks=True).post(
+        "/downloads/", {"url": "https://example.org/m.bin", "dest": "vae/m.bin"}
+    )
+    assert response.status_code == 403 and not Download.objects.exists()
+
+
+def test_the_list_refuses_put(client):
+    assert client.put("/downloads/").status_code == 405
+
+
+@pytest.mark.parametrize(("action", "status"), [("pause", "paused"), ("cancel", "cancelled")])
+def test_an_action_changes_the_download_and_redirects(client, action, status):
+    download = queued()
+    response = client.post(f"/downloads/{download.pk}/{action}/")
+    assert response.status_code == 302
+    assert Job.objects.get(pk=download.job_id).status == status
+
+
+def test_resume_and_retry_queue_a_paused_download_again(client):
+    download = queued()
+    download.job.pause()
+    client.post(f"/downloads/{download.pk}/resume/")
+    assert Job.objects.get(pk=download.job_id).status == Status.QUEUED
+
+
+def test_an_unknown_action_is_404_and_get_is_405(client):
+    download = queued()
+    assert client.post(f"/downloads/{download.pk}/explode/").status_code == 404
+    assert client.get(f"/downloads/{download.pk}/pause/").status_code == 405
+    assert client.post("/downloads/999/pause/").status_code == 404
+
+
+def test_a_failed_download_shows_the_plain_error_and_the_detail(client):
+    download = queued()
+    Job.objects.filter(pk=download.job_id).update(
+        status=Status.FAILED,
+        error_category="auth",
+        error_message="Set HF_TOKEN in Settings.",
+        error_detail="httpx.HTTPStatusError: 401",
+    )
+    html = client.get("/downloads/").content.decode()
+    assert "Set HF_TOKEN in Settings." in html and "httpx.HTTPStatusError: 401" in html
+    assert f"/downloads/{download.pk}/retry/" in html
+
+
+@pytest.mark.asyncio
+@pytest.mark.django_db(transaction=True)
+async def test_the_live_card_of_a_download_carries_a_usable_csrf_token(settings):
+    settings.CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+    download = await sync_to_async(queued)()
+    headers = [(b"origin", b"http://127.0.0.1:4000"), (b"cookie", b"csrftoken=" + b"a" * 32)]
+    ws = WebsocketCommunicator(application, f"/ws/jobs/{download.job_id}/", headers=headers)
+    assert (await ws.connect())[0]
+    fragment = await ws.receive_from(timeout=5)
+    assert "loras/a.safetensors" in fragment and 'value="' + "a" * 32 in fragment
+    await ws.disconnect()
+    await sync_to_async(connections.close_all)()
