@@ -26,7 +26,7 @@ from urllib.parse import urljoin
 import httpx
 from django.conf import settings
 
-from comfyhub.library import sources
+from comfyhub.library import index, sources
 from comfyhub.library.models import Download
 from comfyhub.library.paths import BadInput, check_url
 from recovery.errors import Defer, JobError
@@ -450,6 +450,7 @@ def fsync_dir(path) -> None:
 
 
 def record_done(download: Download, job: Job, digest: str, size: int) -> None:
+    index.record(download.path, digest)
     download.sha256 = digest
     download.report(size, size, download.speed, 0)
     download.save(update_fields=["sha256"])

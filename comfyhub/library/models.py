@@ -103,3 +103,26 @@ class Download(models.Model):
         """Forget the bytes so far (.part and its sidecar); never touches the destination."""
         self.part_path.unlink(missing_ok=True)
         self.sidecar_path.unlink(missing_ok=True)
+
+
+class LocalModel(models.Model):
+    """A file in the models folder, with its sha256 once anyone has computed it.
+
+    Written when a download finishes (hash known for free) and by index.scan(); read to
+    answer "is this model here?" by directory + name and by hash.
+    """
+
+    directory = models.CharField(max_length=200)
+    name = models.CharField(max_length=300)
+    size = models.BigIntegerField()
+    mtime_ns = models.BigIntegerField()
+    sha256 = models.CharField(max_length=64, blank=True, db_index=True)
+    seen_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["directory", "name"], name="one_row_per_model_file")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.directory}/{self.name}"

@@ -1,0 +1,63 @@
+"""The local model index: what is in the models folder, by directory + name and by hash.
+
+A model's `directory` is the first path component under the models folder (ComfyUI's
+folder name: checkpoints, loras, vae, …); `name` is the rest, as ComfyUI's widgets show it
+(it may contain subfolders, e.g. `sdxl/base.safetensors`).
+"""
+
+from pathlib import Path
+
+from django.conf import settings
+from django.utils import timezone
+
+from comfyhub.library.models import LocalModel
+
+IGNORED_SUFFIXES = (".part", ".part.json", ".tmp")
+
+
+def split(path: Path, root: Path | None = None) -> tuple[str, str]:
+    relative = path.relative_to((root or settings.MODELS_DIR).resolve())
+    return relative.parts[0], "/".join(relative.parts[1:])
+
+
+def record(path: Path, sha256: str = "") -> LocalModel:
+    """Remember one file (sha256 when known; a changed file forgets its old hash)."""
+    stat = path.stat()
+    directory, name = split(path.resolve())
+    row, _ = LocalModel.objects.get_or_create(
+        directory=directory,
+        name=name,
+        defaults={"size": stat.st_size, "mtime_ns": stat.st_mtime_ns},
+    )
+    changed = (row.size, row.mtime_ns) != (stat.st_size, stat.st_mtime_ns)
+    row.size, row.mtime_ns, row.seen_at = stat.st_size, stat.st_mtime_ns, timezone.now()
+    row.sha256 = sha256 or ("" if changed else row.sha256)
+    row.save()
+    return row
+
+
+def scan() -> int:
+    """Bring the index in line with the folder: add/refresh files, drop vanished ones."""
+    root = settings.MODELS_DIR.resolve()
+    seen = set()
+    for path in root.glob("*/**/*"):
+        if path.is_file() and not path.name.endswith(IGNORED_SUFFIXES):
+            seen.add(record(path).pk)
+    LocalModel.objects.exclude(pk__in=seen).delete()
+    return len(seen)
+
+
+def is_present(directory: str, name: str, sha256: str = "") -> bool:
+    """True if the file is in the models folder (and, when a sha256 is given and the file's
+    hash is known, it matches), or any local file is known to have that sha256."""
+    if sha256 and LocalModel.objects.filter(sha256=sha256.lower()).exists():
+        return True
+    path = settings.MODELS_DIR / directory / name
+    if not path.is_file():
+        return False
+    known = LocalModel.objects.filter(directory=directory, name=name).exclude(sha256="").first()
+    return not (sha256 and known and known.sha256 != sha256.lower())
+
+
+def find_by_sha256(sha256: str) -> LocalModel | None:
+    return LocalModel.objects.filter(sha256=sha256.lower()).first()
