@@ -9,10 +9,13 @@ SCALE_ENV := COMFYHUB_DATABASE_URL=postgresql://postgres@127.0.0.1:5432/test \
 
 .PHONY: install run migrate test test-scale lint format clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e ".[test,scale]"
+	# Only ComfyUI-Manager's data files are read (node map, model list); --no-deps keeps
+	# its heavy dependency tree (transformers, …) out of our venv.
+	$(BIN)/python -m pip install --quiet --no-deps "comfyui-manager>=4.3,<5"
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -41,6 +41,15 @@ STALL_TIMEOUT = envfloat("COMFYHUB_STALL_TIMEOUT", 60.0, low=0.1)
 DOWNLOADS_MAX = envint("COMFYHUB_DOWNLOADS_MAX", 3, 1, 64)
 DOWNLOADS_PER_HOST = envint("COMFYHUB_DOWNLOADS_PER_HOST", 2, 1, 64)
 
+# Where ComfyUI-Manager's data (extension-node-map.json, model-list.json) comes from when
+# the comfyui-manager package is not installed; cached in the data dir, refreshed by ETag.
+MANAGER_DATA_URL = envurl(
+    "COMFYHUB_MANAGER_DATA_URL",
+    "https://raw.githubusercontent.com/Comfy-Org/ComfyUI-Manager/main/",
+    ("http", "https"),
+)
+FINDER_CACHE_SECONDS = envint("COMFYHUB_FINDER_CACHE_SECONDS", 24 * 3600, 0, 30 * 24 * 3600)
+
 # How often a live page re-reads its object when no cross-process channel layer can wake
 # it, and how stale the worker heartbeat may be before /healthz says the worker is down.
 LIVE_POLL_SECONDS = envfloat("COMFYHUB_LIVE_POLL_SECONDS", 0.5, low=0.05)
@@ -72,6 +81,7 @@ INSTALLED_APPS = [
     "comfyhub",
     "comfyhub.live",
     "comfyhub.library",
+    "comfyhub.workflows",
 ]
 
 MIDDLEWARE = [
