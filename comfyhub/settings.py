@@ -49,6 +49,8 @@ MANAGER_DATA_URL = envurl(
     ("http", "https"),
 )
 FINDER_CACHE_SECONDS = envint("COMFYHUB_FINDER_CACHE_SECONDS", 24 * 3600, 0, 30 * 24 * 3600)
+# Per-request timeout of the finder's remote sources: a dead source must not hang a search.
+FINDER_TIMEOUT = envfloat("COMFYHUB_FINDER_TIMEOUT", 10.0, low=0.1)
 
 # How often a live page re-reads its object when no cross-process channel layer can wake
 # it, and how stale the worker heartbeat may be before /healthz says the worker is down.
@@ -82,6 +84,7 @@ INSTALLED_APPS = [
     "comfyhub.live",
     "comfyhub.library",
     "comfyhub.workflows",
+    "comfyhub.projects",
 ]
 
 MIDDLEWARE = [
@@ -162,6 +165,7 @@ RECOVERY_BREAKER_THRESHOLD = envint("COMFYHUB_BREAKER_THRESHOLD", 5, 1, 1000)
 RECOVERY_BREAKER_COOLDOWN = envfloat("COMFYHUB_BREAKER_COOLDOWN", 30.0)
 RECOVERY_JOB_MODULES = [m for m in env("COMFYHUB_JOB_MODULES").split(",") if m]
 RECOVERY_SECRET_SETTINGS = ["HF_TOKEN", "CIVITAI_API_TOKEN", "SECRET_KEY"]
+RECOVERY_TICK_HOOKS = ["comfyhub.projects.runtime.watch"]
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},

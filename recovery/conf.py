@@ -17,6 +17,7 @@ DEFAULTS = {
     "RECOVERY_KIND_POLICIES": {},  # {kind: {category: {...}}} overrides
     "RECOVERY_JOB_MODULES": [],  # extra modules to import for their @recoverable kinds
     "RECOVERY_SECRET_SETTINGS": [],  # setting names whose values are always redacted
+    "RECOVERY_TICK_HOOKS": [],  # dotted callables the worker calls every tick
 }
 
 

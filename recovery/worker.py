@@ -4,7 +4,9 @@ import logging
 import time
 
 from django.db import close_old_connections
+from django.utils.module_loading import import_string
 
+from recovery.conf import setting
 from recovery.engine import dispatch_due, reap_expired
 from recovery.models import WorkerHeartbeat
 
@@ -19,6 +21,8 @@ def tick(name: str) -> None:
     if reclaimed:
         log.warning("reclaimed jobs with expired leases: %s", reclaimed)
     dispatch_due()
+    for hook in setting("RECOVERY_TICK_HOOKS"):
+        import_string(hook)()
 
 
 def ensure_schedules() -> None:

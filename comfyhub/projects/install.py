@@ -1,0 +1,228 @@
+"""Installing a project: recoverable, checkpointed steps that never run twice.
+
+Each step records itself in the job's checkpoint when it finishes; a re-run (after a killed
+worker, or Retry after a failure) skips finished steps and starts the step it was in
+from its beginning. A step therefore cleans up its own half-done output before redoing it.
+"""
+
+import json
+import re
+import time
+
+from django.conf import settings
+from django.db import transaction
+
+from comfyhub.library import index
+from comfyhub.library.models import Download
+from comfyhub.projects import tools
+from comfyhub.projects.models import Project, ProjectStatus, model_key, unique_slug
+from recovery.engine import recoverable, run_foreground
+from recovery.errors import Defer, JobError
+from recovery.models import Job, Status
+
+MODEL_FOLDERS = [
+    "checkpoints",
+    "clip",
+    "clip_vision",
+    "configs",
+    "controlnet",
+    "diffusers",
+    "diffusion_models",
+    "embeddings",
+    "gligen",
+    "hypernetworks",
+    "loras",
+    "photomaker",
+    "style_models",
+    "text_encoders",
+    "unet",
+    "upscale_models",
+    "vae",
+    "vae_approx",
+    "audio_encoders",
+    "model_patches",
+    "latent_upscale_models",
+]
+
+
+def create(name: str, spec: dict, skipped: list[str] | None = None) -> Project:
+    """A new project and its (not yet dispatched) install job."""
+    with transaction.atomic():
+        project = Project.objects.create(
+            name=name, slug=unique_slug(name), spec=spec, models_skipped=skipped or []
+        )
+        job = Job.objects.create(kind="project_install", params={"project": project.pk})
+        project.touch(install_job=job)
+    return project
+
+
+def note(project: Project, line: str) -> None:
+    with project.install_log.open("a") as log:
+        log.write(f"== {line}\n")
+
+
+def clone_comfyui(project: Project, job: Job) -> None:
+    source = project.spec.get("comfyui", {})
+    tools.clone(
+        source.get("repository") or settings.COMFYUI_REPO, project.comfyui_dir, project.install_log
+    )
+    if source.get("commit"):
+        tools.checkout(project.comfyui_dir, source["commit"], project.install_log)
+    project.touch(comfyui_commit=tools.head(project.comfyui_dir, project.install_log))
+
+
+def create_venv(project: Project, job: Job) -> None:
+    tools.make_venv(project.venv, project.install_log)
+
+
+def install_requirements(project: Project, job: Job) -> None:
+    tools.pip_install(project.venv, project.comfyui_dir / "requirements.txt", project.install_log)
+
+
+def custom_nodes(project: Project, job: Job) -> None:
+    done = job.checkpoint_data.get("nodes_done", [])
+    for node in project.spec.get("nodes", []):
+        if node["repository"] in done:
+            continue
+        pin = install_node(project, node)
+        project.touch(node_pins=[*pins_without(project, node["repository"]), pin])
+        done = [*done, node["repository"]]
+        job.checkpoint(nodes_done=done)
+
+
+def install_node(project: Project, node: dict) -> dict:
+    folder = project.comfyui_dir / "custom_nodes" / node_folder(node)
+    log = project.install_log
+    note(project, f"custom node {node['repository']}")
+    tools.clone(node["repository"], folder, log)
+    if node.get("commit"):
+        tools.checkout(folder, node["commit"], log)
+    tools.pip_install(project.venv, folder / "requirements.txt", log)
+    if (folder / "install.py").is_file():
+        tools.run(
+            [str(project.venv / "bin" / "python"), "install.py"],
+            log,
+            cwd=folder,
+            timeout=tools.PIP_TIMEOUT,
+        )
+    return {
+        "repository": node["repository"],
+        "name": folder.name,
+        "commit": tools.head(folder, log),
+    }
+
+
+def node_folder(node: dict) -> str:
+    raw = node.get("name") or node["repository"].rstrip("/").rsplit("/", 1)[-1]
+    name = re.sub(r"[^A-Za-z0-9._-]", "-", raw.removesuffix(".git")).lstrip(".-")
+    if not name:
+        raise JobError(f"No usable folder name for {node['repository']!r}.", category="validation")
+    return name
+
+
+def pins_without(project: Project, repository: str) -> list[dict]:
+    return [pin for pin in project.node_pins if pin["repository"] != repository]
+
+
+def model_paths(project: Project, job: Job) -> None:
+    """Point ComfyUI at the shared models folder (never a copy: models are shared)."""
+    lines = ["comfyhub:", f"    base_path: {settings.MODELS_DIR.resolve()}"]
+    lines += [f"    {folder}: {folder}/" for folder in MODEL_FOLDERS]
+    (project.comfyui_dir / "extra_model_paths.yaml").write_text("\n".join(lines) + "\n")
+
+
+def models(project: Project, job: Job) -> None:
+    for model in project.required_models():
+        if not index.is_present(model["directory"], model["name"], model.get("sha256", "")):
+            fetch_model(model)
+
+
+def fetch_model(model: dict) -> None:
+    key = model_key(model)
+    if not model.get("url"):
+        raise JobError(
+            f"{key} is needed and not in the models folder, and no download link is known. "
+            f"Put the file there, or choose to go without it, then press Retry.",
+            category="not_found",
+        )
+    download, _ = Download.objects.request(
+        model["url"], key, model.get("sha256", ""), model.get("size")
+    )
+    child = run_foreground(download.job_id, sleep=defer_long_waits(key))
+    if child.status != Status.SUCCEEDED:
+        raise JobError(
+            f"Model {key}: {child.error_message or child.status}",
+            category=child.error_category or "unknown",
+        )
+
+
+def defer_long_waits(key: str):
+    """Short waits (a dropped connection) happen here; longer ones free the worker."""
+
+    def sleep(seconds: float) -> None:
+        if seconds > 1:
+            raise Defer(f"Waiting to retry the download of {key}.", seconds=seconds)
+        time.sleep(seconds)
+
+    return sleep
+
+
+def workflow(project: Project, job: Job) -> None:
+    if not project.spec.get("workflow"):
+        return
+    name = re.sub(r"[^A-Za-z0-9 ._-]", "_", project.spec.get("workflow_name") or project.slug)
+    folder = project.comfyui_dir / "user" / "default" / "workflows"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{name}.json").write_text(json.dumps(project.spec["workflow"], indent=2))
+
+
+def finish(project: Project, job: Job) -> None:
+    missing = [
+        model_key(m)
+        for m in project.required_models()
+        if not index.is_present(m["directory"], m["name"], m.get("sha256", ""))
+    ]
+    if missing:
+        raise JobError(
+            f"Still missing: {', '.join(missing)}. Retry to download them.", category="not_found"
+        )
+    project.touch(status=ProjectStatus.READY)
+
+
+STEPS = {
+    "clone_comfyui": clone_comfyui,
+    "create_venv": create_venv,
+    "install_requirements": install_requirements,
+    "custom_nodes": custom_nodes,
+    "model_paths": model_paths,
+    "models": models,
+    "workflow": workflow,
+    "finish": finish,
+}
+STEP_LABELS = {
+    "clone_comfyui": "Get ComfyUI",
+    "create_venv": "Create the Python environment",
+    "install_requirements": "Install ComfyUI's requirements",
+    "custom_nodes": "Install custom nodes",
+    "model_paths": "Connect the shared models folder",
+    "models": "Download models",
+    "workflow": "Add the workflow",
+    "finish": "Check everything",
+}
+
+
+@recoverable("project_install")
+def install(job: Job) -> None:
+    project = Project.objects.get(pk=job.params["project"])
+    project.touch(status=ProjectStatus.INSTALLING)
+    done = job.checkpoint_data.get("steps", [])
+    for number, (step, run) in enumerate(STEPS.items()):
+        if step in done:
+            continue
+        job.checkpoint(current=step)
+        job.progress(number, len(STEPS), "steps")
+        note(project, f"step {step}")
+        run(project, job)
+        done = [*done, step]
+        job.checkpoint(steps=done, current="")
+    job.progress(len(STEPS), len(STEPS), "steps")

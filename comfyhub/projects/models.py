@@ -1,0 +1,144 @@
+from pathlib import Path
+
+from django.conf import settings
+from django.db import models
+from django.utils import timezone
+from django.utils.text import slugify
+
+from recovery.models import Job
+
+
+class ProjectStatus(models.TextChoices):
+    INSTALLING = "installing", "Installing"
+    READY = "ready", "Ready"
+    FAILED = "failed", "Install failed"
+
+
+class RunState(models.TextChoices):
+    STOPPED = "stopped", "Stopped"
+    STARTING = "starting", "Starting"
+    RUNNING = "running", "Running"
+    CRASHED = "crashed", "Crashed"
+
+
+def unique_slug(name: str) -> str:
+    base = slugify(name)[:50] or "project"
+    slug, n = base, 2
+    while Project.objects.filter(slug=slug).exists():
+        slug, n = f"{base}-{n}", n + 1
+    return slug
+
+
+class Project(models.Model):
+    """One isolated ComfyUI: its checkout, venv, custom nodes and port; models are shared.
+
+    `spec` is what the project should be: {"comfyui": {"repository", "commit"},
+    "nodes": [{"repository", "commit", "name"}], "models": [{"directory", "name", "url",
+    "sha256", "size"}], "workflow": {...} | None, "workflow_name": str}. The pins actually
+    installed are recorded in comfyui_commit / node_pins.
+    """
+
+    name = models.CharField(max_length=100)
+    slug = models.SlugField(max_length=60, unique=True)
+    status = models.CharField(
+        max_length=16, choices=ProjectStatus.choices, default=ProjectStatus.INSTALLING
+    )
+    spec = models.JSONField(default=dict)
+    comfyui_commit = models.CharField(max_length=40, blank=True)
+    node_pins = models.JSONField(default=list, blank=True)
+    models_skipped = models.JSONField(default=list, blank=True)  # "dir/name" the user let go
+    install_job = models.ForeignKey(
+        Job, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    port = models.PositiveIntegerField(null=True, blank=True, unique=True)
+    run_state = models.CharField(max_length=16, choices=RunState.choices, default=RunState.STOPPED)
+    pid = models.PositiveIntegerField(null=True, blank=True)
+    extra_args = models.JSONField(default=list, blank=True)
+    auto_restart = models.BooleanField(default=False)
+    restarts = models.PositiveIntegerField(default=0)
+    run_message = models.TextField(blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    updated_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def folder(self) -> Path:
+        return settings.PROJECTS_DIR.resolve() / self.slug
+
+    @property
+    def comfyui_dir(self) -> Path:
+        return self.folder / "ComfyUI"
+
+    @property
+    def venv(self) -> Path:
+        return self.folder / "venv"
+
+    @property
+    def log_dir(self) -> Path:
+        path = self.folder / "logs"
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    @property
+    def install_log(self) -> Path:
+        return self.log_dir / "install.log"
+
+    @property
+    def run_log(self) -> Path:
+        return self.log_dir / "comfyui.log"
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/" if self.port else ""
+
+    def required_models(self) -> list[dict]:
+        skipped = set(self.models_skipped)
+        return [m for m in self.spec.get("models", []) if model_key(m) not in skipped]
+
+    def touch(self, **fields) -> None:
+        fields["updated_at"] = timezone.now()
+        for name, value in fields.items():
+            setattr(self, name, value)
+        self.save(update_fields=list(fields))
+
+
+def model_key(model: dict) -> str:
+    return f"{model['directory']}/{model['name']}"
+
+
+class RestorePoint(models.Model):
+    """What a project was before a change: enough to put it back (rollback)."""
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="restore_points")
+    reason = models.CharField(max_length=200)
+    comfyui_commit = models.CharField(max_length=40)
+    node_pins = models.JSONField(default=list)
+    pip_freeze = models.TextField(blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"{self.project} before {self.reason}"
+
+
+def follow_install_job(sender, job: Job, **kwargs) -> None:
+    """A project's status follows its install job: ready or failed with it, installing
+    while it runs (again)."""
+    if job.kind != "project_install":
+        return
+    projects = Project.objects.filter(install_job=job)
+    if job.status == "succeeded":
+        projects.update(status=ProjectStatus.READY, updated_at=timezone.now())
+    elif job.status == "failed":
+        projects.update(status=ProjectStatus.FAILED, updated_at=timezone.now())
+    elif job.status in ("queued", "running", "waiting"):
+        projects.exclude(status=ProjectStatus.INSTALLING).update(
+            status=ProjectStatus.INSTALLING, updated_at=timezone.now()
+        )

@@ -1,0 +1,58 @@
+"""Restore points: taken before any change to an installed project; rollback returns to one."""
+
+import contextlib
+
+from comfyhub.projects import tools
+from comfyhub.projects.install import node_folder
+from comfyhub.projects.models import Project, RestorePoint
+
+
+def take(project: Project, reason: str) -> RestorePoint:
+    log = project.install_log
+    pins = [
+        {**pin, "commit": tools.head(project.comfyui_dir / "custom_nodes" / pin["name"], log)}
+        for pin in project.node_pins
+    ]
+    return RestorePoint.objects.create(
+        project=project,
+        reason=reason,
+        comfyui_commit=tools.head(project.comfyui_dir, log),
+        node_pins=pins,
+        pip_freeze=tools.pip_freeze(project.venv, log),
+    )
+
+
+def set_node_commit(project: Project, repository: str, commit: str) -> RestorePoint:
+    """Move one custom node to another commit, after taking a restore point."""
+    point = take(project, f"moving {repository} to {commit[:12]}")
+    pin = next(p for p in project.node_pins if p["repository"] == repository)
+    tools.checkout(project.comfyui_dir / "custom_nodes" / pin["name"], commit, project.install_log)
+    pins = [{**p, "commit": commit} if p is pin else p for p in project.node_pins]
+    project.touch(node_pins=pins)
+    return point
+
+
+def rollback(project: Project, point: RestorePoint) -> None:
+    """ComfyUI, every custom node and the pip packages back to `point`."""
+    log = project.install_log
+    tools.checkout(project.comfyui_dir, point.comfyui_commit, log)
+    keep = {pin["name"] for pin in point.node_pins}
+    for pin in project.node_pins:
+        if pin["name"] not in keep:  # added after the restore point
+            with contextlib.suppress(FileNotFoundError):
+                tools.remove_tree(project.comfyui_dir / "custom_nodes" / pin["name"])
+    for pin in point.node_pins:
+        folder = project.comfyui_dir / "custom_nodes" / node_folder(pin)
+        if not folder.exists():
+            tools.clone(pin["repository"], folder, log)
+        tools.checkout(folder, pin["commit"], log)
+    restore_packages(project, point)
+    project.touch(comfyui_commit=point.comfyui_commit, node_pins=point.node_pins)
+
+
+def restore_packages(project: Project, point: RestorePoint) -> None:
+    if not point.pip_freeze.strip():
+        return
+    frozen = project.folder / "restore-requirements.txt"
+    frozen.write_text(point.pip_freeze)
+    tools.pip_install(project.venv, frozen, project.install_log)

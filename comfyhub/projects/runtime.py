@@ -1,0 +1,198 @@
+"""Running a project's ComfyUI: a free port, a child process, a health check, a clean stop.
+
+The process runs in its own session (it outlives the command that launched it); its pid
+and port are stored on the project, and its state is always re-derived from the process
+table, so a restart of ComfyHub never shows a dead ComfyUI as running.
+"""
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from datetime import timedelta
+
+import httpx
+from django.conf import settings
+from django.db import IntegrityError
+from django.utils import timezone
+
+from comfyhub.projects.models import Project, ProjectStatus, RunState
+from recovery.errors import JobError
+
+HEALTH_TIMEOUT = 120.0
+STOP_GRACE = 10.0
+LOG_TAIL = 20
+
+
+def launch(project: Project, timeout: float = HEALTH_TIMEOUT) -> Project:
+    """Start ComfyUI (unless it already runs) and return once it answers over HTTP."""
+    refresh(project)
+    if project.run_state == RunState.RUNNING:
+        return project
+    if project.status != ProjectStatus.READY:
+        raise JobError(
+            f"{project.name} is not installed yet ({project.get_status_display()}).",
+            category="validation",
+        )
+    assign_port(project)
+    with project.run_log.open("ab") as log:
+        child = subprocess.Popen(
+            command(project),
+            cwd=project.comfyui_dir,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    project.touch(pid=child.pid, run_state=RunState.STARTING, run_message="")
+    wait_healthy(project, child, timeout)
+    return project
+
+
+def command(project: Project) -> list[str]:
+    args = [
+        str(project.venv / "bin" / "python"),
+        "main.py",
+        "--listen",
+        "127.0.0.1",
+        "--port",
+        str(project.port),
+    ]
+    if not has_gpu():
+        args.append("--cpu")
+    return args + [str(arg) for arg in project.extra_args]
+
+
+def has_gpu() -> bool:
+    smi = shutil.which("nvidia-smi")
+    if not smi:
+        return False
+    return subprocess.run([smi, "-L"], capture_output=True, timeout=10).returncode == 0
+
+
+def assign_port(project: Project) -> None:
+    """A port from COMFYHUB_PORT_RANGE no other project holds and nothing listens on."""
+    if project.port and port_is_free(project.port):
+        return
+    low, high = settings.PORT_RANGE
+    taken = set(Project.objects.exclude(pk=project.pk).values_list("port", flat=True))
+    for port in range(low, high + 1):
+        if port in taken or not port_is_free(port):
+            continue
+        with contextlib.suppress(IntegrityError):
+            project.touch(port=port)
+            return
+    raise JobError(
+        f"No free port in {low}-{high}; stop a project or widen COMFYHUB_PORT_RANGE.",
+        category="validation",
+    )
+
+
+def port_is_free(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def wait_healthy(project: Project, child: subprocess.Popen, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if child.poll() is not None:
+            crashed(project, f"ComfyUI exited with code {child.returncode} while starting.")
+            raise JobError(project.run_message, category="dependency")
+        if answers(project):
+            project.touch(run_state=RunState.RUNNING)
+            return
+        time.sleep(0.2)
+    stop(project)
+    project.touch(
+        run_state=RunState.CRASHED,
+        run_message=f"ComfyUI did not answer within {timeout:.0f} s.\n{log_tail(project)}",
+    )
+    raise JobError(project.run_message, category="timeout")
+
+
+def answers(project: Project) -> bool:
+    try:
+        return httpx.get(f"{project.url}system_stats", timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def stop(project: Project) -> Project:
+    """SIGTERM the process group, SIGKILL after a grace period."""
+    if project.pid and is_ours(project):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(project.pid, signal.SIGTERM)
+        deadline = time.monotonic() + STOP_GRACE
+        while is_ours(project) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(project.pid, signal.SIGKILL)
+        reap(project.pid)
+    project.touch(run_state=RunState.STOPPED, pid=None, run_message="")
+    return project
+
+
+def refresh(project: Project) -> Project:
+    """Re-derive the run state from the process table (survives ComfyHub restarts)."""
+    if project.run_state in (RunState.RUNNING, RunState.STARTING) and not is_ours(project):
+        crashed(project, "ComfyUI stopped unexpectedly.")
+    return project
+
+
+def crashed(project: Project, why: str) -> None:
+    project.touch(run_state=RunState.CRASHED, pid=None, run_message=f"{why}\n{log_tail(project)}")
+
+
+def is_ours(project: Project) -> bool:
+    """The stored pid is alive and is this project's ComfyUI (pids get reused)."""
+    if not project.pid:
+        return False
+    reap(project.pid)
+    try:
+        with open(f"/proc/{project.pid}/cmdline", "rb") as fh:
+            args = fh.read().split(b"\0")
+    except OSError:
+        return False
+    return b"main.py" in args and str(project.port).encode() in args
+
+
+def reap(pid: int) -> None:
+    """Collect our own dead child so it doesn't linger as a zombie."""
+    with contextlib.suppress(ChildProcessError, OSError):
+        os.waitpid(pid, os.WNOHANG)
+
+
+def log_tail(project: Project, lines: int = LOG_TAIL) -> str:
+    if not project.run_log.exists():
+        return ""
+    return "\n".join(project.run_log.read_text(errors="replace").splitlines()[-lines:])
+
+
+def delete(project: Project) -> None:
+    """Stop it, remove its folder and its row. Shared models are never touched."""
+    from comfyhub.projects.tools import remove_tree
+
+    stop(project)
+    if project.folder.exists():
+        remove_tree(project.folder)
+    project.delete()
+
+
+def watch(now=None) -> None:
+    """Worker tick: notice crashes; restart those that asked for it, with backoff."""
+    now = now or timezone.now()
+    for project in Project.objects.filter(run_state__in=[RunState.RUNNING, RunState.STARTING]):
+        refresh(project)
+    for project in Project.objects.filter(run_state=RunState.CRASHED, auto_restart=True):
+        if now >= project.updated_at + timedelta(seconds=min(2**project.restarts, 300)):
+            project.touch(restarts=project.restarts + 1)
+            with contextlib.suppress(JobError):
+                launch(project)

@@ -1,0 +1,205 @@
+"""Projects with real git repos, a real venv and a real ComfyUI stand-in process."""
+
+import hashlib
+import os
+import signal
+
+import httpx
+import pytest
+
+from comfyhub.projects import install, restore, runtime, tools
+from comfyhub.projects.export import launcher_json, spec_from_launcher
+from comfyhub.projects.models import Project, ProjectStatus, RunState
+from recovery.engine import run_foreground
+from recovery.errors import JobError
+from recovery.models import Job, Status
+from tests.fakecomfy import comfyui_repo, node_repo
+from tests.fileserver import FileServer
+
+pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
+
+
+@pytest.fixture(autouse=True)
+def folders(settings, tmp_path):
+    settings.PROJECTS_DIR = tmp_path / "projects"
+    settings.MODELS_DIR = tmp_path / "models"
+    settings.PROJECTS_DIR.mkdir()
+    settings.MODELS_DIR.mkdir()
+    settings.ALLOW_LOCAL_REPOS = True
+    settings.RECOVERY_BACKOFF_SCALE = 0
+    settings.PORT_RANGE = (4800, 4900)
+    return tmp_path
+
+
+@pytest.fixture
+def repos(tmp_path):
+    comfy, comfy_commits = comfyui_repo(tmp_path / "repos")
+    node, node_commits = node_repo(tmp_path / "repos")
+    return {
+        "comfy": str(comfy),
+        "comfy_commits": comfy_commits,
+        "node": str(node),
+        "node_commits": node_commits,
+    }
+
+
+def spec(repos, **extra) -> dict:
+    node = {"repository": repos["node"], "commit": repos["node_commits"][0]}
+    return {
+        "comfyui": {"repository": repos["comfy"], "commit": repos["comfy_commits"][0]},
+        "nodes": [node],
+        "models": [],
+        "workflow": {"nodes": []},
+        "workflow_name": "demo",
+        **extra,
+    }
+
+
+def build(name: str, project_spec: dict, **kwargs) -> Project:
+    project = install.create(name, project_spec, **kwargs)
+    run_foreground(project.install_job_id)
+    project.refresh_from_db()
+    return project
+
+
+def steps_run(project: Project) -> list[str]:
+    lines = project.install_log.read_text().splitlines()
+    return [line.removeprefix("== step ") for line in lines if line.startswith("== step ")]
+
+
+def test_a_project_installs_launches_answers_and_stops(repos, folders):
+    project = build("Demo One", spec(repos))
+    assert project.status == ProjectStatus.READY and project.slug == "demo-one"
+    assert project.comfyui_commit == repos["comfy_commits"][0]
+    assert project.node_pins[0]["commit"] == repos["node_commits"][0]
+    assert (project.comfyui_dir / "user/default/workflows/demo.json").is_file()
+    assert str(folders / "models") in (project.comfyui_dir / "extra_model_paths.yaml").read_text()
+    runtime.launch(project, timeout=30)
+    assert project.run_state == RunState.RUNNING and 4800 <= project.port <= 4900
+    stats = httpx.get(f"{project.url}system_stats").json()
+    assert "--cpu" in stats["system"]["argv"]
+    runtime.stop(project)
+    assert project.run_state == RunState.STOPPED and not runtime.answers(project)
+
+
+def test_a_bad_pinned_commit_fails_at_its_step_and_retry_resumes_there(repos):
+    bad = spec(repos)
+    bad["nodes"][0]["commit"] = "0" * 40
+    project = build("Bad Pin", bad)
+    job = Job.objects.get(pk=project.install_job_id)
+    assert project.status == ProjectStatus.FAILED and job.error_category == "not_found"
+    assert "0000000000" in job.error_message and job.checkpoint_data["current"] == "custom_nodes"
+    project.spec["nodes"][0]["commit"] = repos["node_commits"][1]
+    project.save()
+    assert job.retry_now() and run_foreground(job.pk).status == Status.SUCCEEDED
+    project.refresh_from_db()
+    assert project.status == ProjectStatus.READY
+    assert steps_run(project).count("clone_comfyui") == 1
+    assert steps_run(project).count("custom_nodes") == 2
+
+
+def test_models_are_downloaded_into_the_shared_folder(repos, folders):
+    data = os.urandom(300_000)
+    with FileServer() as files:
+        model = {
+            "directory": "checkpoints",
+            "name": "m.safetensors",
+            "url": files.add("/m.safetensors", data),
+            "sha256": hashlib.sha256(data).hexdigest(),
+        }
+        project = build("With Model", spec(repos, models=[model]))
+    assert project.status == ProjectStatus.READY
+    assert (folders / "models/checkpoints/m.safetensors").read_bytes() == data
+
+
+def test_a_model_without_a_link_fails_until_the_user_goes_without_it(repos):
+    model = {"directory": "loras", "name": "lost.safetensors", "url": ""}
+    project = build("No Link", spec(repos, models=[model]))
+    job = Job.objects.get(pk=project.install_job_id)
+    assert project.status == ProjectStatus.FAILED and job.error_category == "not_found"
+    assert "loras/lost.safetensors" in job.error_message
+    skipped = build("Skip It", spec(repos, models=[model]), skipped=["loras/lost.safetensors"])
+    assert skipped.status == ProjectStatus.READY and skipped.models_skipped
+
+
+def test_rollback_returns_a_changed_node_to_its_restore_point(repos):
+    project = build("Roll", spec(repos))
+    point = restore.set_node_commit(project, repos["node"], repos["node_commits"][1])
+    node_dir = project.comfyui_dir / "custom_nodes" / project.node_pins[0]["name"]
+    assert tools.head(node_dir, project.install_log) == repos["node_commits"][1]
+    restore.rollback(project, point)
+    assert tools.head(node_dir, project.install_log) == repos["node_commits"][0]
+    assert project.node_pins[0]["commit"] == repos["node_commits"][0]
+
+
+def test_export_and_rebuild_give_the_same_pins_and_files(repos, settings):
+    settings.COMFYUI_REPO = repos["comfy"]
+    model = {
+        "directory": "vae",
+        "name": "v.bin",
+        "url": "https://example.org/v.bin",
+        "sha256": "a" * 64,
+        "size": 10,
+    }
+    original = build("Original", spec(repos), skipped=["vae/v.bin"])
+    original.spec["models"] = [model]
+    exported = launcher_json(original)
+    rebuilt_spec = spec_from_launcher(exported)
+    rebuilt = build("Copy", rebuilt_spec, skipped=["vae/v.bin"])
+    assert rebuilt.comfyui_commit == original.comfyui_commit
+    assert [p["commit"] for p in rebuilt.node_pins] == [p["commit"] for p in original.node_pins]
+    assert launcher_json(rebuilt)["files"] == exported["files"]
+
+
+def test_a_crashed_comfyui_is_shown_with_its_last_log_lines(repos):
+    project = runtime.launch(build("Crashy", spec(repos)), timeout=30)
+    os.killpg(project.pid, signal.SIGKILL)
+    os.waitpid(project.pid, 0)  # we launched it: wait for the kill to land
+    runtime.refresh(project)
+    assert project.run_state == RunState.CRASHED and project.pid is None
+    assert "To see the GUI go to" in project.run_message
+
+
+def test_a_project_whose_process_is_gone_is_not_running_after_a_restart(repos):
+    project = runtime.launch(build("Restart", spec(repos)), timeout=30)
+    os.killpg(project.pid, signal.SIGKILL)
+    os.waitpid(project.pid, 0)
+    reloaded = runtime.refresh(Project.objects.get(pk=project.pk))
+    assert reloaded.run_state == RunState.CRASHED
+
+
+def test_a_busy_port_is_skipped(repos, settings):
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        taken = busy.getsockname()[1]
+        settings.PORT_RANGE = (taken, taken + 50)
+        project = Project.objects.create(name="p", slug="p")
+        runtime.assign_port(project)
+    assert project.port != taken and project.port <= taken + 50
+
+
+def test_remote_repositories_must_be_https(settings):
+    settings.ALLOW_LOCAL_REPOS = False
+    for url in ("/tmp/repo", "file:///tmp/repo", "git://host/x", "-uhack", "http://h/x"):
+        with pytest.raises(JobError) as error:
+            tools.check_repo(url)
+        assert error.value.category == "validation"
+    assert tools.check_repo("https://github.com/org/repo") == "https://github.com/org/repo"
+
+
+def test_commits_must_be_hex():
+    with pytest.raises(JobError):
+        tools.check_commit("main; rm -rf /")
+    assert tools.check_commit("a" * 40) == "a" * 40
+
+
+def test_deleting_a_project_removes_its_folder_and_never_models(repos, folders):
+    (folders / "models/vae").mkdir()
+    (folders / "models/vae/keep.bin").write_bytes(b"shared")
+    project = build("Gone", spec(repos))
+    runtime.delete(project)
+    assert not project.folder.exists() and not Project.objects.filter(pk=project.pk).exists()
+    assert (folders / "models/vae/keep.bin").read_bytes() == b"shared"
