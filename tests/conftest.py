@@ -140,10 +140,14 @@ def subprocess_env(data_dir: Path, **extra: str) -> dict:
     keep = {k: v for k, v in os.environ.items() if not k.startswith("COMFYHUB_")}
     if os.environ.get("COMFYHUB_REDIS_URL"):
         keep["COMFYHUB_REDIS_URL"] = os.environ["COMFYHUB_REDIS_URL"]
+    from django.conf import settings
+
     return {
         **keep,
         "COMFYHUB_DATA_DIR": str(data_dir),
         "COMFYHUB_DATABASE_URL": database_url(),
+        # Queue messages are signed: every process sharing the queue shares the key.
+        "COMFYHUB_SECRET_KEY": settings.SECRET_KEY,
         "COMFYHUB_JOB_MODULES": "tests.jobkinds",
         "COMFYHUB_WORKER_TICK_SECONDS": "0.2",
         **extra,

@@ -92,3 +92,57 @@ def test_two_claimers_racing_for_200_jobs_run_each_exactly_once(tmp_path):
     assert Job.objects.filter(status=Status.SUCCEEDED).count() == 200
     for job in Job.objects.all():
         assert job.attempts.count() == 1
+
+
+def test_a_killed_worker_resumes_a_project_install_at_the_custom_node_step(
+    tmp_path, start_worker, settings
+):
+    from comfyhub.projects import install
+    from comfyhub.projects.models import Project, ProjectStatus
+    from tests.fakecomfy import comfyui_repo, node_repo
+
+    comfy, comfy_commits = comfyui_repo(tmp_path / "repos")
+    node, node_commits = node_repo(tmp_path / "repos")
+    settings.PROJECTS_DIR = tmp_path / "projects"
+    trace, gate = tmp_path / "trace", tmp_path / "gate"
+    env = subprocess_env(
+        tmp_path,
+        COMFYHUB_LEASE_SECONDS="2",
+        COMFYHUB_ALLOW_LOCAL_REPOS="1",
+        COMFYHUB_PROJECTS_DIR=str(settings.PROJECTS_DIR),
+        FAKE_NODE_TRACE=str(trace),
+        FAKE_NODE_GATE=str(gate),
+    )
+    spec = {
+        "comfyui": {"repository": str(comfy), "commit": comfy_commits[0]},
+        "nodes": [{"repository": str(node), "commit": node_commits[0]}],
+        "models": [],
+    }
+    project = install.create("Killed", spec)
+    project.install_job.dispatch()
+    with open(tmp_path / "worker.log", "wb") as log:
+        first = start_worker(env, log)
+        wait_until(lambda: trace.exists(), timeout=120, what="the custom node's install.py")
+        os.killpg(first.pid, signal.SIGKILL)
+        first.wait()
+        gate.touch()
+        second = start_worker(env, log)
+        wait_until(
+            lambda: Job.objects.get(pk=project.install_job_id).is_terminal,
+            timeout=120,
+            what="the install to finish",
+        )
+        stop(second)
+    project.refresh_from_db()
+    assert project.status == ProjectStatus.READY
+    steps = [
+        line.removeprefix("== step ")
+        for line in project.install_log.read_text().splitlines()
+        if line.startswith("== step ")
+    ]
+    assert steps.count("clone_comfyui") == steps.count("create_venv") == 1
+    assert steps.count("custom_nodes") == 2 and trace.read_text().count("install.py") == 2
+    assert list(
+        Job.objects.get(pk=project.install_job_id).attempts.values_list("outcome", flat=True)
+    ) == [Outcome.LOST, Outcome.SUCCEEDED]
+    assert Project.objects.get(pk=project.pk).node_pins[0]["commit"] == node_commits[0]

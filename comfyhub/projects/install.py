@@ -16,7 +16,7 @@ from comfyhub.library import index
 from comfyhub.library.models import Download
 from comfyhub.projects import tools
 from comfyhub.projects.models import Project, ProjectStatus, model_key, unique_slug
-from recovery.engine import recoverable, run_foreground
+from recovery.engine import run_foreground
 from recovery.errors import Defer, JobError
 from recovery.models import Job, Status
 
@@ -211,8 +211,8 @@ STEP_LABELS = {
 }
 
 
-@recoverable("project_install")
-def install(job: Job) -> None:
+def run_steps(job: Job) -> None:
+    """The install job: every step not yet recorded as done, in order."""
     project = Project.objects.get(pk=job.params["project"])
     project.touch(status=ProjectStatus.INSTALLING)
     done = job.checkpoint_data.get("steps", [])
