@@ -2,6 +2,7 @@
 shapes (trimmed to the fields a downloader reads)."""
 
 import hashlib
+import json
 import re
 from dataclasses import dataclass
 from urllib.parse import parse_qs
@@ -30,15 +31,19 @@ class CivitaiVersion:
 
 class FakeCivitai(LoopbackServer):
     """/api/v1/model-versions/<id>, /api/v1/model-versions/by-hash/<sha256>,
-    /api/v1/models/<id>, and /api/download/models/<id>, which redirects to the file's
-    `data_url` (put it on a FileServer: another port, like the real CDN's other host).
+    /api/v1/models/<id>, /api/v1/models?query=&limit= (every word of the query in the
+    model's name; cursor metadata like the real full-text search), and
+    /api/download/models/<id>, which redirects to the file's `data_url` (put it on a
+    FileServer: another port, like the real CDN's other host).
 
     With `token`, only the download endpoint wants it, as `Authorization: Bearer <token>`
-    or `?token=<token>` (the real site takes either)."""
+    or `?token=<token>` (the real site takes either). With `outage` set to a status, every
+    request gets it (a site that is down)."""
 
     def __init__(self, host: str = "127.0.0.1", token: str | None = None):
         super().__init__(host)
         self.token = token
+        self.outage: int | None = None
         self.models: dict[int, dict] = {}
         self.versions: dict[int, CivitaiVersion] = {}
 
@@ -108,11 +113,35 @@ class FakeCivitai(LoopbackServer):
         }
 
     def handle(self, h, record: dict) -> None:
+        if self.outage:
+            return self.reply_json(h, record, self.outage, {"error": "Service unavailable"})
         if match := re.fullmatch(r"/api/download/models/(\d+)", record["path"]):
             return self.download(h, record, int(match[1]))
-        self.reply_json(h, record, *self.api(record["path"]))
+        self.reply_json(h, record, *self.api(record["path"], parse_qs(record["query"])))
 
-    def api(self, path: str) -> tuple[int, dict]:
+    def search(self, query: dict) -> dict:
+        words = query.get("query", [""])[0].lower().split()
+        limit = int(query.get("limit", ["100"])[0])
+        found = [
+            model_id
+            for model_id, model in self.models.items()
+            if all(word in model["name"].lower() for word in words)
+        ]
+        metadata = {}
+        if len(found) > limit:
+            cursor = str(found[limit])
+            metadata = {
+                "nextCursor": cursor,
+                "nextPage": self.url(f"/api/v1/models?cursor={cursor}"),
+            }
+        return {
+            "items": [self.model_json(model_id) for model_id in found[:limit]],
+            "metadata": metadata,
+        }
+
+    def api(self, path: str, query: dict | None = None) -> tuple[int, dict]:
+        if path == "/api/v1/models":
+            return 200, self.search(query or {})
         if match := re.fullmatch(r"/api/v1/model-versions/by-hash/(\w+)", path):
             found = [v for v in self.versions.values() if v.sha256.lower() == match[1].lower()]
             return (200, self.version_json(found[0])) if found else (404, {"error": "Not found"})
@@ -145,11 +174,13 @@ class FakeHuggingFace(FileServer):
     work), HTML at .../blob/..., and the JSON of /api/models?search=, /api/models/<repo>
     (also .../revision/<rev>) and /api/models/<repo>/tree/<rev>[/<folder>][?recursive=1].
 
-    With `token`, resolve routes want `Authorization: Bearer <token>`; the API does not."""
+    With `token`, resolve routes want `Authorization: Bearer <token>`; the API does not.
+    With `outage` set to a status, every request gets it (a site that is down)."""
 
     def __init__(self, host: str = "127.0.0.1", token: str | None = None):
         super().__init__(host)
         self.token = token
+        self.outage: int | None = None
         self.repos: dict[str, dict] = {}
         self.trees: dict[tuple[str, str], dict[str, dict]] = {}
 
@@ -183,6 +214,8 @@ class FakeHuggingFace(FileServer):
 
     def handle(self, h, record: dict) -> None:
         path, query = record["path"], parse_qs(record["query"])
+        if self.outage:
+            return self.reply_json(h, record, self.outage, {"error": "Service unavailable"})
         if path == "/api/models":
             return self.reply_json(h, record, 200, self.search(query))
         if match := re.fullmatch(r"/api/models/([^/]+/[^/]+)/tree/([^/]+)/?(.*)", path):
@@ -250,3 +283,28 @@ class FakeHuggingFace(FileServer):
             f'<a href="/{repo}/resolve/{rev}/{path}">download</a></main></body></html>\n'
         )
         self.reply(h, record, status, page.encode(), {"Content-Type": "text/html; charset=utf-8"})
+
+
+class FakeManagerData(LoopbackServer):
+    """ComfyUI-Manager's data files as raw.githubusercontent.com serves them: a strong
+    ETag, and 304 Not Modified for a matching If-None-Match."""
+
+    def __init__(self, host: str = "127.0.0.1"):
+        super().__init__(host)
+        self.files: dict[str, bytes] = {}
+
+    def put(self, name: str, payload) -> str:
+        self.files["/" + name] = json.dumps(payload).encode()
+        return self.url(name)
+
+    def etag(self, path: str) -> str:
+        return '"' + hashlib.sha1(self.files[path], usedforsecurity=False).hexdigest() + '"'
+
+    def handle(self, h, record: dict) -> None:
+        if record["path"] not in self.files:
+            return self.reply(h, record, 404, b"404: Not Found")
+        etag = self.etag(record["path"])
+        if h.headers.get("If-None-Match") == etag:
+            return self.reply(h, record, 304, b"", {"ETag": etag})
+        head = {"ETag": etag, "Content-Type": "text/plain; charset=utf-8"}
+        self.reply(h, record, 200, self.files[record["path"]], head)

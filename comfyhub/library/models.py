@@ -1,3 +1,5 @@
+import hashlib
+from datetime import timedelta
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -126,3 +128,43 @@ class LocalModel(models.Model):
 
     def __str__(self) -> str:
         return f"{self.directory}/{self.name}"
+
+
+def finder_cutoff(now):
+    return now - timedelta(seconds=settings.FINDER_CACHE_SECONDS)
+
+
+class FinderAnswerQuerySet(models.QuerySet):
+    def expired(self, now):
+        return self.filter(fetched_at__lte=finder_cutoff(now))
+
+    def fresh(self, url: str, now) -> "FinderAnswer | None":
+        key = FinderAnswer.key_for(url)
+        return self.filter(key=key, fetched_at__gt=finder_cutoff(now)).first()
+
+    def remember(self, source: str, url: str, payload, now) -> None:
+        self.update_or_create(
+            key=FinderAnswer.key_for(url),
+            defaults={"source": source, "url": url, "payload": payload, "fetched_at": now},
+        )
+
+
+class FinderAnswer(models.Model):
+    """What a remote finder source answered to one API request, reused without network
+    until it is older than FINDER_CACHE_SECONDS. `payload` is the JSON body, or null when
+    the source said "not found" (a miss is an answer too)."""
+
+    key = models.CharField(max_length=64, unique=True)  # sha256 of the URL: URLs are long
+    source = models.CharField(max_length=32)
+    url = models.URLField(max_length=2000)
+    payload = models.JSONField(null=True, blank=True)
+    fetched_at = models.DateTimeField(db_index=True)
+
+    objects = FinderAnswerQuerySet.as_manager()
+
+    def __str__(self) -> str:
+        return f"{self.source}: {self.url}"
+
+    @staticmethod
+    def key_for(url: str) -> str:
+        return hashlib.sha256(url.encode()).hexdigest()

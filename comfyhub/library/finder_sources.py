@@ -1,0 +1,442 @@
+"""Where the finder's candidates come from: one function per source, each taking the
+`Query` (and, for remote sources, a `Remote`) and returning unscored `Candidate`s.
+
+Remote sources read through `Remote`: an answer comes from the database while it is
+younger than FINDER_CACHE_SECONDS, otherwise from the network, once the source's circuit
+breaker allows it. Response shapes are the real APIs' (tests/fakeapis.py mirrors them).
+"""
+
+import functools
+import importlib.util
+import json
+import os
+import re
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from urllib.parse import quote, unquote, urlencode, urlsplit
+
+import httpx
+from django.conf import settings
+from django.db.models import Q
+from django.utils import timezone
+
+from comfyhub.library import sources
+from comfyhub.library.models import FinderAnswer, LocalModel
+from comfyhub.library.paths import BadInput, check_url
+from recovery.classify import classify
+from recovery.errors import JobError
+from recovery.models import Category, CircuitBreaker, process_name
+
+MODEL_SUFFIXES = (".safetensors", ".sft", ".ckpt", ".pt", ".pth", ".bin", ".gguf", ".onnx")
+SEPARATORS = re.compile(r"[-_.\s]+")
+SEARCH_LIMIT = 10
+HF_SEARCHES = 3  # ever shorter search terms tried until one finds repos
+HF_TREES = 4  # repos whose file tree is read
+CIVITAI_SEARCHES = 2
+CIVITAI_VERSIONS = 3  # newest versions of each model found
+MANAGER_PACKAGE = "comfyui_manager"
+
+# ComfyUI's models folders, and the legacy folder names and model types (CivitAI's,
+# ComfyUI-Manager's) that mean one of them.
+FOLDERS = frozenset(
+    {
+        "checkpoints",
+        "loras",
+        "vae",
+        "vae_approx",
+        "controlnet",
+        "upscale_models",
+        "embeddings",
+        "text_encoders",
+        "diffusion_models",
+        "clip_vision",
+        "style_models",
+        "hypernetworks",
+        "gligen",
+        "photomaker",
+        "audio_encoders",
+        "model_patches",
+        "latent_upscale_models",
+        "ipadapter",
+        "animatediff_models",
+        "animatediff_motion_lora",
+    }
+)
+ALIASES = {
+    "unet": "diffusion_models",
+    "diffusion_model": "diffusion_models",
+    "clip": "text_encoders",
+    "text_encoder": "text_encoders",
+    "checkpoint": "checkpoints",
+    "unclip": "checkpoints",
+    "lora": "loras",
+    "locon": "loras",
+    "dora": "loras",
+    "embedding": "embeddings",
+    "textualinversion": "embeddings",
+    "hypernetwork": "hypernetworks",
+    "upscale": "upscale_models",
+    "upscaler": "upscale_models",
+    "t2i-adapter": "controlnet",
+    "t2i-style": "controlnet",
+    "ip-adapter": "ipadapter",
+    "taesd": "vae_approx",
+    "motionmodule": "animatediff_models",
+    "animatediff": "animatediff_models",
+    "motion lora": "animatediff_motion_lora",
+}
+
+
+def folder(name: str) -> str:
+    """The ComfyUI models folder that a folder path, a legacy folder name or a model type
+    means ("unet/x" -> "diffusion_models", "LORA" -> "loras"); unknown names stay as they are."""
+    key = name.replace("\\", "/").strip("/").split("/")[0].lower()
+    return ALIASES.get(key, key)
+
+
+def known_folder(name: str) -> str:
+    found = folder(name)
+    return found if found in FOLDERS else ""
+
+
+def strip_extension(filename: str) -> str:
+    # Only a suffix with a letter is an extension: "sd-v1.5" keeps its ".5".
+    stem, dot, suffix = filename.rpartition(".")
+    return stem if dot and stem and re.search("[a-z]", suffix, re.IGNORECASE) else filename
+
+
+def extension(filename: str) -> str:
+    stem = strip_extension(filename)
+    return filename[len(stem) :].lower()
+
+
+@functools.lru_cache(maxsize=8192)  # the model list's names come up in every search
+def normalise(filename: str) -> str:
+    """ "SDXL_Base-1.0.safetensors" -> "sdxl base 1 0": case, extension and separators ignored."""
+    return " ".join(SEPARATORS.split(strip_extension(filename).lower())).strip()
+
+
+@dataclass(frozen=True)
+class Query:
+    name: str  # as the workflow names it; may hold subfolders ("sdxl/base.safetensors")
+    directory: str = ""
+    sha256: str = ""
+    url: str = ""
+
+    @property
+    def filename(self) -> str:
+        return PurePosixPath(self.name).name
+
+    def search_terms(self, most: int, joiner: str = "") -> list[str]:
+        """The file's stem, then ever shorter prefixes of it cut at separators:
+        "flux1-dev-fp8" -> "flux1-dev-fp8", "flux1-dev", "flux1" (search APIs match model
+        names, which rarely carry a file's variant suffixes)."""
+        stem = strip_extension(self.filename)
+        cuts = [match.start() for match in SEPARATORS.finditer(stem)]
+        terms = []
+        for term in [stem, *(stem[:cut] for cut in reversed(cuts))]:
+            term = SEPARATORS.sub(joiner, term).strip() if joiner else term
+            if len(term) >= 3 and term not in terms:
+                terms.append(term)
+        return terms[:most]
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A place the wanted file can come from. `directory` is the ComfyUI models folder it
+    belongs in ("" when the source does not say); `size` is in bytes (CivitAI's comes from
+    its sizeKB); `label` names it for people (repo, model and version, local path)."""
+
+    source: str
+    url: str
+    filename: str
+    directory: str = ""
+    size: int | None = None
+    sha256: str = ""
+    label: str = ""
+    score: int = 0
+
+    def as_json(self) -> dict:
+        return {
+            "source": self.source,
+            "url": self.url,
+            "filename": self.filename,
+            "directory": self.directory or None,
+            "size": self.size,
+            "sha256": self.sha256 or None,
+            "score": self.score,
+        }
+
+
+# --- Remote access: cache, breaker, failures -------------------------------------------
+
+
+class BreakerOpen(Exception):
+    def __init__(self, retry_at):
+        when = timezone.localtime(retry_at)
+        self.reason = f"it failed repeatedly; next try after {when:%H:%M:%S %Z}"
+        super().__init__(self.reason)
+
+
+class Remote:
+    """One remote source during one search. A GET is answered from the cache while fresh;
+    the first one that needs the network asks the source's breaker (`finder:<source>`),
+    and the outcome is recorded there: transient failures count towards opening it."""
+
+    def __init__(self, source: str, client: httpx.Client, now):
+        self.source, self.client, self.now = source, client, now
+        self.breaker = f"finder:{source}"
+        self.allowed = self.failed = False
+
+    def get_json(self, url: str):
+        """The JSON body at `url`, or None when the source says there is nothing there."""
+        cached = FinderAnswer.objects.fresh(url, self.now)
+        if cached is not None:
+            return cached.payload
+        response = self.request(url)
+        payload = None
+        if response.status_code not in (404, 410):
+            response.raise_for_status()
+            payload = response.json()
+        FinderAnswer.objects.remember(self.source, url, payload, self.now)
+        return payload
+
+    def request(self, url: str, headers: dict | None = None) -> httpx.Response:
+        if not self.allowed:
+            allowed, retry_at = CircuitBreaker.allow(self.breaker, process_name(), timezone.now())
+            if not allowed:
+                raise BreakerOpen(retry_at)
+            self.allowed = True
+        return self.client.get(url, headers={**sources.auth_headers(url), **(headers or {})})
+
+    def failure(self, exc: Exception) -> str:
+        """Record `exc` with the breaker; returns the plain reason to show."""
+        if isinstance(exc, BreakerOpen):
+            return exc.reason
+        failure = classify(exc)
+        if failure.transient:
+            self.failed = True
+            CircuitBreaker.record_failure(self.breaker, timezone.now())
+        elif self.allowed:
+            self.success()  # it answered, just not usefully: the host itself is up
+        return plain(failure.message)
+
+    def success(self) -> None:
+        if self.allowed and not self.failed:
+            CircuitBreaker.record_success(self.breaker, timezone.now())
+
+
+def plain(message: str) -> str:
+    """The first sentence of a classified message, without "retried automatically" advice
+    (a search is not retried; the next one simply asks again)."""
+    return re.split(r"(?<=[.!?])\s", message.strip(), maxsplit=1)[0].rstrip(".")
+
+
+def expect(payload, kind: type, what: str):
+    if not isinstance(payload, kind):
+        raise JobError(f"{what} answered in an unexpected shape.", category=Category.SERVER)
+    return payload
+
+
+# --- Sources ------------------------------------------------------------------------------
+
+
+def embedded(query: Query, remote: Remote | None = None) -> list[Candidate]:
+    """The link given with the requirement (a Hugging Face /blob/ page becomes its file)."""
+    try:
+        url = sources.normalise(check_url(query.url))
+    except BadInput:
+        raise JobError(
+            f"The link given with the model is not an http(s) link: {query.url!r}.",
+            category=Category.VALIDATION,
+        ) from None
+    named = unquote(PurePosixPath(urlsplit(url).path).name)
+    filename = named if named.lower().endswith(MODEL_SUFFIXES) else query.filename
+    return [Candidate("url", url, filename, query.directory, label="link given with the model")]
+
+
+def local(query: Query, remote: Remote | None = None) -> list[Candidate]:
+    """Files in the models folder with the wanted name (any subfolder) or sha256."""
+    wanted = normalise(query.filename)
+    longest = max(wanted.split(), key=len, default="")
+    match = Q(name__icontains=longest) if longest else Q(pk__in=[])
+    if query.sha256:
+        match |= Q(sha256=query.sha256)
+    found = {
+        (row.directory, row.name): row.sha256
+        for row in LocalModel.objects.filter(match)
+        if normalise(PurePosixPath(row.name).name) == wanted
+        or (query.sha256 and row.sha256 == query.sha256)
+    }
+    if query.directory:  # present but not indexed yet
+        found.setdefault((query.directory, query.name), "")
+    candidates = (local_candidate(d, name, sha) for (d, name), sha in found.items())
+    return [candidate for candidate in candidates if candidate]
+
+
+def local_candidate(directory: str, name: str, sha256: str) -> Candidate | None:
+    path = (settings.MODELS_DIR / directory / name).absolute()
+    if not path.is_file():
+        return None
+    return Candidate(
+        "local",
+        path.as_uri(),
+        PurePosixPath(name).name,
+        directory,
+        path.stat().st_size,
+        sha256,
+        label=f"{directory}/{name}",
+    )
+
+
+def model_list(query: Query, remote: Remote) -> list[Candidate]:
+    """Entries of ComfyUI-Manager's curated model-list.json."""
+    path = manager_file("model-list.json", remote)
+    return list(read_model_list(str(path), path.stat().st_mtime_ns))
+
+
+@functools.lru_cache(maxsize=4)
+def read_model_list(path: str, mtime_ns: int) -> tuple[Candidate, ...]:
+    data = json.loads(Path(path).read_text(encoding="utf-8"))
+    entries = expect(expect(data, dict, "ComfyUI-Manager's model list").get("models"), list, path)
+    candidates = (model_list_candidate(entry) for entry in entries if isinstance(entry, dict))
+    return tuple(candidate for candidate in candidates if candidate)
+
+
+def model_list_candidate(entry: dict) -> Candidate | None:
+    url, filename = entry.get("url"), entry.get("filename")
+    if not isinstance(url, str) or not isinstance(filename, str) or not url:
+        return None
+    if filename == "<huggingface>":  # ComfyUI-Manager's marker: the name is the URL's
+        filename = unquote(PurePosixPath(urlsplit(url).path).name)
+    save_path = str(entry.get("save_path") or "default")
+    if save_path == "default":
+        directory = known_folder(str(entry.get("type", ""))) or "etc"
+    elif save_path.startswith("custom_nodes") or ".." in save_path:
+        directory = ""
+    else:
+        directory = folder(save_path)
+    return Candidate("model-list", url, filename, directory, label=str(entry.get("name", "")))
+
+
+def manager_file(name: str, remote: Remote) -> Path:
+    """ComfyUI-Manager's data file `name`: the installed package's copy (found without
+    importing the package, whose dependencies we do not install), else a copy downloaded
+    from MANAGER_DATA_URL into DATA_DIR/cache, refreshed by ETag once it is older than
+    FINDER_CACHE_SECONDS. While the site is down, a stale copy still answers."""
+    spec = importlib.util.find_spec(MANAGER_PACKAGE)
+    if spec and spec.submodule_search_locations:
+        packaged = Path(spec.submodule_search_locations[0]) / name
+        if packaged.is_file():
+            return packaged
+    path = settings.DATA_DIR / "cache" / name
+    if path.is_file() and time.time() - path.stat().st_mtime < settings.FINDER_CACHE_SECONDS:
+        return path
+    try:
+        refresh(path, settings.MANAGER_DATA_URL.rstrip("/") + "/" + name, remote)
+    except Exception as exc:
+        if not path.is_file():
+            raise
+        remote.failure(exc)
+    return path
+
+
+def refresh(path: Path, url: str, remote: Remote) -> None:
+    etag = path.with_name(path.name + ".etag")
+    known = path.is_file() and etag.is_file()
+    response = remote.request(url, {"If-None-Match": etag.read_text().strip()} if known else {})
+    if response.status_code == 304:
+        os.utime(path)
+        return
+    response.raise_for_status()
+    json.loads(response.content)  # a broken download must not replace a good copy
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, partial = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    with os.fdopen(fd, "wb") as out:
+        out.write(response.content)
+    os.replace(partial, path)
+    if response.headers.get("etag"):
+        etag.write_text(response.headers["etag"])
+    else:
+        etag.unlink(missing_ok=True)
+
+
+def huggingface(query: Query, remote: Remote) -> list[Candidate]:
+    """Model files in the most downloaded repos whose id matches the name."""
+    base = settings.HF_ENDPOINT.rstrip("/")
+    repos = []
+    for term in query.search_terms(HF_SEARCHES):
+        params = {"search": term, "limit": SEARCH_LIMIT, "sort": "downloads", "direction": -1}
+        found = expect(remote.get_json(f"{base}/api/models?{urlencode(params)}"), list, base)
+        repos = [item["id"] for item in found if isinstance(item, dict) and "id" in item]
+        if repos:
+            break
+    return [candidate for repo in repos[:HF_TREES] for candidate in hf_files(remote, base, repo)]
+
+
+def hf_files(remote: Remote, base: str, repo: str) -> list[Candidate]:
+    tree = remote.get_json(f"{base}/api/models/{quote(repo)}/tree/main?recursive=true") or []
+    entries = [
+        e for e in expect(tree, list, base) if isinstance(e, dict) and e.get("type") == "file"
+    ]
+    return [hf_candidate(base, repo, entry) for entry in entries if entry.get("path")]
+
+
+def hf_candidate(base: str, repo: str, entry: dict) -> Candidate:
+    path = PurePosixPath(entry["path"])
+    # Comfy-Org's repos say where a file goes: split_files/text_encoders/clip_l.safetensors
+    directory = next((known_folder(part) for part in path.parts[:-1] if known_folder(part)), "")
+    return Candidate(
+        "huggingface",
+        f"{base}/{quote(repo)}/resolve/main/{quote(str(path))}",
+        path.name,
+        directory,
+        entry.get("size"),
+        (entry.get("lfs") or {}).get("oid", ""),
+        label=repo,
+    )
+
+
+def civitai(query: Query, remote: Remote) -> list[Candidate]:
+    """The version whose file has the wanted sha256, then files of models found by name."""
+    base = settings.CIVITAI_ENDPOINT.rstrip("/")
+    found = []
+    if query.sha256:
+        version = remote.get_json(f"{base}/api/v1/model-versions/by-hash/{query.sha256}")
+        if isinstance(version, dict):
+            found += civitai_files(version, version.get("model") or {})
+    for term in query.search_terms(CIVITAI_SEARCHES, joiner=" "):
+        url = f"{base}/api/v1/models?{urlencode({'query': term, 'limit': SEARCH_LIMIT})}"
+        items = expect(remote.get_json(url) or {}, dict, base).get("items") or []
+        models = [item for item in expect(items, list, base) if isinstance(item, dict)]
+        for model in models:
+            for version in (model.get("modelVersions") or [])[:CIVITAI_VERSIONS]:
+                found += civitai_files(version, model)
+        if models:
+            break
+    return found
+
+
+def civitai_files(version: dict, model: dict) -> list[Candidate]:
+    label = f"{model.get('name', '')} · {version.get('name', '')}".strip(" ·")
+    candidates = []
+    for file in version.get("files") or []:
+        url, name = file.get("downloadUrl"), file.get("name")
+        if not url or not name:
+            continue
+        size_kb = file.get("sizeKB")
+        directory = "vae" if file.get("type") == "VAE" else known_folder(model.get("type", ""))
+        candidates.append(
+            Candidate(
+                "civitai",
+                url,
+                name,
+                directory,
+                round(size_kb * 1024) if size_kb else None,
+                (file.get("hashes") or {}).get("SHA256", "").lower(),
+                label=label,
+            )
+        )
+    return candidates
