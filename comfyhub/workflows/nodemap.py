@@ -1,0 +1,214 @@
+"""Which repository provides a node type: the custom-node map.
+
+Precedence for one node: a core type (listed under ComfyUI itself in ComfyUI-Manager's
+`extension-node-map.json`, or marked `cnr_id: comfy-core` anywhere in the workflow) is
+never a custom node; then the node's own `properties.cnr_id` (Comfy registry id), then
+`properties.aux_id` (GitHub owner/repo), then the map's exact node lists (a pack's
+`preemptions` first, else the first pack listing the type, as ComfyUI-Manager chooses),
+then its `nodename_pattern` regexes. Anything else is unknown and reported, not guessed.
+
+The map comes from the installed `comfyui-manager` package's data files (read, never
+imported: importing it pulls its runtime); without the package it is downloaded from
+`settings.MANAGER_DATA_URL` into `DATA_DIR/cache` and refreshed by ETag.
+"""
+
+import functools
+import importlib.util
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urljoin
+
+import httpx
+from django.conf import settings
+
+from recovery.errors import JobError
+from recovery.models import Category
+
+CORE = "https://github.com/comfyanonymous/ComfyUI"
+CORE_CNR_ID = "comfy-core"
+MAP_FILE = "extension-node-map.json"
+LIST_FILE = "custom-node-list.json"
+MAX_DOWNLOAD = 64 * 2**20
+# Drawn and run by the frontend only; no Python package provides them.
+FRONTEND_ONLY = frozenset({"Note", "MarkdownNote", "Reroute", "PrimitiveNode"})
+GITHUB_REPO = re.compile(r"^[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+$")
+
+
+@dataclass(frozen=True)
+class NodeMap:
+    core_types: frozenset[str]
+    exact: dict[str, str]  # node type -> repository
+    patterns: tuple[tuple[re.Pattern, str], ...]
+    registry: dict[str, str]  # Comfy registry id -> repository, only when unambiguous
+
+    @classmethod
+    def from_data(cls, node_map: object, node_list: object = None, also_core=()) -> "NodeMap":
+        """From the parsed contents of extension-node-map.json and custom-node-list.json;
+        `also_core` adds node types known to ship with ComfyUI."""
+        if not isinstance(node_map, dict):
+            raise JobError(f"{MAP_FILE} is not a JSON object.", category=Category.VALIDATION)
+        packs = [_pack(url, *entry) for url, entry in node_map.items() if _is_pack(entry)]
+        core = next((set(types) for url, types, _ in packs if url == CORE), set())
+        custom = [pack for pack in packs if pack[0] != CORE]
+        return cls(
+            core_types=frozenset(core | set(also_core)),
+            exact=_exact(custom),
+            patterns=tuple(_patterns(custom)),
+            registry=_registry([url for url, _, _ in custom] + _listed(node_list)),
+        )
+
+    def repository(self, node_type: str, properties: dict, core_here=frozenset()) -> str | None:
+        """CORE, a custom repository URL, or None when nothing says where `node_type` is."""
+        if node_type in self.core_types or node_type in core_here:
+            return CORE
+        cnr_id, aux_id = properties.get("cnr_id"), properties.get("aux_id")
+        if cnr_id == CORE_CNR_ID:
+            return CORE
+        if isinstance(cnr_id, str) and cnr_id.lower() in self.registry:
+            return self.registry[cnr_id.lower()]
+        if isinstance(aux_id, str) and GITHUB_REPO.match(aux_id):
+            return f"https://github.com/{aux_id}"
+        return self.exact.get(node_type) or self._matching(node_type)
+
+    def _matching(self, node_type: str) -> str | None:
+        return next((url for pattern, url in self.patterns if pattern.search(node_type)), None)
+
+
+def _is_pack(entry: object) -> bool:
+    return (
+        isinstance(entry, list)
+        and len(entry) == 2
+        and isinstance(entry[0], list)
+        and isinstance(entry[1], dict)
+    )
+
+
+def _pack(url: str, types: list, meta: dict) -> tuple[str, list[str], dict]:
+    return clean_url(url), [t for t in types if isinstance(t, str)], meta
+
+
+def _exact(packs: list) -> dict[str, str]:
+    # setdefault keeps the first pack listing a type; preemptions then overrule it.
+    exact = {}
+    for url, types, _ in packs:
+        for node_type in types:
+            exact.setdefault(node_type, url)
+    for url, _, meta in packs:
+        preempted = meta.get("preemptions")
+        if isinstance(preempted, list):
+            exact.update((t, url) for t in preempted if isinstance(t, str))
+    return exact
+
+
+def _patterns(packs: list):
+    for url, _, meta in packs:
+        try:
+            yield re.compile(meta["nodename_pattern"]), url
+        except (KeyError, TypeError, re.error):
+            continue
+
+
+def _listed(node_list: object) -> list[str]:
+    entries = node_list.get("custom_nodes") if isinstance(node_list, dict) else None
+    entries = [e for e in entries or [] if isinstance(e, dict)]
+    return [clean_url(e["reference"]) for e in entries if isinstance(e.get("reference"), str)]
+
+
+def _registry(urls: list[str]) -> dict[str, str]:
+    """Registry id -> repository. A pack's registry id is, by the registry's convention, its
+    repository's name in lower case; a name two repositories share (forks) stays out."""
+    by_name: dict[str, dict[str, str]] = {}
+    for url in urls:
+        by_name.setdefault(url.rsplit("/", 1)[-1].lower(), {})[url.lower()] = url
+    unique = {name: found for name, found in by_name.items() if len(found) == 1}
+    return {name: url for name, found in unique.items() for url in found.values()}
+
+
+def clean_url(url: str) -> str:
+    """One spelling per repository: no trailing slash or .git."""
+    url = url.strip().rstrip("/")
+    return url.removesuffix(".git")
+
+
+# --- where the data comes from ----------------------------------------------------------
+
+
+@functools.cache
+def default() -> NodeMap:
+    """The node map this process uses, loaded once. Node types of the official templates
+    count as core too: ComfyUI-Manager's list of core nodes lags behind ComfyUI."""
+    # Imported here: the templates module uses the analyzer, which uses this module.
+    from comfyhub.workflows.templates import node_types
+
+    return load(also_core=node_types())
+
+
+def load(base_url: str | None = None, also_core=()) -> NodeMap:
+    """Read the map from the installed package, or (given `base_url`, or without the
+    package) from `base_url`/`settings.MANAGER_DATA_URL` through the ETag cache."""
+    node_map = json.loads(manager_file(MAP_FILE, base_url).read_bytes())
+    node_list = json.loads(manager_file(LIST_FILE, base_url).read_bytes())
+    return NodeMap.from_data(node_map, node_list, also_core)
+
+
+def manager_file(name: str, base_url: str | None = None) -> Path:
+    """Path to one of ComfyUI-Manager's data files (extension-node-map.json,
+    custom-node-list.json, model-list.json, …): the installed package's copy, else a
+    download cached in DATA_DIR/cache."""
+    package = package_dir("comfyui_manager")
+    if base_url is None and package and (package / name).is_file():
+        return package / name
+    url = urljoin((base_url or settings.MANAGER_DATA_URL).rstrip("/") + "/", name)
+    return cached_download(url, Path(settings.DATA_DIR) / "cache" / name)
+
+
+def package_dir(name: str) -> Path | None:
+    """Where an installed package's files are; found without importing it (importing
+    comfyui_manager would pull its runtime dependencies)."""
+    spec = importlib.util.find_spec(name)
+    locations = spec.submodule_search_locations if spec else None
+    return Path(locations[0]) if locations else None
+
+
+def cached_download(url: str, path: Path) -> Path:
+    """`path` holding the body of `url`, revalidated with If-None-Match when cached. When
+    the source cannot be reached, a cached copy is used as it is."""
+    etag_file = path.with_name(path.name + ".etag")
+    cached = path.is_file()
+    headers = {"If-None-Match": etag_file.read_text()} if cached and etag_file.is_file() else {}
+    try:
+        with httpx.stream("GET", url, headers=headers, timeout=30, follow_redirects=True) as r:
+            if r.status_code == 304:
+                return path
+            r.raise_for_status()
+            _store(r, path, etag_file)
+    except httpx.HTTPError:
+        if cached:
+            return path
+        raise
+    return path
+
+
+def _store(response: httpx.Response, path: Path, etag_file: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # Per process: two workers refreshing at once must not write into one temporary file.
+    partial = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    try:
+        with partial.open("wb") as out:
+            for chunk in response.iter_bytes():
+                if out.tell() + len(chunk) > MAX_DOWNLOAD:
+                    message = f"{response.url} is larger than expected."
+                    raise JobError(message, category=Category.VALIDATION)
+                out.write(chunk)
+        # Replace, never truncate in place: a reader in another process sees old or new.
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
+    etag = response.headers.get("etag")
+    if etag:
+        etag_file.write_text(etag)
+    else:
+        etag_file.unlink(missing_ok=True)

@@ -1,0 +1,147 @@
+"""Reading workflows: the three formats, and hostile input refused as `validation`."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from comfyhub.workflows import analyze, parse
+from recovery.classify import classify
+from recovery.errors import JobError
+
+DATA = Path(__file__).parent / "data" / "workflows"
+
+
+def refused(data: bytes | str | dict) -> JobError:
+    raw = json.dumps(data) if isinstance(data, dict) else data
+    with pytest.raises(JobError) as error:
+        analyze.required_models(parse.parse(raw))
+    assert error.value.category == "validation"
+    return error.value
+
+
+def loader(value: str) -> dict:
+    return {"nodes": [{"id": 1, "type": "VAELoader", "widgets_values": [value]}]}
+
+
+def declaring(name: str, directory: str = "vae") -> dict:
+    models = [{"name": name, "directory": directory, "url": "https://example.org/x"}]
+    node = {"id": 1, "type": "X", "widgets_values": [name], "properties": {"models": models}}
+    return {"nodes": [node]}
+
+
+@pytest.mark.parametrize(
+    ("data", "says"),
+    [
+        (b"{nodes: [", "not valid JSON"),
+        (b"\xff\xfe\x00not text", "not UTF-8"),
+        (b"[1, 2]", "JSON object, not a list"),
+        (b'"a workflow"', "JSON object, not a string"),
+        ({"hello": "world"}, "not a ComfyUI workflow"),
+        ({"nodes": "all of them"}, "nodes must be a list"),
+        ({"nodes": [7]}, "nodes[0] must be a JSON object"),
+        ({"nodes": [{"id": 1}]}, "has no node type"),
+        ({"nodes": [{"id": 1, "type": "X", "widgets_values": 5}]}, "widgets_values"),
+        ({"1": {"class_type": "KSampler", "inputs": {}}, "2": {"inputs": {}}}, "no class_type"),
+        ({"workflow_json": [1]}, "has no workflow"),
+    ],
+)
+def test_what_is_not_a_workflow_is_a_validation_error_naming_the_problem(data, says):
+    assert says in refused(data).message
+
+
+@pytest.mark.parametrize("node_id", [[1], {"n": 1}, None, True, 1.5, ""])
+def test_node_ids_of_the_wrong_type_are_refused(node_id):
+    error = refused({"nodes": [{"id": node_id, "type": "KSampler"}]})
+    assert "id must be a number or a string" in error.message
+
+
+def test_deeply_nested_lists_are_refused_whether_python_could_parse_them_or_not():
+    assert "nested deeper than 64" in refused(b"[" * 65 + b"]" * 65).message
+    assert "nested deeper than 64" in refused(b"[" * 200_000 + b"]" * 200_000).message
+    parse.loads(b"[" * 64 + b"]" * 64)
+
+
+def test_a_50_mb_file_is_refused_by_its_size(tmp_path):
+    big = tmp_path / "huge.json"
+    with big.open("wb") as handle:
+        handle.truncate(50 * 2**20)
+    with pytest.raises(JobError) as error:
+        parse.read(big)
+    assert error.value.category == "validation"
+    assert "larger than 20 MB" in error.value.message
+
+
+def test_oversized_text_is_refused_before_it_is_decoded():
+    assert "larger than 20 MB" in refused(b" " * (parse.MAX_BYTES + 1)).message
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        declaring("../../.ssh/id_rsa.safetensors"),
+        declaring("/etc/passwd"),
+        declaring("ok.safetensors", directory="../outside"),
+        loader("..\\..\\windows\\x.safetensors"),
+        loader("C:\\models\\x.safetensors"),
+        loader("/abs/x.safetensors"),
+        loader("~/x.safetensors"),
+        loader("bad\x00name.safetensors"),
+    ],
+)
+def test_model_names_with_dot_dot_or_absolute_paths_are_refused(data):
+    assert "model name" in refused(data).message
+
+
+def test_a_launcher_file_escaping_the_models_folder_is_refused():
+    launcher = json.loads((DATA / "launcher.json").read_text())
+    launcher["files"][0][0]["dest_relative_path"] = "models/../../etc/cron.d/x"
+    assert "'..'" in refused(launcher).message
+
+
+def test_parse_errors_classify_as_validation_with_the_message_for_the_user():
+    with pytest.raises(JobError) as error:
+        parse.parse(b"[]")
+    failure = classify(error.value)
+    assert failure.category == "validation"
+    assert failure.message == "A workflow is a JSON object, not a list."
+
+
+def test_a_missing_file_is_not_found_rather_than_invalid(tmp_path):
+    with pytest.raises(JobError) as error:
+        parse.read(tmp_path / "gone.json")
+    assert error.value.category == "not_found"
+
+
+def test_an_api_prompt_names_its_models_by_input_name():
+    workflow = parse.read(DATA / "api_prompt.json")
+    found = {(m.directory, m.name) for m in analyze.required_models(workflow)}
+    assert workflow.format == "api"
+    assert found == {
+        ("checkpoints", "sdxl/sd_xl_base_1.0.safetensors"),
+        ("text_encoders", "clip_l.safetensors"),
+        ("text_encoders", "t5xxl_fp16.safetensors"),
+    }
+
+
+def test_a_launcher_json_brings_its_files_pinned_nodes_and_comfyui_commit():
+    workflow = parse.read(DATA / "launcher.json")
+    assert workflow.format == "launcher"
+    assert workflow.comfyui_commit == "0a6a6b8ee0bb28ef1f0d3e9ee00cf5e4e4d8d2f1"
+    pinned = "7d8adfa5a4d8a2c2f3c2e4d1a4b1e3f9c0d7a6b5"
+    assert workflow.snapshot_nodes == {
+        "https://github.com/cubiq/ComfyUI_IPAdapter_plus": pinned,
+        "https://github.com/twri/sdxl_prompt_styler.git": "",
+    }
+    checkpoint = next(f for f in workflow.files if f["directory"] == "checkpoints")
+    assert checkpoint["url"] == "https://example.org/files/opendalle_v11.safetensors"
+    assert [f["directory"] for f in workflow.files] == ["ipadapter", "checkpoints"]
+
+
+def test_a_ui_workflow_keeps_its_subgraphs_and_top_level_models():
+    models = [{"name": "a.safetensors", "directory": "vae"}]
+    subgraph = {"id": "sub-1", "nodes": [], "inputs": [], "links": []}
+    workflow = parse.from_json(
+        {"nodes": [], "models": models, "definitions": {"subgraphs": [subgraph]}}
+    )
+    assert (workflow.format, workflow.models, list(workflow.subgraphs)) == ("ui", models, ["sub-1"])
