@@ -7,8 +7,8 @@ import signal
 import httpx
 import pytest
 
-from comfyhub.projects import install, restore, runtime, tools
-from comfyhub.projects.export import launcher_json, spec_from_launcher
+from comfyhub.projects import install, restore, runtime, specs, tools
+from comfyhub.projects.export import launcher_json
 from comfyhub.projects.models import Project, ProjectStatus, RunState
 from recovery.engine import run_foreground
 from recovery.errors import JobError
@@ -144,7 +144,7 @@ def test_export_and_rebuild_give_the_same_pins_and_files(repos, settings):
     original = build("Original", spec(repos), skipped=["vae/v.bin"])
     original.spec["models"] = [model]
     exported = launcher_json(original)
-    rebuilt_spec = spec_from_launcher(exported)
+    rebuilt_spec = specs.from_launcher(exported)
     rebuilt = build("Copy", rebuilt_spec, skipped=["vae/v.bin"])
     assert rebuilt.comfyui_commit == original.comfyui_commit
     assert [p["commit"] for p in rebuilt.node_pins] == [p["commit"] for p in original.node_pins]

@@ -1,11 +1,7 @@
 """launcher.json (ComfyUI-Launcher's format): a project as a file that rebuilds it."""
 
-from django.conf import settings
-
 from comfyhub.library import index
-from comfyhub.library.paths import BadInput, models_path
 from comfyhub.projects.models import Project
-from recovery.errors import JobError
 
 
 def launcher_json(project: Project) -> dict:
@@ -37,43 +33,3 @@ def file_entry(model: dict) -> dict:
         "size": model.get("size") or (local.size if local else None),
     }
 
-
-def spec_from_launcher(data: dict) -> dict:
-    """The project spec a launcher.json describes (inverse of launcher_json)."""
-    if not isinstance(data, dict) or data.get("format") != "comfyui_launcher":
-        raise JobError(
-            "This is not a launcher.json (its format is not comfyui_launcher).",
-            category="validation",
-        )
-    snapshot = data.get("snapshot_json") or {}
-    nodes = [
-        {"repository": url, "commit": pin.get("hash", "")}
-        for url, pin in (snapshot.get("git_custom_nodes") or {}).items()
-        if not pin.get("disabled")
-    ]
-    files = [entry for group in data.get("files") or [] for entry in group]
-    return {
-        "comfyui": {"repository": settings.COMFYUI_REPO, "commit": snapshot.get("comfyui", "")},
-        "nodes": nodes,
-        "models": [model_from_file(entry) for entry in files],
-        "workflow": data.get("workflow_json"),
-        "workflow_name": data.get("name", ""),
-    }
-
-
-def model_from_file(entry: dict) -> dict:
-    relative = str(entry.get("dest_relative_path", "")).removeprefix("models/")
-    try:
-        models_path(relative, settings.MODELS_DIR)
-    except BadInput as exc:
-        raise JobError(
-            f"launcher.json lists an unsafe file: {exc}", category="validation"
-        ) from None
-    directory, _, name = relative.partition("/")
-    return {
-        "directory": directory,
-        "name": name,
-        "url": entry.get("download_url", ""),
-        "sha256": (entry.get("sha256_checksum") or "").lower(),
-        "size": entry.get("size"),
-    }

@@ -87,6 +87,7 @@ class ModelRequirement:
     hash_type: str = ""
     node: str = ""  # the type of the (first) node that needs it
     present: bool | None = None  # None: not checked
+    size: int | None = None  # bytes, when a launcher.json says
 
     @property
     def sha256(self) -> str:
@@ -164,9 +165,9 @@ def required_models(workflow: Workflow) -> list[ModelRequirement]:
     for model in top_level_models(workflow, uses):
         _merge(found, model)
     for file in workflow.files:
-        _merge(
-            found, ModelRequirement(file["directory"], file["name"], file["url"], file["sha256"])
-        )
+        model = ModelRequirement(file["directory"], file["name"], file["url"], file["sha256"])
+        model.size = file.get("size")
+        _merge(found, model)
     return [found[key] for key in sorted(found)]
 
 

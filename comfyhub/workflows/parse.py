@@ -301,7 +301,14 @@ def _file(entry: object, where: str) -> dict | None:
     if len(parts) < 3 or parts[0] != "models":
         return None  # input images and the like: not models
     name = "/".join(parts[2:])
-    return {"directory": parts[1], "name": name, "url": url or "", "sha256": (sha or "").lower()}
+    size = entry.get("size")
+    return {
+        "directory": parts[1],
+        "name": name,
+        "url": url or "",
+        "sha256": (sha or "").lower(),
+        "size": size if isinstance(size, int) and size >= 0 else None,
+    }
 
 
 # --- shapes -------------------------------------------------------------------------------

@@ -1,0 +1,70 @@
+import json
+
+from django.core.management.base import BaseCommand, CommandError
+
+from comfyhub.projects import install, specs
+from comfyhub.projects.models import Project, ProjectStatus
+from recovery.engine import run_foreground
+from recovery.errors import JobError
+
+
+class Command(BaseCommand):
+    help = (
+        "Create a project from a workflow file, an official template or a launcher.json, "
+        "and install it here (same job as the worker: re-running after a kill resumes). "
+        "Prints {status, slug, error} with --json. Exit 0 ready, 1 failed, 2 bad input."
+    )
+
+    def add_arguments(self, parser) -> None:
+        parser.add_argument("name")
+        source = parser.add_mutually_exclusive_group(required=True)
+        source.add_argument("--workflow", help="a ComfyUI workflow or API prompt JSON file")
+        source.add_argument("--template", help="an official template id, e.g. image_flux2")
+        source.add_argument("--launcher", help="a launcher.json (ComfyUI-Launcher format)")
+        parser.add_argument(
+            "--without",
+            action="append",
+            default=[],
+            metavar="DIR/NAME",
+            help="go without this model (recorded on the project)",
+        )
+        parser.add_argument("--json", action="store_true", help="print one JSON object")
+
+    def handle(self, *args, **options) -> None:
+        try:
+            spec = self.spec(options)
+        except JobError as exc:
+            raise CommandError(exc.message, returncode=2) from None
+        project = install.create(options["name"], spec, skipped=options["without"])
+        job = run_foreground(project.install_job_id)
+        project.refresh_from_db()
+        self.report(project, job, options["json"])
+        if project.status != ProjectStatus.READY:
+            raise SystemExit(1)
+
+    def spec(self, options: dict) -> dict:
+        if options["template"]:
+            return specs.from_template(options["template"])
+        if options["launcher"]:
+            return specs.from_launcher(specs.read_json(options["launcher"]))
+        return specs.from_workflow(specs.read_json(options["workflow"]), options["name"])
+
+    def report(self, project: Project, job, as_json: bool) -> None:
+        ready = project.status == ProjectStatus.READY
+        error = (
+            None
+            if ready
+            else {"category": job.error_category or job.status, "message": job.error_message}
+        )
+        if as_json:
+            self.stdout.write(
+                json.dumps(
+                    {"status": "ready" if ready else "failed", "slug": project.slug, "error": error}
+                )
+            )
+        elif ready:
+            self.stdout.write(
+                f"{project.name} is ready: python manage.py launch_project {project.slug}"
+            )
+        else:
+            self.stderr.write(f"{project.name} failed: {job.error_message}")

@@ -1,0 +1,122 @@
+"""create_project / launch_project / stop_project / export_project, end to end."""
+
+import hashlib
+import json
+import os
+from io import StringIO
+
+import pytest
+from django.core.management import CommandError, call_command
+
+from comfyhub.projects.models import Project
+from comfyhub.workflows import templates
+from comfyhub.workflows.analyze import required_models
+from comfyhub.workflows.parse import from_json
+from tests.fakecomfy import comfyui_repo, node_repo
+from tests.fileserver import FileServer
+
+pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
+
+
+@pytest.fixture(autouse=True)
+def setup(settings, tmp_path):
+    settings.PROJECTS_DIR = tmp_path / "projects"
+    settings.MODELS_DIR = tmp_path / "models"
+    settings.PROJECTS_DIR.mkdir()
+    settings.MODELS_DIR.mkdir()
+    settings.ALLOW_LOCAL_REPOS = True
+    settings.RECOVERY_BACKOFF_SCALE = 0
+    settings.PORT_RANGE = (4900, 4999)
+    settings.COMFYUI_REPO = str(comfyui_repo(tmp_path / "repos")[0])
+    return tmp_path
+
+
+def run(*args: str) -> dict:
+    out = StringIO()
+    call_command(*args, "--json", stdout=out)
+    return json.loads(out.getvalue())
+
+
+def checkpoint_workflow(url: str, sha256: str) -> dict:
+    model = {
+        "name": "tiny.safetensors",
+        "url": url,
+        "hash": sha256,
+        "hash_type": "SHA256",
+        "directory": "checkpoints",
+    }
+    node = {
+        "id": 1,
+        "type": "CheckpointLoaderSimple",
+        "mode": 0,
+        "widgets_values": ["tiny.safetensors"],
+        "properties": {"models": [model]},
+    }
+    return {"nodes": [node], "links": [], "version": 0.4}
+
+
+def test_a_workflow_becomes_a_ready_project_that_launches_and_stops(setup):
+    data = os.urandom(200_000)
+    with FileServer() as files:
+        workflow = checkpoint_workflow(
+            files.add("/tiny.safetensors", data), hashlib.sha256(data).hexdigest()
+        )
+        (setup / "wf.json").write_text(json.dumps(workflow))
+        created = run("create_project", "Tiny Flow", "--workflow", str(setup / "wf.json"))
+    assert created == {"status": "ready", "slug": "tiny-flow", "error": None}
+    assert (setup / "models/checkpoints/tiny.safetensors").read_bytes() == data
+    launched = run("launch_project", "tiny-flow")
+    assert launched["status"] == "running" and launched["url"].endswith(f":{launched['port']}/")
+    call_command("stop_project", "tiny-flow", stdout=StringIO())
+    assert Project.objects.get(slug="tiny-flow").run_state == "stopped"
+
+
+def test_an_official_template_installs_when_its_models_are_set_aside():
+    name = next(n for n in templates.names() if n.startswith("image_") and "api" not in n)
+    wanted = required_models(from_json(templates.load_template(name)))
+    without = [arg for m in wanted for arg in ("--without", f"{m.directory}/{m.name}")]
+    created = run("create_project", "From Template", "--template", name, *without)
+    assert created["status"] == "ready"
+    assert Project.objects.get(slug=created["slug"]).models_skipped
+
+
+def test_export_then_create_from_launcher_rebuilds_the_same_pins(setup):
+    node, commits = node_repo(setup / "repos")
+    launcher = {
+        "format": "comfyui_launcher",
+        "workflow_json": {"nodes": [], "links": []},
+        "snapshot_json": {
+            "comfyui": "",
+            "git_custom_nodes": {str(node): {"hash": commits[0], "disabled": False}},
+        },
+        "files": [],
+    }
+    (setup / "in.json").write_text(json.dumps(launcher))
+    first = run("create_project", "First", "--launcher", str(setup / "in.json"))
+    out = StringIO()
+    call_command("export_project", first["slug"], stdout=out)
+    (setup / "out.json").write_text(out.getvalue())
+    second = run("create_project", "Second", "--launcher", str(setup / "out.json"))
+    pins = [Project.objects.get(slug=s["slug"]).node_pins for s in (first, second)]
+    assert (
+        second["status"] == "ready" and pins[0][0]["commit"] == pins[1][0]["commit"] == commits[0]
+    )
+    exported = json.loads(out.getvalue())
+    assert exported["format"] == "comfyui_launcher"
+    assert exported["snapshot_json"]["git_custom_nodes"][str(node)]["hash"] == commits[0]
+
+
+def test_a_missing_or_invalid_file_exits_2(setup):
+    (setup / "bad.json").write_text('{"hello": 1}')
+    for source in (str(setup / "nope.json"), str(setup / "bad.json")):
+        with pytest.raises(CommandError) as error:
+            call_command("create_project", "X", "--workflow", source)
+        assert error.value.returncode == 2
+    assert not Project.objects.exists()
+
+
+def test_an_unknown_project_or_template_exits_2():
+    for args in (["launch_project", "nope"], ["create_project", "X", "--template", "nope"]):
+        with pytest.raises(CommandError) as error:
+            call_command(*args)
+        assert error.value.returncode == 2
