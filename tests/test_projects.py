@@ -3,6 +3,7 @@
 import hashlib
 import os
 import signal
+from datetime import timedelta
 
 import httpx
 import pytest
@@ -203,3 +204,36 @@ def test_deleting_a_project_removes_its_folder_and_never_models(repos, folders):
     runtime.delete(project)
     assert not project.folder.exists() and not Project.objects.filter(pk=project.pk).exists()
     assert (folders / "models/vae/keep.bin").read_bytes() == b"shared"
+
+
+def test_adding_a_node_takes_a_restore_point_and_rollback_removes_it(repos, tmp_path):
+    project = build("Grow", spec(repos))
+    extra, commits = node_repo(tmp_path / "more", "Extra-Nodes")
+    point = restore.add_node(project, str(extra), commits[1])
+    assert (project.comfyui_dir / "custom_nodes/Extra-Nodes").is_dir()
+    assert point.reason.startswith("adding") and len(point.node_pins) == 1
+    restore.rollback(project, point)
+    assert not (project.comfyui_dir / "custom_nodes/Extra-Nodes").exists()
+    assert [pin["name"] for pin in project.node_pins] == ["ComfyUI-Fake-Nodes"]
+
+
+def test_a_reinstall_records_a_restore_point_and_runs_every_step_again(repos):
+    project = build("Again", spec(repos))
+    point = restore.reinstall(project)
+    assert point.comfyui_commit == project.comfyui_commit
+    assert run_foreground(project.install_job_id).status == Status.SUCCEEDED
+    assert steps_run(Project.objects.get(pk=project.pk)).count("clone_comfyui") == 2
+
+
+def test_a_crashed_project_that_asked_for_it_is_restarted_by_the_worker_tick(repos):
+    project = runtime.launch(build("Phoenix", spec(repos)), timeout=30)
+    project.touch(auto_restart=True)
+    os.killpg(project.pid, signal.SIGKILL)
+    os.waitpid(project.pid, 0)
+    runtime.watch()
+    project.refresh_from_db()
+    assert project.run_state == RunState.CRASHED
+    runtime.watch(now=project.updated_at + timedelta(seconds=2))
+    project.refresh_from_db()
+    assert project.run_state == RunState.RUNNING and project.restarts == 1
+    runtime.stop(project)

@@ -32,4 +32,3 @@ def file_entry(model: dict) -> dict:
         "sha256_checksum": model.get("sha256") or (local.sha256 if local else ""),
         "size": model.get("size") or (local.size if local else None),
     }
-

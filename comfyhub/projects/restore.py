@@ -3,8 +3,9 @@
 import contextlib
 
 from comfyhub.projects import tools
-from comfyhub.projects.install import node_folder
-from comfyhub.projects.models import Project, RestorePoint
+from comfyhub.projects.install import install_node, node_folder, pins_without
+from comfyhub.projects.models import Project, ProjectStatus, RestorePoint
+from recovery.models import Job
 
 
 def take(project: Project, reason: str) -> RestorePoint:
@@ -56,3 +57,21 @@ def restore_packages(project: Project, point: RestorePoint) -> None:
     frozen = project.folder / "restore-requirements.txt"
     frozen.write_text(point.pip_freeze)
     tools.pip_install(project.venv, frozen, project.install_log)
+
+
+def add_node(project: Project, repository: str, commit: str = "") -> RestorePoint:
+    """Install one more custom node pack, after taking a restore point."""
+    point = take(project, f"adding {repository}")
+    pin = install_node(project, {"repository": repository, "commit": commit})
+    nodes = [*project.spec.get("nodes", []), {"repository": repository, "commit": pin["commit"]}]
+    project.spec = {**project.spec, "nodes": nodes}
+    project.touch(spec=project.spec, node_pins=[*pins_without(project, repository), pin])
+    return point
+
+
+def reinstall(project: Project) -> RestorePoint:
+    """Run every install step again (a fresh job), after taking a restore point."""
+    point = take(project, "re-install")
+    job = Job.objects.create(kind="project_install", params={"project": project.pk})
+    project.touch(install_job=job, status=ProjectStatus.INSTALLING)
+    return point
