@@ -5,7 +5,6 @@ from comfyhub import views
 from comfyhub.library import views as library_views
 
 urlpatterns = [
-    path("", views.planned, {"title": "Projects", "issue": 6}, name="projects"),
     path("downloads/", library_views.downloads, name="downloads"),
     path(
         "downloads/<int:pk>/<str:action>/",
@@ -18,4 +17,5 @@ urlpatterns = [
     path("system/", views.system, name="system"),
     path("healthz", views.healthz, name="healthz"),
     path("admin/", admin.site.urls),
+    path("", include("comfyhub.projects.urls")),
 ]

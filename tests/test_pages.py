@@ -78,4 +78,4 @@ def test_the_system_page_refuses_put(client):
 
 
 def test_planned_pages_say_which_issue_builds_them(client):
-    assert b"issue #6" in client.get("/").content
+    assert b"issue #7" in client.get("/settings/").content

@@ -1,5 +1,6 @@
 from comfyhub.library.fetch import fetch
 from comfyhub.library.models import Download
+from comfyhub.live.consumers import card_context
 from recovery.engine import recoverable
 from recovery.models import Job
 
@@ -14,6 +15,11 @@ def discard_partial(job: Job) -> None:
 # A drop mid-file is routine: come back within a second (the worker retries that in
 # place). Progress resets the count, so only a connection that stays dead gives up.
 QUICK = {"base": 0.25, "jitter": 0.25, "max_attempts": 10}
+
+
+@card_context("download")
+def download_card(job: Job) -> dict:
+    return {"download": Download.objects.filter(job=job).first()}
 
 
 @recoverable("download", on_cancel=discard_partial, policies={"network": QUICK, "timeout": QUICK})

@@ -8,6 +8,7 @@ LIVE_POLL_SECONDS (the embedded default's worker runs in another process). It cl
 """
 
 import asyncio
+from collections.abc import Callable
 
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
@@ -16,6 +17,18 @@ from django.template.loader import select_template
 
 from comfyhub.live.broadcast import group_for, is_cross_process
 from recovery.models import Job
+
+# Extra template context per job kind, registered by the app that owns the kind (e.g. a
+# download card needs its Download row): {kind: callable(job) -> dict}.
+CONTEXT: dict[str, Callable[[Job], dict]] = {}
+
+
+def card_context(kind: str):
+    def register(func: Callable[[Job], dict]) -> Callable[[Job], dict]:
+        CONTEXT[kind] = func
+        return func
+
+    return register
 
 
 class LiveConsumer(AsyncWebsocketConsumer):
@@ -79,8 +92,8 @@ class JobConsumer(LiveConsumer):
             return None
         template = select_template([f"live/{job.kind}.html", "live/job.html"])
         context = {"job": job, "oob": True, "csrf_token": self.csrf_token()}
-        if hasattr(job, "download"):
-            context["download"] = job.download
+        if job.kind in CONTEXT:
+            context.update(CONTEXT[job.kind](job))
         return job.updated_at, template.render(context), job.is_terminal
 
     def csrf_token(self) -> str:
