@@ -185,14 +185,14 @@ def gather(response: httpx.Response, sink: "Sink", transfer: "Transfer") -> None
     try:
         for piece in response.iter_raw():
             block += piece
+            # Counted as it arrives: progress, pause and cancel keep pace with a slow link.
+            transfer.advance(len(piece))
             if len(block) >= CHUNK:
                 sink.put(bytes(block))
-                transfer.advance(len(block))
                 block.clear()
     finally:
         if block:
             sink.put(bytes(block))
-            transfer.offset += len(block)
 
 
 class Sink:

@@ -1,0 +1,140 @@
+"""Real browser (Debian's chromium via Playwright) against `serve` with a real worker.
+
+Screenshots of every page land in test-artifacts/screens/ (not committed).
+"""
+
+import os
+import re
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT, Server
+from tests.fileserver import FileServer
+
+pytestmark = [pytest.mark.browser, pytest.mark.e2e]
+
+CHROMIUM = "/usr/bin/chromium"
+SCREENS = ROOT / "test-artifacts" / "screens"
+MiB = 1024 * 1024
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not os.path.exists(CHROMIUM):
+        pytest.skip("needs Debian's chromium package: apt-get install -y chromium")
+    from playwright.sync_api import sync_playwright
+
+    flags = [
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+    ]
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=CHROMIUM, args=flags)
+        yield launched
+        launched.close()
+
+
+@pytest.fixture(scope="module")
+def files():
+    with FileServer() as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    data = tmp_path_factory.mktemp("browser")
+    running = Server(
+        data, COMFYHUB_MODELS_DIR=str(data / "models"), COMFYHUB_ALLOW_LOCAL_REPOS="1"
+    ).start()
+    yield running
+    running.stop()
+
+
+@pytest.fixture
+def page(browser):
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    opened = context.new_page()
+    yield opened
+    context.close()
+
+
+def shoot(page, name: str) -> None:
+    SCREENS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SCREENS / f"{name}.png"), full_page=True)
+
+
+def queue(page, server: Server, url: str, dest: str):
+    page.goto(server.base + "/downloads/")
+    page.get_by_label("URL").fill(url)
+    page.get_by_label("Save as").fill(dest)
+    page.get_by_role("button", name="Download").click()
+    page.wait_for_url(re.compile(r"/downloads/$"))
+    return page.locator("article.job", has_text=dest)
+
+
+def status_of(card) -> str:
+    return card.locator(".badge").get_attribute("data-status")
+
+
+def test_a_401_download_shows_the_auth_message_with_a_link_to_settings(page, server, files):
+    card = queue(
+        page, server, files.add("/gated.bin", b"x" * 1000, auth="Bearer t"), "checkpoints/gated.bin"
+    )
+    card.locator('.badge[data-status="failed"]').wait_for(timeout=30_000)
+    assert "refused the download (HTTP 401)" in card.inner_text()
+    assert card.locator('a[href="/settings/"]').count() == 1
+    shoot(page, "downloads-auth-failed")
+
+
+def test_pause_and_resume_work_and_the_bar_reaches_100_live(page, server, files):
+    url = files.add("/slow.bin", os.urandom(8 * MiB), rate=2 * MiB)
+    card = queue(page, server, url, "loras/slow.bin")
+    page.wait_for_function(
+        "el => el && Number(el.value) > 0",
+        arg=card.locator("progress").element_handle(timeout=30_000),
+        timeout=30_000,
+    )
+    card.get_by_role("button", name="Pause").click()
+    card = page.locator("article.job", has_text="loras/slow.bin")
+    card.locator('.badge[data-status="paused"]').wait_for(timeout=30_000)
+    card.get_by_role("button", name="Resume").click()
+    card = page.locator("article.job", has_text="loras/slow.bin")
+    card.locator('.badge[data-status="succeeded"]').wait_for(timeout=60_000)
+    assert card.locator("progress").get_attribute("value") == "100"
+
+
+def test_reloading_mid_download_shows_the_current_state(page, server, files):
+    url = files.add("/reload.bin", os.urandom(4 * MiB), rate=MiB)
+    card = queue(page, server, url, "vae/reload.bin")
+    page.wait_for_function(
+        "el => el && Number(el.value) >= 25",
+        arg=card.locator("progress").element_handle(timeout=30_000),
+        timeout=30_000,
+    )
+    page.reload()
+    card = page.locator("article.job", has_text="vae/reload.bin")
+    assert int(card.locator("progress").get_attribute("value")) >= 25
+    card.locator('.badge[data-status="succeeded"]').wait_for(timeout=60_000)
+    shoot(page, "downloads-after-reload")
+
+
+@pytest.mark.parametrize("width", [1280, 390])
+def test_every_page_renders_for_a_screenshot(browser, server, width):
+    context = browser.new_context(viewport={"width": width, "height": 900})
+    page = context.new_page()
+    for path in ["/", "/downloads/", "/recovery/", "/settings/", "/system/"]:
+        response = page.goto(server.base + path)
+        assert response.status == 200, path
+        shoot(page, f"{width}{path.strip('/').replace('/', '-') or '-projects'}")
+    context.close()
+
+
+def test_screens_folder_is_ignored_by_git():
+    assert "test-artifacts/" in (ROOT / ".gitignore").read_text()
+    assert Path(SCREENS).is_relative_to(ROOT)
