@@ -78,8 +78,18 @@ def queue(page, server: Server, url: str, dest: str):
     return page.locator("article.job", has_text=dest)
 
 
-def status_of(card) -> str:
-    return card.locator(".badge").get_attribute("data-status")
+def wait_progress(page, dest: str, at_least: int) -> None:
+    """Live swaps replace the card, so look it up afresh on every check."""
+    page.wait_for_function(
+        """([dest, least]) => {
+            const card = [...document.querySelectorAll("article.job")]
+                .find(a => a.textContent.includes(dest));
+            const bar = card && card.querySelector("progress");
+            return bar && Number(bar.value) >= least;
+        }""",
+        arg=[dest, at_least],
+        timeout=30_000,
+    )
 
 
 def test_a_401_download_shows_the_auth_message_with_a_link_to_settings(page, server, files):
@@ -95,11 +105,7 @@ def test_a_401_download_shows_the_auth_message_with_a_link_to_settings(page, ser
 def test_pause_and_resume_work_and_the_bar_reaches_100_live(page, server, files):
     url = files.add("/slow.bin", os.urandom(8 * MiB), rate=2 * MiB)
     card = queue(page, server, url, "loras/slow.bin")
-    page.wait_for_function(
-        "el => el && Number(el.value) > 0",
-        arg=card.locator("progress").element_handle(timeout=30_000),
-        timeout=30_000,
-    )
+    wait_progress(page, "loras/slow.bin", 1)
     card.get_by_role("button", name="Pause").click()
     card = page.locator("article.job", has_text="loras/slow.bin")
     card.locator('.badge[data-status="paused"]').wait_for(timeout=30_000)
@@ -111,12 +117,8 @@ def test_pause_and_resume_work_and_the_bar_reaches_100_live(page, server, files)
 
 def test_reloading_mid_download_shows_the_current_state(page, server, files):
     url = files.add("/reload.bin", os.urandom(4 * MiB), rate=MiB)
-    card = queue(page, server, url, "vae/reload.bin")
-    page.wait_for_function(
-        "el => el && Number(el.value) >= 25",
-        arg=card.locator("progress").element_handle(timeout=30_000),
-        timeout=30_000,
-    )
+    queue(page, server, url, "vae/reload.bin")
+    wait_progress(page, "vae/reload.bin", 25)
     page.reload()
     card = page.locator("article.job", has_text="vae/reload.bin")
     assert int(card.locator("progress").get_attribute("value")) >= 25
