@@ -1,13 +1,27 @@
+import math
+from datetime import datetime
+
 from channels.layers import get_channel_layer
 from django.conf import settings
+from django.contrib import messages
 from django.contrib.auth.decorators import login_not_required
 from django.db import connection
-from django.http import HttpRequest, HttpResponse, JsonResponse
-from django.shortcuts import redirect, render
-from django.views.decorators.http import require_GET, require_http_methods
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.utils import timezone
+from django.views.decorators.debug import sensitive_post_parameters
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
-from recovery.engine import enqueue
-from recovery.models import Job, WorkerHeartbeat
+from comfyhub.context_processors import needing_user
+from comfyhub.library.forms import TokenForm
+from comfyhub.library.models import StoredToken, TokenName, mask
+from recovery import metrics
+from recovery.engine import enqueue, run_cancel_hook
+from recovery.models import BreakerState, Category, CircuitBreaker, Job, Status, WorkerHeartbeat
+from recovery.policy import DEFAULTS, policy_for
+
+# Rows per list on the Recovery page: a page, not a dump (the admin lists everything).
+LISTED = 200
 
 
 @login_not_required
@@ -48,3 +62,122 @@ def system(request: HttpRequest) -> HttpResponse:
 @require_GET
 def planned(request: HttpRequest, title: str, issue: int) -> HttpResponse:
     return render(request, "planned.html", {"title": title, "issue": issue})
+
+
+def dismiss(job: Job) -> bool:
+    """Put a failed job away (failed → cancelled), cleaning up as a cancel would: the user
+    gave up on it, so it stops asking for attention. Job.cancel() refuses finished jobs."""
+    moved = job.transition(
+        [Status.FAILED],
+        status=Status.CANCELLED,
+        error_category=Category.CANCELLED,
+        error_message=f"Dismissed after it failed: {job.error_message}",
+    )
+    if moved:
+        run_cancel_hook(job)
+    return moved
+
+
+JOB_ACTIONS = {
+    "pause": Job.pause,
+    "resume": Job.resume,
+    "cancel": Job.cancel,
+    "retry": Job.retry_now,
+    "dismiss": dismiss,
+}
+
+
+def act_on(request: HttpRequest, job: Job, action: str) -> None:
+    """Apply a user action; say so when the job had already moved on."""
+    if action not in JOB_ACTIONS:
+        raise Http404(f"No action {action!r}")
+    if not JOB_ACTIONS[action](job):
+        status = job.get_status_display().lower()
+        messages.info(request, f"Nothing changed: {job.kind} #{job.pk} is {status} now.")
+
+
+def seconds_until(when: datetime | None, now: datetime) -> int | None:
+    return None if when is None else max(0, math.ceil((when - now).total_seconds()))
+
+
+@require_GET
+def recovery(request: HttpRequest) -> HttpResponse:
+    now = timezone.now()
+    needs_you = needing_user().select_related("download").order_by("-updated_at")
+    waiting = Job.objects.filter(status=Status.WAITING).exclude(pk__in=needing_user())
+    breakers = list(CircuitBreaker.objects.exclude(state=BreakerState.CLOSED).order_by("key"))
+    for breaker in breakers:
+        breaker.probe_in = seconds_until(breaker.next_probe_at, now)
+    ctx = {
+        "needs_you": with_countdown(needs_you[:LISTED], now),
+        "waiting": with_countdown(
+            waiting.select_related("download").order_by("next_attempt_at")[:LISTED], now
+        ),
+        "breakers": breakers,
+        "metrics": metrics.compute(now),
+    }
+    return render(request, "recovery/recovery.html", ctx)
+
+
+def with_countdown(jobs, now: datetime) -> list[Job]:
+    """The jobs, each with `retry_in`: whole seconds until a waiting job's next try."""
+    jobs = list(jobs)
+    for job in jobs:
+        due = job.next_attempt_at if job.status == Status.WAITING else None
+        job.retry_in = seconds_until(due, now)
+    return jobs
+
+
+@require_POST
+def job_action(request: HttpRequest, pk: int, action: str) -> HttpResponse:
+    act_on(request, get_object_or_404(Job, pk=pk), action)
+    return redirect("recovery")
+
+
+@sensitive_post_parameters("token")
+@require_http_methods(["GET", "POST"])
+def settings_page(request: HttpRequest) -> HttpResponse:
+    form = TokenForm(request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        messages.success(request, form.save())
+        return redirect("settings")
+    status = 400 if request.method == "POST" else 200
+    return render(request, "settings/settings.html", settings_context(form), status=status)
+
+
+def settings_context(form: TokenForm) -> dict:
+    stored = dict(StoredToken.objects.values_list("name", "value"))
+    return {
+        "form": form,
+        "tokens": [token_row(name, stored.get(name, ""), form) for name in TokenName],
+        "policies": [
+            (Category(c).label, policy_for("", c)) for c in DEFAULTS if c != Category.CANCELLED
+        ],
+        # Values, not the settings object: this template must have no path to a secret.
+        "limits": {
+            "max": settings.DOWNLOADS_MAX,
+            "per_host": settings.DOWNLOADS_PER_HOST,
+            "stall": settings.STALL_TIMEOUT,
+            "backoff_scale": settings.RECOVERY_BACKOFF_SCALE,
+            "breaker_threshold": settings.RECOVERY_BREAKER_THRESHOLD,
+            "breaker_cooldown": settings.RECOVERY_BREAKER_COOLDOWN,
+        },
+        "folders": [
+            ("Data", "COMFYHUB_DATA_DIR", settings.DATA_DIR),
+            ("Models", "COMFYHUB_MODELS_DIR", settings.MODELS_DIR),
+            ("Projects", "COMFYHUB_PROJECTS_DIR", settings.PROJECTS_DIR),
+        ],
+    }
+
+
+def token_row(name: TokenName, stored: str, posted: TokenForm) -> dict:
+    """What the page may know of a token: whether and where it is set, masked."""
+    environment = getattr(settings, name)
+    mine = posted.is_bound and posted.data.get("name") == name
+    return {
+        "name": name.value,
+        "label": name.label,
+        "stored": mask(stored) if stored else "",
+        "environment": mask(environment) if environment else "",
+        "form": posted if mine else TokenForm(initial={"name": name}, auto_id=f"{name.value}-%s"),
+    }

@@ -1,8 +1,11 @@
+from datetime import timedelta
+
 import pytest
 from asgiref.sync import sync_to_async
 from channels.testing import WebsocketCommunicator
 from django.db import connections
 from django.test import Client
+from django.utils import timezone
 from django_q.brokers import get_broker
 
 from comfyhub.asgi import application
@@ -18,8 +21,11 @@ def models_dir(settings, tmp_path):
     return tmp_path
 
 
-def queued(dest: str = "loras/a.safetensors") -> Download:
+def queued(dest: str = "loras/a.safetensors", **job_fields) -> Download:
     download, _ = Download.objects.request("http://127.0.0.1:9/a.safetensors", dest)
+    if job_fields:
+        Job.objects.filter(pk=download.job_id).update(**job_fields)
+        download.job.refresh_from_db()
     return download
 
 
@@ -99,6 +105,61 @@ def test_a_failed_download_shows_the_plain_error_and_the_detail(client):
     html = client.get("/downloads/").content.decode()
     assert "Set HF_TOKEN in Settings." in html and "httpx.HTTPStatusError: 401" in html
     assert f"/downloads/{download.pk}/retry/" in html
+
+
+def test_the_status_filter_lists_only_matching_downloads(client):
+    queued("vae/ok.bin", status=Status.SUCCEEDED)
+    queued("vae/broken.bin", status=Status.FAILED, error_message="Gone.")
+    html = client.get("/downloads/?status=failed").content.decode()
+    assert "vae/broken.bin" in html and "vae/ok.bin" not in html
+    assert 'href="/downloads/?status=failed" aria-current="true"' in html
+
+
+def test_an_empty_filter_says_how_to_see_everything(client):
+    queued("vae/ok.bin", status=Status.SUCCEEDED)
+    html = client.get("/downloads/?status=paused").content.decode()
+    assert "No paused downloads." in html and 'href="/downloads/">Show all' in html
+
+
+def test_an_unknown_filter_is_400_and_lists_everything(client):
+    queued("vae/ok.bin")
+    response = client.get("/downloads/?status=exploded")
+    assert response.status_code == 400
+    html = response.content.decode()
+    assert "That filter does not exist" in html and "vae/ok.bin" in html
+
+
+def test_a_waiting_download_shows_its_attempt_and_a_countdown(client):
+    due = timezone.now() + timedelta(seconds=6.2)
+    queued(status=Status.WAITING, transient_failures=2, max_attempts=10, next_attempt_at=due)
+    html = client.get("/downloads/").content.decode()
+    assert "attempt 3/10" in html and "retrying in 7 s" in html and 'data-retry-in="7"' in html
+
+
+def test_an_auth_failure_links_to_settings(client):
+    queued(status=Status.FAILED, error_category="auth", error_message="Set HF_TOKEN.")
+    html = client.get("/downloads/").content.decode()
+    assert '<a href="/settings/">Add your token in Settings</a>' in html
+
+
+def test_dismissing_a_failed_download_deletes_its_partial_file(client, models_dir):
+    download = queued(status=Status.FAILED, error_message="Gone.")
+    download.part_path.parent.mkdir(parents=True)
+    download.part_path.write_bytes(b"half")
+    assert client.post(f"/downloads/{download.pk}/dismiss/").status_code == 302
+    assert Job.objects.get(pk=download.job_id).status == Status.CANCELLED
+    assert not download.part_path.exists()
+
+
+def test_the_list_takes_three_queries_however_many_downloads_it_shows(
+    client, django_assert_num_queries
+):
+    due = timezone.now() + timedelta(seconds=30)
+    for n, status in enumerate([*Status.values] * 4):
+        queued(f"vae/{n}.bin", status=status, next_attempt_at=due, transient_failures=1)
+    Job.objects.update(error_category="auth", error_message="Set HF_TOKEN.", error_detail="401")
+    with django_assert_num_queries(3):  # the list, the count per status, the banner
+        assert client.get("/downloads/").content.count(b'class="job ') == 28
 
 
 @pytest.mark.asyncio

@@ -75,7 +75,3 @@ def test_the_self_test_refuses_a_post_without_csrf_token():
 
 def test_the_system_page_refuses_put(client):
     assert client.put("/system/").status_code == 405
-
-
-def test_planned_pages_say_which_issue_builds_them(client):
-    assert b"issue #7" in client.get("/settings/").content

@@ -1,4 +1,5 @@
 import hashlib
+import math
 from datetime import timedelta
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -85,6 +86,14 @@ class Download(models.Model):
         return min(100, int(self.bytes_done * 100 / self.total_bytes))
 
     @property
+    def retry_in(self) -> int | None:
+        """Whole seconds until a waiting download tries again; what the card counts down."""
+        due = self.job.next_attempt_at
+        if self.job.status != Status.WAITING or due is None:
+            return None
+        return max(0, math.ceil((due - timezone.now()).total_seconds()))
+
+    @property
     def path(self) -> Path:
         return models_path(self.dest, settings.MODELS_DIR)
 
@@ -168,3 +177,43 @@ class FinderAnswer(models.Model):
     @staticmethod
     def key_for(url: str) -> str:
         return hashlib.sha256(url.encode()).hexdigest()
+
+
+class TokenName(models.TextChoices):
+    """Host tokens a user may store on the Settings page, named like their env variables."""
+
+    HF = "HF_TOKEN", "Hugging Face"
+    CIVITAI = "CIVITAI_API_TOKEN", "CivitAI"
+
+
+class StoredTokenQuerySet(models.QuerySet):
+    def value_of(self, name: str) -> str:
+        return self.filter(name=name).values_list("value", flat=True).first() or ""
+
+    def store(self, name: str, value: str) -> None:
+        self.update_or_create(name=name, defaults={"value": value, "updated_at": timezone.now()})
+
+
+class StoredToken(models.Model):
+    """An access token saved on the Settings page; it wins over the environment variable
+    of the same name, so a user can fix an `auth` failure without a restart.
+
+    Write-only as far as pages go: nothing renders `value`, only `mask(value)`; it reaches
+    the network solely as an Authorization header to its own host (sources.auth_headers).
+    """
+
+    name = models.CharField(max_length=32, choices=TokenName.choices, unique=True)
+    value = models.TextField()
+    updated_at = models.DateTimeField(default=timezone.now)
+
+    objects = StoredTokenQuerySet.as_manager()
+
+    def __str__(self) -> str:
+        return f"{self.name} (stored)"
+
+
+def mask(token: str) -> str:
+    """`hf_…x9Q2`: enough to recognise a long token, nothing of a short one."""
+    if len(token) < 12:
+        return "…"
+    return f"{token[:3]}…{token[-4:]}"

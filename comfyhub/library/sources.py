@@ -7,6 +7,7 @@ from urllib.parse import parse_qs, urlsplit
 import httpx
 from django.conf import settings
 
+from comfyhub.library.models import StoredToken, TokenName
 from recovery.errors import JobError
 
 CIVITAI_PAGE = re.compile(r"^/models/(?P<model>\d+)(?:/[^/]*)?/?$")
@@ -24,14 +25,26 @@ def netloc(url: str) -> str:
     return urlsplit(url).netloc.lower()
 
 
-def token_for(url: str) -> tuple[str, str]:
-    """(setting name, token) for the host of `url`, or ("", "") for any other host."""
+def token_setting(url: str) -> str:
+    """The setting that holds the token for the host of `url`, or "" for any other host."""
     host = netloc(url)
     if host == netloc(settings.HF_ENDPOINT):
-        return "HF_TOKEN", settings.HF_TOKEN
+        return TokenName.HF.value
     if host == netloc(settings.CIVITAI_ENDPOINT):
-        return "CIVITAI_API_TOKEN", settings.CIVITAI_API_TOKEN
-    return "", ""
+        return TokenName.CIVITAI.value
+    return ""
+
+
+def token_for(url: str) -> tuple[str, str]:
+    """(setting name, token) for the host of `url`, or ("", "") for any other host.
+
+    A token saved on the Settings page wins over the environment variable: it is the one
+    the user set most recently, and it takes effect without a restart.
+    """
+    name = token_setting(url)
+    if not name:
+        return "", ""
+    return name, StoredToken.objects.value_of(name) or getattr(settings, name)
 
 
 def auth_headers(url: str) -> dict[str, str]:

@@ -1,0 +1,89 @@
+"""Server-side render time of /downloads/ with 500 downloads, on the embedded SQLite default.
+
+The whole Django stack (middleware, view, template, banner) through the test client, on a
+mix of running, waiting, failed, paused and finished downloads, each with its live card and
+action forms. Goal: ≤ 150 ms median.
+Run: .venv/bin/python bench/pages.py [DOWNLOADS] [RENDERS]
+"""
+
+import os
+import statistics
+import sys
+import tempfile
+import time
+from datetime import timedelta
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+os.environ["COMFYHUB_DATA_DIR"] = tempfile.mkdtemp(prefix="comfyhub-bench-")
+os.environ.pop("COMFYHUB_DATABASE_URL", None)
+os.environ.pop("COMFYHUB_REDIS_URL", None)
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "comfyhub.settings")
+
+import django
+
+django.setup()
+
+from django.core.management import call_command  # noqa: E402
+from django.test import Client  # noqa: E402
+from django.utils import timezone  # noqa: E402
+
+from comfyhub.library.models import Download  # noqa: E402
+from recovery.models import Job, Status  # noqa: E402
+
+MIX = [
+    {"status": Status.SUCCEEDED},
+    {"status": Status.SUCCEEDED},
+    {"status": Status.RUNNING},
+    {"status": Status.WAITING, "transient_failures": 2, "max_attempts": 10},
+    {"status": Status.PAUSED, "error_category": "disk_full", "error_message": "Disk full."},
+    {
+        "status": Status.FAILED,
+        "error_category": "auth",
+        "error_message": "huggingface.co refused the download (HTTP 401). Set HF_TOKEN.",
+        "error_detail": "httpx.HTTPStatusError: Client error '401 Unauthorized'\n" * 5,
+    },
+]
+
+
+def populate(n: int) -> None:
+    soon = timezone.now() + timedelta(minutes=5)
+    jobs = Job.objects.bulk_create(
+        Job(kind="download", next_attempt_at=soon, **MIX[i % len(MIX)]) for i in range(n)
+    )
+    Download.objects.bulk_create(
+        Download(
+            job=job,
+            source_url=f"https://huggingface.co/org/m{i}/resolve/main/model.safetensors",
+            dest=f"checkpoints/model-{i}.safetensors",
+            host="huggingface.co",
+            bytes_done=i * 1_000_000,
+            total_bytes=2_000_000_000,
+            speed=12_500_000,
+            eta_seconds=150,
+        )
+        for i, job in enumerate(jobs)
+    )
+
+
+def main(n: int, renders: int) -> None:
+    call_command("migrate", verbosity=0)
+    populate(n)
+    client = Client(HTTP_HOST="127.0.0.1")
+    first = client.get("/downloads/")
+    assert first.status_code == 200 and first.content.count(b'class="job ') == n, "not all shown"
+    timings = []
+    for _ in range(renders):
+        start = time.perf_counter()
+        response = client.get("/downloads/")
+        timings.append((time.perf_counter() - start) * 1000)
+        assert response.status_code == 200
+    print(f"downloads: {n}, renders: {renders}, page: {len(first.content) / 1024:.0f} KiB")
+    print(f"median: {statistics.median(timings):.1f} ms")
+    print(f"min:    {min(timings):.1f} ms")
+    print(f"max:    {max(timings):.1f} ms")
+
+
+if __name__ == "__main__":
+    args = [int(a) for a in sys.argv[1:3]]
+    main(*(args + [500, 20][len(args) :]))

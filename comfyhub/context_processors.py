@@ -1,0 +1,39 @@
+"""The "something needs you" banner, on every page.
+
+A job needs the user when waiting will not fix it: it failed (including a missing or
+refused token, which fails at once), it paused because the disk is full, or it waits with
+an auth error (only with a policy that retries auth). Jobs that retry on their own —
+backoff, Retry-After, an open circuit breaker — and jobs the user paused do not count:
+the Recovery page lists them, the banner stays quiet.
+"""
+
+from django.db.models import Count, Q, QuerySet
+from django.http import HttpRequest
+from django.utils.functional import SimpleLazyObject
+
+from recovery.models import Category, Job, Status
+
+NEEDS_USER = (
+    Q(status=Status.FAILED)
+    | Q(status=Status.PAUSED, error_category=Category.DISK_FULL)
+    | Q(status=Status.WAITING, error_category=Category.AUTH)
+)
+
+
+def needing_user() -> QuerySet:
+    return Job.objects.filter(NEEDS_USER)
+
+
+def attention_counts() -> dict:
+    """One aggregate query: how many jobs need the user, and how many of them for a token
+    or for disk space (what the banner names)."""
+    return needing_user().aggregate(
+        total=Count("id"),
+        auth=Count("id", filter=Q(error_category=Category.AUTH)),
+        disk_full=Count("id", filter=Q(error_category=Category.DISK_FULL)),
+    )
+
+
+def attention(request: HttpRequest) -> dict:
+    # Lazy: pages that never show the banner (admin, login) never run the query.
+    return {"attention": SimpleLazyObject(attention_counts)}
