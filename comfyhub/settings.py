@@ -189,6 +189,8 @@ WHITENOISE_USE_FINDERS = True
 WHITENOISE_AUTOREFRESH = DEBUG
 
 SESSION_COOKIE_HTTPONLY = True
+# A pasted workflow may be as large as an uploaded one (the parser's 20 MB limit).
+DATA_UPLOAD_MAX_MEMORY_SIZE = 21 * 1024 * 1024
 X_FRAME_OPTIONS = "DENY"
 
 LOGGING = {

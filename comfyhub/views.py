@@ -59,11 +59,6 @@ def system(request: HttpRequest) -> HttpResponse:
     return render(request, "system.html", ctx)
 
 
-@require_GET
-def planned(request: HttpRequest, title: str, issue: int) -> HttpResponse:
-    return render(request, "planned.html", {"title": title, "issue": issue})
-
-
 def dismiss(job: Job) -> bool:
     """Put a failed job away (failed → cancelled), cleaning up as a cancel would: the user
     gave up on it, so it stops asking for attention. Job.cancel() refuses finished jobs."""

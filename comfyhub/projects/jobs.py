@@ -1,8 +1,104 @@
-from comfyhub.projects.install import run_steps
-from recovery.engine import recoverable
-from recovery.models import Job
+"""The projects' job kinds (install, launch, rollback) and their live cards.
+
+Launch and rollback are jobs, not view code: a launch waits for ComfyUI's health check
+(up to minutes) and a rollback reinstalls pip packages. Their cards render
+templates/live/project_<kind>.html with the context registered here.
+"""
+
+from comfyhub.live.consumers import card_context
+from comfyhub.projects import restore, runtime
+from comfyhub.projects.install import STEP_LABELS, run_steps
+from comfyhub.projects.models import Project, RestorePoint, RunState
+from recovery.engine import enqueue, recoverable
+from recovery.errors import JobError
+from recovery.models import Job, Status
+
+STEP_STATE = {Status.RUNNING: "current", Status.FAILED: "failed", Status.CANCELLED: "failed"}
 
 
 @recoverable("project_install")
 def install(job: Job) -> None:
     run_steps(job)
+
+
+# A launch that timed out already waited minutes for the health check: say so at once.
+@recoverable("project_launch", policies={"timeout": {"max_attempts": 1}})
+def launch(job: Job) -> None:
+    project = job_project(job)
+    if project.run_state == RunState.STARTING:
+        runtime.stop(project)  # a killed attempt's half-started ComfyUI holds the port
+    runtime.launch(project)
+
+
+@recoverable("project_rollback")
+def rollback(job: Job) -> None:
+    project = job_project(job)
+    point = project.restore_points.filter(pk=job.params.get("point")).first()
+    if point is None:
+        raise JobError("That restore point no longer exists.", category="not_found")
+    runtime.stop(project)
+    restore.rollback(project, point)
+
+
+def job_project(job: Job) -> Project:
+    project = Project.objects.filter(pk=job.params.get("project")).first()
+    if project is None:
+        raise JobError("The project was deleted.", category="not_found")
+    return project
+
+
+def queue_launch(project: Project) -> Job:
+    """The launch under way, else a new launch job handed to the worker."""
+    return active_job(project, "project_launch") or enqueue(
+        "project_launch", {"project": project.pk}
+    )
+
+
+def queue_rollback(project: Project, point: RestorePoint) -> Job:
+    """The rollback under way, else a new one to `point` handed to the worker."""
+    return active_job(project, "project_rollback") or enqueue(
+        "project_rollback", {"project": project.pk, "point": point.pk}
+    )
+
+
+def active_job(project: Project, kind: str) -> Job | None:
+    job = project.latest_job(kind)
+    return job if job and not job.is_terminal else None
+
+
+def install_steps(job: Job | None) -> list[dict]:
+    """Each install step's label and state: done, current, failed, waiting or pending."""
+    data = job.checkpoint_data if job else {}
+    done, current = set(data.get("steps", [])), data.get("current", "")
+    return [
+        {"label": label, "state": step_state(job, step in done, step == current)}
+        for step, label in STEP_LABELS.items()
+    ]
+
+
+def step_state(job: Job | None, done: bool, current: bool) -> str:
+    if done or (job and job.status == Status.SUCCEEDED):
+        return "done"
+    if not current or job is None:
+        return "pending"
+    return STEP_STATE.get(job.status, "waiting")
+
+
+@card_context("project_install")
+def install_card(job: Job) -> dict:
+    return {"project": Project.objects.filter(install_job=job).first(), "steps": install_steps(job)}
+
+
+@card_context("project_launch")
+def launch_card(job: Job) -> dict:
+    project = Project.objects.filter(pk=job.params.get("project")).first()
+    return {
+        "project": project and runtime.refresh(project),
+        "launch": job,
+        "launching": not job.is_terminal,
+    }
+
+
+@card_context("project_rollback")
+def rollback_card(job: Job) -> dict:
+    return {"project": Project.objects.filter(pk=job.params.get("project")).first()}

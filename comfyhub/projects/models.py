@@ -5,7 +5,11 @@ from django.db import models
 from django.utils import timezone
 from django.utils.text import slugify
 
+from comfyhub.library import index
+from comfyhub.library.models import Download
 from recovery.models import Job
+
+LOG_TAIL_BYTES = 64 * 1024
 
 
 class ProjectStatus(models.TextChoices):
@@ -21,10 +25,14 @@ class RunState(models.TextChoices):
     CRASHED = "crashed", "Crashed"
 
 
+# Slugs that would collide with the pages under /projects/.
+RESERVED_SLUGS = frozenset({"new", "import"})
+
+
 def unique_slug(name: str) -> str:
     base = slugify(name)[:50] or "project"
     slug, n = base, 2
-    while Project.objects.filter(slug=slug).exists():
+    while slug in RESERVED_SLUGS or Project.objects.filter(slug=slug).exists():
         slug, n = f"{base}-{n}", n + 1
     return slug
 
@@ -100,6 +108,48 @@ class Project(models.Model):
         skipped = set(self.models_skipped)
         return [m for m in self.spec.get("models", []) if model_key(m) not in skipped]
 
+    def log_path(self, which: str) -> Path:
+        """The "install" or "comfyui" log; KeyError for anything else (no path from a request)."""
+        return self.folder / "logs" / {"install": "install.log", "comfyui": "comfyui.log"}[which]
+
+    def log_tail(self, which: str, lines: int = 100) -> str:
+        """The last `lines` lines of a log, reading only its end (logs grow large)."""
+        path = self.log_path(which)
+        if not path.is_file():
+            return ""
+        with path.open("rb") as log:
+            log.seek(max(0, path.stat().st_size - LOG_TAIL_BYTES))
+            text = log.read().decode(errors="replace")
+        return "\n".join(text.splitlines()[-lines:])
+
+    def model_rows(self) -> list[dict]:
+        """Each model of the spec: present, skipped (on purpose) or neither, and its newest
+        download if there is one."""
+        models = self.spec.get("models", [])
+        downloads = newest_downloads([model_key(m) for m in models])
+        return [
+            {
+                "key": model_key(m),
+                "skipped": model_key(m) in self.models_skipped,
+                "present": index.is_present(m["directory"], m["name"], m.get("sha256") or ""),
+                "download": downloads.get(model_key(m)),
+            }
+            for m in models
+        ]
+
+    def latest_job(self, kind: str) -> Job | None:
+        """The newest job of `kind` (e.g. project_launch) that names this project."""
+        return Job.objects.filter(kind=kind, params__project=self.pk).first()
+
+    def retry_install(self) -> bool:
+        """Run the install again from where it stopped (a pruned job: from the start)."""
+        if self.install_job is None:
+            job = Job.objects.create(kind="project_install", params={"project": self.pk})
+            self.touch(install_job=job)
+            job.dispatch()
+            return True
+        return self.install_job.retry_now()
+
     def touch(self, **fields) -> None:
         fields["updated_at"] = timezone.now()
         for name, value in fields.items():
@@ -109,6 +159,11 @@ class Project(models.Model):
 
 def model_key(model: dict) -> str:
     return f"{model['directory']}/{model['name']}"
+
+
+def newest_downloads(dests: list[str]) -> dict[str, Download]:
+    found = Download.objects.filter(dest__in=dests).select_related("job").order_by("id")
+    return {download.dest: download for download in found}
 
 
 class RestorePoint(models.Model):

@@ -1,7 +1,18 @@
 from django.urls import path
 
-from comfyhub import views
+from comfyhub.projects import views
 
 urlpatterns = [
-    path("", views.planned, {"title": "Projects", "issue": 7}, name="projects"),
+    path("", views.projects, name="projects"),
+    path("projects/new/", views.new, name="project-new"),
+    path("projects/import/", views.import_workflow, name="project-import"),
+    path("projects/import/<str:token>/", views.import_confirm, name="project-import-confirm"),
+    path("projects/<slug:slug>/", views.project, name="project"),
+    path("projects/<slug:slug>/launch/", views.launch, name="project-launch"),
+    path("projects/<slug:slug>/stop/", views.stop, name="project-stop"),
+    path("projects/<slug:slug>/retry/", views.retry, name="project-retry"),
+    path("projects/<slug:slug>/rollback/", views.rollback, name="project-rollback"),
+    path("projects/<slug:slug>/delete/", views.delete, name="project-delete"),
+    path("projects/<slug:slug>/export/", views.export, name="project-export"),
+    path("projects/<slug:slug>/log/", views.log, name="project-log"),
 ]

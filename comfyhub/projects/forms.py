@@ -1,0 +1,314 @@
+"""Forms of the projects pages; each clean_* returns a domain value (a spec, a workflow)."""
+
+from pathlib import PurePosixPath
+from urllib.parse import unquote, urlsplit
+
+import httpx
+from django import forms
+
+from comfyhub.library import finder
+from comfyhub.library.fetch import human
+from comfyhub.library.paths import BadInput, check_url
+from comfyhub.projects import specs
+from comfyhub.projects.models import RestorePoint, model_key
+from comfyhub.workflows import parse, templates
+from comfyhub.workflows.analyze import ModelRequirement, analyze
+from recovery.errors import JobError
+
+FETCH_TIMEOUT = 20.0
+MAX_CANDIDATES = 5
+SOURCE_NAMES = {
+    "url": "link in the workflow",
+    "model-list": "ComfyUI-Manager's model list",
+    "huggingface": "Hugging Face",
+    "civitai": "CivitAI",
+}
+
+
+def checked(func, *args):
+    """`func(*args)`, with its JobError / BadInput as the form error it means."""
+    try:
+        return func(*args)
+    except JobError as exc:
+        raise forms.ValidationError(exc.message) from None
+    except BadInput as exc:
+        raise forms.ValidationError(str(exc)) from None
+
+
+# --- New: the official template gallery -----------------------------------------------
+
+
+class GalleryForm(forms.Form):
+    q = forms.CharField(required=False, max_length=200, label="Search templates")
+    category = forms.ChoiceField(required=False, label="Category")
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        titles = [group.title for group in templates.catalog()]
+        self.fields["category"].choices = [("", "All categories"), *((t, t) for t in titles)]
+
+    def results(self) -> list[templates.Template]:
+        """Templates of the chosen category whose name, title, description or tags hold
+        every word searched for."""
+        words = self.cleaned_data["q"].lower().split()
+        category = self.cleaned_data["category"]
+        return [
+            template
+            for group in templates.catalog()
+            if category in ("", group.title)
+            for template in group.templates
+            if all(word in searchable(template) for word in words)
+        ]
+
+
+def searchable(template: templates.Template) -> str:
+    return " ".join((template.name, template.title, template.description, *template.tags)).lower()
+
+
+class NewProjectForm(forms.Form):
+    template = forms.CharField(max_length=200)
+    name = forms.CharField(max_length=100, label="Project name")
+
+    def clean_template(self) -> dict:
+        """The project spec the template makes."""
+        return checked(specs.from_template, self.cleaned_data["template"])
+
+
+# --- Import: a workflow from a file, pasted text or a link ------------------------------
+
+
+class ImportForm(forms.Form):
+    file = forms.FileField(
+        required=False,
+        label="Upload a workflow file",
+        widget=forms.ClearableFileInput(attrs={"accept": ".json,application/json"}),
+    )
+    text = forms.CharField(
+        required=False,
+        label="Or paste its JSON",
+        widget=forms.Textarea(attrs={"rows": 6, "spellcheck": "false"}),
+        help_text="Up to 2.5 MB pasted; upload bigger files.",
+    )
+    url = forms.CharField(
+        required=False,
+        max_length=2000,
+        label="Or give a link to it",
+        widget=forms.URLInput(attrs={"placeholder": "https://…/workflow.json"}),
+    )
+
+    def clean_file(self) -> object:
+        upload = self.cleaned_data["file"]
+        if upload is None:
+            return None
+        if upload.size > parse.MAX_BYTES:
+            raise forms.ValidationError(
+                f"{upload.name} is larger than {parse.MAX_BYTES // 2**20} MB; no workflow is."
+            )
+        return checked(parse.loads, upload.read())
+
+    def clean_text(self) -> object:
+        text = self.cleaned_data["text"]
+        return checked(parse.loads, text) if text.strip() else None
+
+    def clean_url(self) -> object:
+        url = self.cleaned_data["url"].strip()
+        return checked(parse.loads, fetch(url)) if url else None
+
+    def clean(self) -> dict:
+        given = [self.cleaned_data.get(f) for f in ("file", "text", "url")]
+        if self.errors:
+            return self.cleaned_data
+        if sum(value is not None for value in given) != 1:
+            raise forms.ValidationError(
+                "Give one workflow: upload a file, paste its JSON or give a link."
+            )
+        workflow = next(value for value in given if value is not None)
+        self.cleaned_data["workflow"] = workflow
+        self.cleaned_data["requirements"] = checked(lambda: analyze(parse.from_json(workflow)))
+        return self.cleaned_data
+
+    def default_name(self) -> str:
+        """The file's (or link's) name, or the launcher.json's own."""
+        workflow = self.cleaned_data["workflow"]
+        if workflow.get("workflow_json") and isinstance(workflow.get("name"), str):
+            return workflow["name"][:100]
+        upload, url = self.cleaned_data.get("file"), self.data.get("url", "")
+        named = self.files["file"].name if upload is not None else unquote(urlsplit(url).path)
+        return PurePosixPath(named or "").stem[:100] or "Imported workflow"
+
+    def state(self) -> dict:
+        """What the next step needs, kept on the server (session): the workflow, what it
+        requires, and finder candidates for each missing model."""
+        requirements = self.cleaned_data["requirements"]
+        missing = [model for model in requirements.models if not model.present]
+        return {
+            "name": self.default_name(),
+            "workflow": self.cleaned_data["workflow"],
+            "requirements": requirements.as_json(),
+            "missing": [model.as_json() for model in missing],
+            "candidates": [candidates_for(model) for model in missing],
+        }
+
+
+def fetch(url: str) -> bytes:
+    """The body at `url` (http(s) only, at most parse.MAX_BYTES), or a ValidationError."""
+    url = github_raw(checked(check_url, url))
+    try:
+        with httpx.stream("GET", url, follow_redirects=True, timeout=FETCH_TIMEOUT) as response:
+            if response.status_code != 200:
+                raise forms.ValidationError(
+                    f"The link answered HTTP {response.status_code}; check that it opens "
+                    f"in a browser, or download the file and upload it."
+                )
+            return read_capped(response)
+    except httpx.HTTPError as exc:
+        raise forms.ValidationError(
+            f"Could not fetch the link ({exc}). Check the address, or download the file "
+            f"and upload it."
+        ) from None
+
+
+def read_capped(response: httpx.Response) -> bytes:
+    body = bytearray()
+    for chunk in response.iter_bytes():
+        body += chunk
+        if len(body) > parse.MAX_BYTES:
+            raise forms.ValidationError(
+                f"The link serves more than {parse.MAX_BYTES // 2**20} MB; no workflow is."
+            )
+    return bytes(body)
+
+
+def github_raw(url: str) -> str:
+    """GitHub's page for a file (…/blob/…) is HTML; its raw twin is the JSON."""
+    parts = urlsplit(url)
+    owner_repo, _, rest = parts.path.lstrip("/").partition("/blob/")
+    if parts.hostname != "github.com" or not rest:
+        return url
+    return f"https://raw.githubusercontent.com/{owner_repo}/{rest}"
+
+
+def candidates_for(model: ModelRequirement) -> list[dict]:
+    """Where the finder says the model can be downloaded from, best first."""
+    try:
+        result = finder.find(model.name, model.directory, model.sha256, model.url)
+    except BadInput:
+        return []
+    found = [c for c in result.candidates if c.url.startswith(("http://", "https://"))]
+    return [{**c.as_json(), "label": c.label} for c in found[:MAX_CANDIDATES]]
+
+
+class ResolveForm(forms.Form):
+    """For each missing model: a finder candidate, a pasted link, or going without."""
+
+    name = forms.CharField(max_length=100, label="Project name")
+
+    def __init__(self, missing: list[dict], candidates: list[list[dict]], *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.missing, self.candidates = missing, candidates
+        for i, (model, found) in enumerate(zip(missing, candidates, strict=True)):
+            self.fields[f"model_{i}"] = model_choice(model_key(model), found)
+            self.fields[f"url_{i}"] = forms.CharField(
+                required=False, max_length=2000, label=f"Link for {model_key(model)}"
+            )
+
+    def rows(self) -> list[dict]:
+        """One row per missing model, its radio buttons paired with their candidates."""
+        return [
+            {
+                "key": model_key(model),
+                "choice": self[f"model_{i}"],
+                "options": list(zip(self[f"model_{i}"], [*found, None, None], strict=True)),
+                "url": self[f"url_{i}"],
+            }
+            for i, (model, found) in enumerate(zip(self.missing, self.candidates, strict=True))
+        ]
+
+    def clean(self) -> dict:
+        chosen = {}
+        for i, model in enumerate(self.missing):
+            choice, url = self.cleaned_data.get(f"model_{i}"), self.cleaned_data.get(f"url_{i}")
+            if choice:
+                chosen[model_key(model)] = self.resolve(i, choice, (url or "").strip())
+        self.cleaned_data["chosen"] = chosen
+        return self.cleaned_data
+
+    def resolve(self, i: int, choice: str, url: str) -> dict | None:
+        """{url, sha256, size} to download the model from, or None to go without."""
+        if choice == "url":
+            return self.pasted(i, url)
+        if url:
+            self.add_error(f"url_{i}", "You pasted a link: choose “A link I paste” to use it.")
+        if choice == "skip":
+            return None
+        found = self.candidates[i][int(choice.removeprefix("c"))]
+        return {"url": found["url"], "sha256": found["sha256"] or "", "size": found["size"]}
+
+    def pasted(self, i: int, url: str) -> dict | None:
+        try:
+            if not url:
+                raise forms.ValidationError("Paste the link, or choose another option.")
+            return {"url": checked(check_url, url)}
+        except forms.ValidationError as error:
+            self.add_error(f"url_{i}", error)
+            return None
+
+    def spec(self, state: dict) -> tuple[dict, list[str]]:
+        """The project spec from the imported workflow with the user's choices applied,
+        and the models to go without."""
+        workflow, chosen = state["workflow"], self.cleaned_data["chosen"]
+        if parse.from_json(workflow).format == parse.Format.LAUNCHER:
+            spec = specs.from_launcher(workflow)
+        else:
+            spec = specs.from_workflow(workflow, self.cleaned_data["name"])
+        for model in spec["models"]:
+            found = chosen.get(model_key(model), {})
+            model.update({k: v for k, v in (found or {}).items() if v})
+        return spec, [key for key, found in chosen.items() if found is None]
+
+
+def model_choice(key: str, found: list[dict]) -> forms.ChoiceField:
+    choices = [(f"c{n}", candidate_label(c)) for n, c in enumerate(found)]
+    return forms.ChoiceField(
+        choices=[*choices, ("url", "A link I paste"), ("skip", "Go without it")],
+        widget=forms.RadioSelect,
+        initial="c0" if found else None,
+        label=key,
+        error_messages={"required": f"Choose where to get {key}, or go without it."},
+    )
+
+
+def candidate_label(candidate: dict) -> str:
+    parts = [candidate["filename"], SOURCE_NAMES.get(candidate["source"], candidate["source"])]
+    if candidate.get("label") and candidate["label"] != candidate["filename"]:
+        parts.append(candidate["label"])
+    if candidate.get("size"):
+        parts.append(human(candidate["size"]))
+    return " · ".join(parts)
+
+
+# --- Project page ----------------------------------------------------------------------
+
+
+class RollbackForm(forms.Form):
+    point = forms.ModelChoiceField(
+        queryset=RestorePoint.objects.none(),
+        label="Restore point",
+        empty_label=None,
+        error_messages={"invalid_choice": "That restore point does not exist (any more)."},
+    )
+    confirm = forms.BooleanField(
+        label="Yes, put ComfyUI, its custom nodes and packages back as they were then",
+        error_messages={"required": "Tick the box to confirm the rollback."},
+    )
+
+    def __init__(self, project, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.fields["point"].queryset = project.restore_points.all()
+
+
+class DeleteForm(forms.Form):
+    confirm = forms.BooleanField(
+        label="Yes, delete this project's folder (shared models stay)",
+        error_messages={"required": "Tick the box to confirm: deleting cannot be undone."},
+    )

@@ -1,0 +1,222 @@
+"""The projects pages: list, new from a template, import, project detail and its actions.
+
+Everything long (install, launch, rollback) is a job handed to the worker; a view only
+queues it and redirects. Stop runs here: it takes at most runtime.STOP_GRACE seconds.
+An import in progress lives in the session (server side), keyed by a random token, so
+the parsed workflow and the finder's candidates are never round-tripped through the
+browser.
+"""
+
+import secrets
+
+from django.core.paginator import Paginator
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.utils.http import url_has_allowed_host_and_scheme
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
+
+from comfyhub.projects import install, jobs, runtime
+from comfyhub.projects.export import launcher_json
+from comfyhub.projects.forms import (
+    DeleteForm,
+    GalleryForm,
+    ImportForm,
+    NewProjectForm,
+    ResolveForm,
+    RollbackForm,
+)
+from comfyhub.projects.models import Project, ProjectStatus
+
+PER_PAGE = 48
+IMPORTS = "project_imports"
+KEEP_IMPORTS = 3  # imports a session holds at once (each may be a large workflow)
+LOGS = ("install", "comfyui")
+
+
+def project_or_404(slug: str) -> Project:
+    return runtime.refresh(
+        get_object_or_404(Project.objects.select_related("install_job"), slug=slug)
+    )
+
+
+def card(project: Project) -> dict:
+    """What a project's card shows: its install job with steps, and its latest launch."""
+    launch = project.latest_job("project_launch")
+    return {
+        "project": project,
+        "job": project.install_job,
+        "steps": jobs.install_steps(project.install_job),
+        "launch": launch,
+        "launching": bool(launch and not launch.is_terminal),
+    }
+
+
+def back(request: HttpRequest, project: Project) -> HttpResponse:
+    """To the page the form was on (`next`), else the project's page."""
+    target = request.POST.get("next", "")
+    if url_has_allowed_host_and_scheme(target, {request.get_host()}):
+        return redirect(target)
+    return redirect("project", slug=project.slug)
+
+
+def start(name: str, spec: dict, skipped: list[str] | None = None) -> Project:
+    """Create the project and hand its install job to the worker."""
+    project = install.create(name, spec, skipped=skipped)
+    project.install_job.dispatch()
+    return project
+
+
+def problem(request: HttpRequest, project: Project, message: str) -> HttpResponse:
+    context = {"project": project, "message": message}
+    return render(request, "projects/problem.html", context, status=400)
+
+
+@require_GET
+def projects(request: HttpRequest) -> HttpResponse:
+    listed = Project.objects.select_related("install_job")
+    cards = [card(runtime.refresh(project)) for project in listed]
+    return render(request, "projects/list.html", {"cards": cards})
+
+
+@require_http_methods(["GET", "POST"])
+def new(request: HttpRequest) -> HttpResponse:
+    form = NewProjectForm(request.POST if request.method == "POST" else None)
+    if request.method == "POST" and form.is_valid():
+        project = start(form.cleaned_data["name"], form.cleaned_data["template"])
+        return redirect("project", slug=project.slug)
+    gallery = GalleryForm(request.GET)
+    results = gallery.results() if gallery.is_valid() else []
+    page = Paginator(results, PER_PAGE).get_page(request.GET.get("page"))
+    context = {"gallery": gallery, "page": page, "form": form}
+    template = "projects/_gallery.html" if request.htmx else "projects/new.html"
+    failed = request.method == "POST" or not gallery.is_valid()
+    return render(request, template, context, status=400 if failed else 200)
+
+
+@require_http_methods(["GET", "POST"])
+def import_workflow(request: HttpRequest) -> HttpResponse:
+    posted = request.method == "POST"
+    form = ImportForm(request.POST if posted else None, request.FILES if posted else None)
+    if posted and form.is_valid():
+        return redirect("project-import-confirm", token=remember_import(request, form.state()))
+    return render(request, "projects/import.html", {"form": form}, status=400 if posted else 200)
+
+
+def remember_import(request: HttpRequest, state: dict) -> str:
+    token = secrets.token_urlsafe(12)
+    kept = list(request.session.get(IMPORTS, {}).items())[-(KEEP_IMPORTS - 1) :]
+    request.session[IMPORTS] = {**dict(kept), token: state}
+    return token
+
+
+def import_or_404(request: HttpRequest, token: str) -> dict:
+    state = request.session.get(IMPORTS, {}).get(token)
+    if state is None:
+        raise Http404("This import is no longer here; start again from Import.")
+    return state
+
+
+@require_http_methods(["GET", "POST"])
+def import_confirm(request: HttpRequest, token: str) -> HttpResponse:
+    state = import_or_404(request, token)
+    data = request.POST if request.method == "POST" else None
+    form = ResolveForm(state["missing"], state["candidates"], data, initial={"name": state["name"]})
+    if data is not None and form.is_valid():
+        spec, skipped = form.spec(state)
+        project = start(form.cleaned_data["name"], spec, skipped)
+        request.session[IMPORTS] = {k: v for k, v in request.session[IMPORTS].items() if k != token}
+        return redirect("project", slug=project.slug)
+    context = {"form": form, "state": state, "token": token}
+    return render(
+        request, "projects/requirements.html", context, status=200 if data is None else 400
+    )
+
+
+@require_GET
+def project(request: HttpRequest, slug: str) -> HttpResponse:
+    return detail(request, project_or_404(slug))
+
+
+def detail(request: HttpRequest, project: Project, status: int = 200, **forms) -> HttpResponse:
+    context = {
+        **card(project),
+        "models": project.model_rows(),
+        "rollback": project.latest_job("project_rollback"),
+        "rollback_form": forms.get("rollback_form") or RollbackForm(project),
+        "delete_form": forms.get("delete_form") or DeleteForm(),
+        "logs": {which: project.log_tail(which) for which in LOGS},
+    }
+    return render(request, "projects/detail.html", context, status=status)
+
+
+@require_POST
+def launch(request: HttpRequest, slug: str) -> HttpResponse:
+    project = project_or_404(slug)
+    if project.status != ProjectStatus.READY:
+        return problem(
+            request,
+            project,
+            f"{project.name} cannot start: it is not installed "
+            f"({project.get_status_display().lower()}). Wait for the install to finish, "
+            f"or retry it if it failed.",
+        )
+    jobs.queue_launch(project)
+    return back(request, project)
+
+
+@require_POST
+def stop(request: HttpRequest, slug: str) -> HttpResponse:
+    project = project_or_404(slug)
+    runtime.stop(project)
+    return back(request, project)
+
+
+@require_POST
+def retry(request: HttpRequest, slug: str) -> HttpResponse:
+    project = project_or_404(slug)
+    project.retry_install()  # no-op if it is already running again: a double click
+    return back(request, project)
+
+
+@require_POST
+def rollback(request: HttpRequest, slug: str) -> HttpResponse:
+    project = project_or_404(slug)
+    form = RollbackForm(project, request.POST)
+    if not form.is_valid():
+        return detail(request, project, status=400, rollback_form=form)
+    jobs.queue_rollback(project, form.cleaned_data["point"])
+    return redirect("project", slug=project.slug)
+
+
+@require_POST
+def delete(request: HttpRequest, slug: str) -> HttpResponse:
+    project = project_or_404(slug)
+    form = DeleteForm(request.POST)
+    if not form.is_valid():
+        return detail(request, project, status=400, delete_form=form)
+    if project.install_job:
+        project.install_job.cancel()  # a running install stops at its next step
+    runtime.delete(project)
+    return redirect("projects")
+
+
+@require_GET
+def export(request: HttpRequest, slug: str) -> JsonResponse:
+    project = project_or_404(slug)
+    response = JsonResponse(launcher_json(project), json_dumps_params={"indent": 2})
+    response["Content-Disposition"] = f'attachment; filename="{project.slug}.launcher.json"'
+    return response
+
+
+@require_GET
+def log(request: HttpRequest, slug: str) -> HttpResponse:
+    project = project_or_404(slug)
+    which = request.GET.get("log", "")
+    if which not in LOGS:
+        return HttpResponse(
+            f"Unknown log {which!r}: ask for ?log=install or ?log=comfyui.",
+            status=400,
+            content_type="text/plain",
+        )
+    context = {"text": project.log_tail(which), "which": which}
+    return render(request, "projects/_log.html", context)
