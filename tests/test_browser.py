@@ -3,13 +3,16 @@
 Screenshots of every page land in test-artifacts/screens/ (not committed).
 """
 
+import hashlib
+import json
 import os
 import re
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, Server
+from tests.conftest import ROOT, Server, free_port
+from tests.fakecomfy import comfyui_repo
 from tests.fileserver import FileServer
 
 pytestmark = [pytest.mark.browser, pytest.mark.e2e]
@@ -49,8 +52,15 @@ def files():
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     data = tmp_path_factory.mktemp("browser")
+    comfyui, _ = comfyui_repo(data / "repos")
+    closed = f"http://127.0.0.1:{free_port()}"  # the finder's remote sources: down, fast
     running = Server(
-        data, COMFYHUB_MODELS_DIR=str(data / "models"), COMFYHUB_ALLOW_LOCAL_REPOS="1"
+        data,
+        COMFYHUB_MODELS_DIR=str(data / "models"),
+        COMFYHUB_ALLOW_LOCAL_REPOS="1",
+        COMFYHUB_COMFYUI_REPO=str(comfyui),
+        COMFYHUB_HF_ENDPOINT=closed,
+        COMFYHUB_CIVITAI_ENDPOINT=closed,
     ).start()
     yield running
     running.stop()
@@ -130,7 +140,15 @@ def test_reloading_mid_download_shows_the_current_state(page, server, files):
 def test_every_page_renders_for_a_screenshot(browser, server, width):
     context = browser.new_context(viewport={"width": width, "height": 900})
     page = context.new_page()
-    for path in ["/", "/downloads/", "/recovery/", "/settings/", "/system/"]:
+    for path in [
+        "/",
+        "/projects/new/",
+        "/projects/import/",
+        "/downloads/",
+        "/recovery/",
+        "/settings/",
+        "/system/",
+    ]:
         response = page.goto(server.base + path)
         assert response.status == 200, path
         shoot(page, f"{width}{path.strip('/').replace('/', '-') or '-projects'}")
@@ -140,3 +158,61 @@ def test_every_page_renders_for_a_screenshot(browser, server, width):
 def test_screens_folder_is_ignored_by_git():
     assert "test-artifacts/" in (ROOT / ".gitignore").read_text()
     assert Path(SCREENS).is_relative_to(ROOT)
+
+
+def model_node(node_id: int, node_type: str, folder: str, name: str, url: str, data: bytes):
+    model = {
+        "name": name,
+        "url": url,
+        "directory": folder,
+        "hash": hashlib.sha256(data).hexdigest(),
+        "hash_type": "SHA256",
+    }
+    return {
+        "id": node_id,
+        "type": node_type,
+        "mode": 0,
+        "widgets_values": [name],
+        "properties": {"models": [model]},
+    }
+
+
+def test_an_imported_workflow_downloads_both_models_live_through_drops(page, server, files):
+    sure, flaky = os.urandom(3 * MiB), os.urandom(4 * MiB)
+    nodes = [
+        model_node(
+            1,
+            "CheckpointLoaderSimple",
+            "checkpoints",
+            "sure.safetensors",
+            files.add("/sure.safetensors", sure, rate=2 * MiB),
+            sure,
+        ),
+        model_node(
+            2,
+            "LoraLoaderModelOnly",
+            "loras",
+            "flaky.safetensors",
+            files.add(
+                "/flaky.safetensors", flaky, rate=2 * MiB, script=["drop:700000", "drop:1500000"]
+            ),
+            flaky,
+        ),
+    ]
+    page.goto(server.base + "/projects/import/")
+    page.locator("#id_text").fill(json.dumps({"nodes": nodes, "links": [], "version": 0.4}))
+    page.get_by_role("button", name="Check what it needs").click()
+    shoot(page, "import-requirements")
+    for i, fieldset in enumerate(page.locator("fieldset.model").all()):
+        fieldset.locator(f'input[name="model_{i}"][value="url"]').check()
+        name = "sure" if "sure.safetensors" in fieldset.inner_text() else "flaky"
+        fieldset.locator(f'input[name="url_{i}"]').fill(files.url(f"/{name}.safetensors"))
+    page.get_by_label("Project name").fill("Two Models")
+    page.get_by_role("button", name="Create the project").click()
+    page.wait_for_url(re.compile(r"/projects/two-models/$"))
+    for dest in ("checkpoints/sure.safetensors", "loras/flaky.safetensors"):
+        wait_progress(page, dest, 100)
+    assert page.locator('.badge[data-status="succeeded"]').count() >= 2
+    assert len([r for r in files.requests if r["path"] == "/flaky.safetensors"]) >= 3
+    page.locator('#main .badge[data-status="succeeded"]').first.wait_for(timeout=60_000)
+    shoot(page, "project-two-models")

@@ -151,7 +151,9 @@ def test_create_from_a_template_queues_the_install_and_lands_on_the_project(clie
     project = Project.objects.get()
     assert response.status_code == 302 and response["Location"] == "/projects/my-flux/"
     assert project.spec["workflow_name"] == template.name
-    assert project.install_job.status == Status.QUEUED and sent == 1
+    # The install, and each missing model's download started right away.
+    downloads = Download.objects.count()
+    assert downloads and project.install_job.status == Status.QUEUED and sent == 1 + downloads
 
 
 def test_an_unknown_template_is_refused_with_a_message(client):
@@ -201,7 +203,7 @@ def test_confirming_with_a_link_creates_the_project_with_that_link(client, dispa
     project = Project.objects.get()
     assert response.status_code == 302 and response["Location"] == "/projects/dreamy/"
     assert project.spec["models"][0]["url"] == url and project.models_skipped == []
-    assert sent == 1
+    assert sent == 2 and Download.objects.get().dest == "checkpoints/dreamy_v1.safetensors"
     assert client.get(confirm).status_code == 404  # the import is used up
 
 

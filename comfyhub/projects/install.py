@@ -46,14 +46,27 @@ MODEL_FOLDERS = [
 
 
 def create(name: str, spec: dict, skipped: list[str] | None = None) -> Project:
-    """A new project and its (not yet dispatched) install job."""
+    """A new project and its (not yet dispatched) install job.
+
+    Missing models are queued for download at once, so they arrive while ComfyUI is being
+    cloned and installed; the install's models step joins those downloads.
+    """
     with transaction.atomic():
         project = Project.objects.create(
             name=name, slug=unique_slug(name), spec=spec, models_skipped=skipped or []
         )
         job = Job.objects.create(kind="project_install", params={"project": project.pk})
         project.touch(install_job=job)
+    for model in project.required_models():
+        if model.get("url") and not present(model):
+            Download.objects.queue(
+                model["url"], model_key(model), model.get("sha256", ""), model.get("size")
+            )
     return project
+
+
+def present(model: dict) -> bool:
+    return index.is_present(model["directory"], model["name"], model.get("sha256", ""))
 
 
 def note(project: Project, line: str) -> None:
@@ -133,7 +146,7 @@ def model_paths(project: Project, job: Job) -> None:
 
 def models(project: Project, job: Job) -> None:
     for model in project.required_models():
-        if not index.is_present(model["directory"], model["name"], model.get("sha256", "")):
+        if not present(model):
             fetch_model(model)
 
 
@@ -161,7 +174,8 @@ def defer_long_waits(key: str):
 
     def sleep(seconds: float) -> None:
         if seconds > 1:
-            raise Defer(f"Waiting to retry the download of {key}.", seconds=seconds)
+            # Check back soon: the download may be running on another worker right now.
+            raise Defer(f"Waiting for the download of {key}.", seconds=min(seconds, 5))
         time.sleep(seconds)
 
     return sleep
@@ -177,11 +191,7 @@ def workflow(project: Project, job: Job) -> None:
 
 
 def finish(project: Project, job: Job) -> None:
-    missing = [
-        model_key(m)
-        for m in project.required_models()
-        if not index.is_present(m["directory"], m["name"], m.get("sha256", ""))
-    ]
+    missing = [model_key(m) for m in project.required_models() if not present(m)]
     if missing:
         raise JobError(
             f"Still missing: {', '.join(missing)}. Retry to download them.", category="not_found"
