@@ -16,7 +16,7 @@ from comfyhub.context_processors import needing_user
 from comfyhub.library.forms import TokenForm
 from comfyhub.library.models import StoredToken, TokenName, mask
 from recovery import metrics
-from recovery.engine import enqueue, run_cancel_hook
+from recovery.engine import enqueue
 from recovery.models import BreakerState, Category, CircuitBreaker, Job, Status, WorkerHeartbeat
 from recovery.policy import DEFAULTS, policy_for
 
@@ -59,26 +59,12 @@ def system(request: HttpRequest) -> HttpResponse:
     return render(request, "system.html", ctx)
 
 
-def dismiss(job: Job) -> bool:
-    """Put a failed job away (failed → cancelled), cleaning up as a cancel would: the user
-    gave up on it, so it stops asking for attention. Job.cancel() refuses finished jobs."""
-    moved = job.transition(
-        [Status.FAILED],
-        status=Status.CANCELLED,
-        error_category=Category.CANCELLED,
-        error_message=f"Dismissed after it failed: {job.error_message}",
-    )
-    if moved:
-        run_cancel_hook(job)
-    return moved
-
-
 JOB_ACTIONS = {
     "pause": Job.pause,
     "resume": Job.resume,
     "cancel": Job.cancel,
     "retry": Job.retry_now,
-    "dismiss": dismiss,
+    "dismiss": Job.dismiss,
 }
 
 

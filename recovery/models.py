@@ -291,6 +291,21 @@ class Job(models.Model):
             run_cancel_hook(self)
         return moved
 
+    def dismiss(self) -> bool:
+        """Put a failed job away (failed → cancelled, with the cancel cleanup): the user
+        gave up on it, so it stops asking for attention."""
+        moved = self.transition(
+            [Status.FAILED],
+            status=Status.CANCELLED,
+            error_category=Category.CANCELLED,
+            error_message=f"Dismissed after it failed: {self.error_message}",
+        )
+        if moved:
+            from recovery.engine import run_cancel_hook
+
+            run_cancel_hook(self)
+        return moved
+
     def retry_now(self) -> bool:
         """Run a waiting, paused or failed job at once, with a fresh failure count."""
         moved = self.transition(

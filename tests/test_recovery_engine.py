@@ -314,3 +314,10 @@ def test_run_foreground_takes_over_from_a_dead_local_process_without_waiting():
     slept = []
     assert run_foreground(job.pk, sleep=slept.append).status == Status.SUCCEEDED
     assert slept == []
+
+
+def test_dismissing_a_failed_job_cancels_it_with_its_cleanup():
+    job = Job.objects.create(kind="test.deferring", status=Status.FAILED, error_message="boom")
+    assert job.dismiss() and job.status == Status.CANCELLED
+    assert job.pk in tests.jobkinds.CANCELLED_JOBS and "boom" in job.error_message
+    assert not Job.objects.create(kind="test.noop").dismiss()
