@@ -9,7 +9,8 @@ WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY comfyhub ./comfyhub
 COPY recovery ./recovery
-RUN pip install --no-cache-dir ".[scale]"
+RUN pip install --no-cache-dir ".[scale]" \
+    && pip install --no-cache-dir --no-deps "comfyui-manager>=4.3,<5"
 COPY . .
 
 ENV COMFYHUB_DATA_DIR=/data \
