@@ -69,7 +69,6 @@ else:
     ALLOWED_HOSTS = sorted({HOST, "127.0.0.1", "localhost", "[::1]"})
 
 INSTALLED_APPS = [
-    "daphne",
     "django.contrib.admin",
     "django.contrib.auth",
     "django.contrib.contenttypes",

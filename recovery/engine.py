@@ -213,8 +213,7 @@ def settle_failure(job: Job, kind: Kind, attempt: Attempt, failure: Failure, pro
         "error_detail": failure.detail,
         "max_attempts": policy.max_attempts,
     }
-    if failure.transient and job.breaker_key:
-        CircuitBreaker.record_failure(job.breaker_key, now)
+    record_on_breaker(job, failure, progressed, now)
     if failure.category == Category.CANCELLED:
         outcome = settle_cancelled(job, kind, error, now)
     elif policy.action == Action.RETRY and not policy.gives_up(failures):
@@ -236,6 +235,18 @@ def settle_failure(job: Job, kind: Kind, attempt: Attempt, failure: Failure, pro
         job.release(status=Status.FAILED, finished_at=now, transient_failures=failures, **error)
         outcome = Outcome.FAILED
     attempt.close(outcome, failure, progress_to=job.progress_done, now=now)
+
+
+def record_on_breaker(job: Job, failure: Failure, progressed: bool, now: datetime) -> None:
+    """A host that sent bytes before the connection dropped is up: that attempt closes
+    the breaker rather than counting towards opening it (a 40 GB file over a flaky link
+    must not lock out its own host)."""
+    if not job.breaker_key or not failure.transient:
+        return
+    if progressed:
+        CircuitBreaker.record_success(job.breaker_key, now)
+    else:
+        CircuitBreaker.record_failure(job.breaker_key, now)
 
 
 def settle_cancelled(job: Job, kind: Kind, error: dict, now: datetime) -> str:

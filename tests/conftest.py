@@ -94,10 +94,10 @@ class Server:
             assert self.proc.poll() is None, self.log.read_text()
             try:
                 body = httpx.get(self.base + "/healthz", timeout=2).json()
-                if body["worker"] == "ok":
+                if body.get("worker") == "ok":
                     return body
-            except httpx.HTTPError:
-                pass
+            except (httpx.HTTPError, ValueError):
+                pass  # not up yet (or, briefly, something else answered on the port)
             time.sleep(0.2)
         raise AssertionError(f"serve not healthy in {timeout}s:\n{self.log.read_text()}")
 

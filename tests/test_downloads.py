@@ -283,3 +283,12 @@ def test_progress_is_written_at_most_twice_a_second_with_speed_and_eta(server):
     assert job.status == Status.SUCCEEDED
     assert 1 <= len(seen) <= (time.monotonic() - started) / 0.5 + 2
     assert any(row["speed"] > 0 and row["eta_seconds"] is not None for row in seen)
+
+
+def test_many_quick_drops_in_a_row_still_finish_and_keep_the_host_open(server, settings):
+    settings.RECOVERY_BREAKER_THRESHOLD = 3
+    step = len(DATA) // 12
+    url = server.add("/m.bin", DATA, script=[f"drop:{step}"] * 10)
+    download, job = fetch(url)
+    assert job.status == Status.SUCCEEDED and download.sha256 == SHA
+    assert job.attempt == 11 and server.bytes_sent() <= len(DATA) + 11 * 65536

@@ -321,3 +321,12 @@ def test_dismissing_a_failed_job_cancels_it_with_its_cleanup():
     assert job.dismiss() and job.status == Status.CANCELLED
     assert job.pk in tests.jobkinds.CANCELLED_JOBS and "boom" in job.error_message
     assert not Job.objects.create(kind="test.noop").dismiss()
+
+
+def test_a_failure_after_progress_does_not_count_against_the_host():
+    for _ in range(5):
+        job = script(["network"], advance=True)
+        Job.objects.filter(pk=job.pk).update(breaker_key="flaky.example")
+        execute(job.pk)
+    breaker = CircuitBreaker.objects.get(key="flaky.example")
+    assert breaker.state == BreakerState.CLOSED and breaker.consecutive_failures == 0

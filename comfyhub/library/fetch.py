@@ -39,6 +39,7 @@ PREFIX_HASHES: dict[str, tuple[int, int, "hashlib._Hash"]] = {}
 
 CHUNK = 1 << 20
 QUEUE_DEPTH = 4  # chunks in flight to the writer: bounds memory and bytes lost to a kill
+SYNC_EVERY = 64 * CHUNK  # written bytes between two background flushes to disk
 REPORT_SECONDS = 0.5
 REDIRECTS = 10
 RESTARTS = 3
@@ -170,6 +171,7 @@ def pump(response: httpx.Response, transfer: "Transfer") -> None:
         raise
     finally:
         transfer.remember_hash()
+        transfer.record_progress()
     if transfer.total is not None and transfer.offset < transfer.total:
         raise JobError(
             f"The connection to {transfer.download.host} closed after {transfer.offset:,} of "
@@ -196,7 +198,8 @@ def gather(response: httpx.Response, sink: "Sink", transfer: "Transfer") -> None
 
 
 class Sink:
-    """Writes and hashes chunks on a thread of its own, in order."""
+    """Writes and hashes chunks on a thread of its own, in order; a third thread pushes
+    written data to disk as the download goes on, so the final fsync is short."""
 
     def __init__(self, transfer: "Transfer"):
         self.transfer = transfer
@@ -204,10 +207,15 @@ class Sink:
         self.file = open(transfer.part, "ab", buffering=0)  # noqa: SIM115  (see __exit__)
         self.queue: queue.Queue = queue.Queue(maxsize=QUEUE_DEPTH)
         self.error: OSError | None = None
-        self.thread = threading.Thread(target=self.drain, daemon=True)
+        self.unsynced = 0
+        self.sync_wanted = threading.Event()
+        self.closing = False
+        self.writer = threading.Thread(target=self.drain, daemon=True)
+        self.syncer = threading.Thread(target=self.sync_behind, daemon=True)
 
     def __enter__(self) -> "Sink":
-        self.thread.start()
+        self.writer.start()
+        self.syncer.start()
         return self
 
     def put(self, chunk: bytes) -> None:
@@ -223,10 +231,27 @@ class Sink:
                     self.transfer.hasher.update(chunk)
                 except OSError as exc:
                     self.error = exc
+                self.note_written(len(chunk))
+
+    def note_written(self, count: int) -> None:
+        self.unsynced += count
+        if self.unsynced >= SYNC_EVERY:
+            self.unsynced = 0
+            self.sync_wanted.set()
+
+    def sync_behind(self) -> None:
+        while self.sync_wanted.wait() and not self.closing:
+            self.sync_wanted.clear()
+            # Best effort: the final fsync in __exit__ is the one whose error counts.
+            with contextlib.suppress(OSError):
+                os.fdatasync(self.file.fileno())
 
     def __exit__(self, *exc_info) -> None:
         self.queue.put(None)
-        self.thread.join()
+        self.writer.join()
+        self.closing = True
+        self.sync_wanted.set()
+        self.syncer.join()
         try:
             if self.error is None:
                 os.fsync(self.file.fileno())
@@ -350,6 +375,12 @@ class Transfer:
             "stopped.",
             category="disk_full",
         )
+
+    def record_progress(self) -> None:
+        """Whatever ends the stream, the bytes that did arrive count as progress (a short
+        attempt between two drops may never reach a timed report)."""
+        self.job.progress_done = max(self.job.progress_done, self.offset)
+        self.download.report(self.offset, self.total, self.speed, None)
 
     def advance(self, count: int) -> None:
         self.offset += count
