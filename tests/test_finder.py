@@ -14,7 +14,7 @@ import pytest
 from django.core.management import CommandError, call_command
 from django.utils import timezone
 
-from comfyhub.library import finder, finder_sources, index
+from comfyhub.library import finder, index, manager_data
 from comfyhub.library.models import FinderAnswer
 from recovery.models import CircuitBreaker
 from tests.conftest import manage
@@ -203,32 +203,44 @@ def test_model_list_entries_come_from_the_installed_comfyui_manager():
     assert result.sources["model-list"] == "ok"
 
 
+@pytest.fixture
+def manager_site(settings, monkeypatch):
+    """ComfyUI-Manager's data site serving the model list, with the package out of sight."""
+    monkeypatch.setattr(manager_data, "PACKAGE", "comfyhub_test_absent_package")
+    with FakeManagerData() as site:
+        site.put("model-list.json", {"models": [INK_VAE]})
+        settings.MANAGER_DATA_URL = site.url("/")
+        yield site
+
+
 def test_without_the_package_the_model_list_is_downloaded_then_refreshed_by_etag(
-    settings, monkeypatch
+    manager_site, settings
 ):
-    monkeypatch.setattr(finder_sources, "MANAGER_PACKAGE", "comfyhub_test_absent_package")
-    with FakeManagerData() as site:
-        site.put("model-list.json", {"models": [INK_VAE]})
-        settings.MANAGER_DATA_URL = site.url("/")
-        best = finder.find("ink_vae.safetensors").candidates[0]
-        os.utime(settings.DATA_DIR / "cache" / "model-list.json", (0, 0))  # older than the TTL
-        finder.find("ink_vae.safetensors")
-        finder.find("ink_vae.safetensors")
+    best = finder.find("ink_vae.safetensors").candidates[0]
+    os.utime(settings.DATA_DIR / "cache" / "model-list.json", (0, 0))  # older than the TTL
+    finder.find("ink_vae.safetensors")
+    finder.find("ink_vae.safetensors")
     assert (best.source, best.directory, best.url) == ("model-list", "vae", INK_VAE["url"])
-    assert [r["status"] for r in site.requests] == [200, 304]
+    assert [r["status"] for r in manager_site.requests] == [200, 304]
 
 
-def test_a_stale_downloaded_model_list_still_answers_while_its_site_is_down(settings, monkeypatch):
-    monkeypatch.setattr(finder_sources, "MANAGER_PACKAGE", "comfyhub_test_absent_package")
-    with FakeManagerData() as site:
-        site.put("model-list.json", {"models": [INK_VAE]})
-        settings.MANAGER_DATA_URL = site.url("/")
-        finder.find("ink_vae.safetensors")
+def test_a_stale_downloaded_model_list_still_answers_while_its_site_is_down(manager_site, settings):
+    finder.find("ink_vae.safetensors")
+    manager_site.stop()
     os.utime(settings.DATA_DIR / "cache" / "model-list.json", (0, 0))
     result = finder.find("ink_vae.safetensors")
     assert result.sources["model-list"] == "ok"
     assert [c.source for c in result.candidates] == ["model-list"]
     assert CircuitBreaker.objects.get(key="finder:model-list").consecutive_failures == 1
+
+
+def test_an_open_breaker_keeps_the_model_list_site_unasked(manager_site):
+    for _ in range(2):  # RECOVERY_BREAKER_THRESHOLD
+        CircuitBreaker.record_failure("finder:model-list", timezone.now())
+    why = finder.find("ink_vae.safetensors").sources["model-list"]
+    host = manager_site.base.removeprefix("http://")
+    assert why.startswith(f"unavailable: {host} failed repeatedly; next try after")
+    assert manager_site.requests == []
 
 
 def test_local_files_are_candidates_by_name_in_any_subfolder_and_by_hash(settings):

@@ -145,6 +145,20 @@ def test_a_changed_map_replaces_the_cached_copy(manager_data, tmp_path):
     assert (tmp_path / "cache" / "extension-node-map.json.etag").read_text() == '"v2"'
 
 
+def test_a_broken_download_does_not_replace_the_cached_copy(manager_data, tmp_path):
+    nodemap.load(manager_data.base + "/")
+    manager_data.etag = '"v2"'
+    manager_data.files[f"/{nodemap.MAP_FILE}"] = b'{"cut off'
+    assert nodemap.load(manager_data.base + "/").repository("OnlyA", {}).endswith("pack-a")
+    assert (tmp_path / "cache" / "extension-node-map.json.etag").read_text() == '"v1"'
+    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == [
+        "custom-node-list.json",
+        "custom-node-list.json.etag",
+        "extension-node-map.json",
+        "extension-node-map.json.etag",
+    ]
+
+
 def test_when_the_source_is_down_the_cached_copy_is_used(manager_data):
     nodemap.load(manager_data.base + "/")
     manager_data.stop()

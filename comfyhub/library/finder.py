@@ -7,7 +7,8 @@ with the same URL are merged (blanks filled from later sources), scored and retu
 best first. A source that fails, or whose breaker is open, is named in `Result.sources`
 as "unavailable: <why>"; it never fails the search. Remote answers are cached in the
 database (`FinderAnswer`, FINDER_CACHE_SECONDS) and each request waits at most
-FINDER_TIMEOUT seconds.
+FINDER_TIMEOUT seconds. ComfyUI-Manager's model list is a file instead (`manager_data`),
+revalidated once older than FINDER_CACHE_SECONDS, behind its own breaker.
 
 Score, higher is better (name points: only the best of the three applies):
     +100     its sha256 is the wanted one; -50 when both are known and differ
@@ -55,7 +56,8 @@ SOURCES = (
     ("huggingface", finder_sources.huggingface),
     ("civitai", finder_sources.civitai),
 )
-REMOTE = frozenset({"model-list", "huggingface", "civitai"})
+# Sources asked through a `Remote`; the model list goes through `manager_data` instead.
+REMOTE = frozenset({"huggingface", "civitai"})
 ORDER = [name for name, _ in SOURCES]
 MAX_CANDIDATES = 20
 

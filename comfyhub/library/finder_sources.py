@@ -4,15 +4,13 @@
 Remote sources read through `Remote`: an answer comes from the database while it is
 younger than FINDER_CACHE_SECONDS, otherwise from the network, once the source's circuit
 breaker allows it. Response shapes are the real APIs' (tests/fakeapis.py mirrors them).
+ComfyUI-Manager's model list is a file instead (`manager_data`), revalidated once older
+than FINDER_CACHE_SECONDS, behind its own breaker (`finder:model-list`).
 """
 
 import functools
-import importlib.util
 import json
-import os
 import re
-import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from urllib.parse import quote, unquote, urlencode, urlsplit
@@ -22,7 +20,7 @@ from django.conf import settings
 from django.db.models import Q
 from django.utils import timezone
 
-from comfyhub.library import sources
+from comfyhub.library import manager_data, sources
 from comfyhub.library.models import FinderAnswer, LocalModel
 from comfyhub.library.paths import BadInput, check_url
 from recovery.classify import classify
@@ -36,7 +34,6 @@ HF_SEARCHES = 3  # ever shorter search terms tried until one finds repos
 HF_TREES = 4  # repos whose file tree is read
 CIVITAI_SEARCHES = 2
 CIVITAI_VERSIONS = 3  # newest versions of each model found
-MANAGER_PACKAGE = "comfyui_manager"
 
 # ComfyUI's models folders, and the legacy folder names and model types (CivitAI's,
 # ComfyUI-Manager's) that mean one of them.
@@ -203,13 +200,13 @@ class Remote:
         FinderAnswer.objects.remember(self.source, url, payload, self.now)
         return payload
 
-    def request(self, url: str, headers: dict | None = None) -> httpx.Response:
+    def request(self, url: str) -> httpx.Response:
         if not self.allowed:
             allowed, retry_at = CircuitBreaker.allow(self.breaker, process_name(), timezone.now())
             if not allowed:
                 raise BreakerOpen(retry_at)
             self.allowed = True
-        return self.client.get(url, headers={**sources.auth_headers(url), **(headers or {})})
+        return self.client.get(url, headers=sources.auth_headers(url))
 
     def failure(self, exc: Exception) -> str:
         """Record `exc` with the breaker; returns the plain reason to show."""
@@ -291,9 +288,13 @@ def local_candidate(directory: str, name: str, sha256: str) -> Candidate | None:
     )
 
 
-def model_list(query: Query, remote: Remote) -> list[Candidate]:
-    """Entries of ComfyUI-Manager's curated model-list.json."""
-    path = manager_file("model-list.json", remote)
+def model_list(query: Query, remote: Remote | None = None) -> list[Candidate]:
+    """Entries of ComfyUI-Manager's curated model-list.json. A downloaded copy is
+    revalidated once older than FINDER_CACHE_SECONDS, behind this source's breaker, and
+    still answers, however old, while its site is down."""
+    path = manager_data.manager_file(
+        "model-list.json", max_age=settings.FINDER_CACHE_SECONDS, breaker="finder:model-list"
+    )
     return list(read_model_list(str(path), path.stat().st_mtime_ns))
 
 
@@ -319,48 +320,6 @@ def model_list_candidate(entry: dict) -> Candidate | None:
     else:
         directory = folder(save_path)
     return Candidate("model-list", url, filename, directory, label=str(entry.get("name", "")))
-
-
-def manager_file(name: str, remote: Remote) -> Path:
-    """ComfyUI-Manager's data file `name`: the installed package's copy (found without
-    importing the package, whose dependencies we do not install), else a copy downloaded
-    from MANAGER_DATA_URL into DATA_DIR/cache, refreshed by ETag once it is older than
-    FINDER_CACHE_SECONDS. While the site is down, a stale copy still answers."""
-    spec = importlib.util.find_spec(MANAGER_PACKAGE)
-    if spec and spec.submodule_search_locations:
-        packaged = Path(spec.submodule_search_locations[0]) / name
-        if packaged.is_file():
-            return packaged
-    path = settings.DATA_DIR / "cache" / name
-    if path.is_file() and time.time() - path.stat().st_mtime < settings.FINDER_CACHE_SECONDS:
-        return path
-    try:
-        refresh(path, settings.MANAGER_DATA_URL.rstrip("/") + "/" + name, remote)
-    except Exception as exc:
-        if not path.is_file():
-            raise
-        remote.failure(exc)
-    return path
-
-
-def refresh(path: Path, url: str, remote: Remote) -> None:
-    etag = path.with_name(path.name + ".etag")
-    known = path.is_file() and etag.is_file()
-    response = remote.request(url, {"If-None-Match": etag.read_text().strip()} if known else {})
-    if response.status_code == 304:
-        os.utime(path)
-        return
-    response.raise_for_status()
-    json.loads(response.content)  # a broken download must not replace a good copy
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, partial = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    with os.fdopen(fd, "wb") as out:
-        out.write(response.content)
-    os.replace(partial, path)
-    if response.headers.get("etag"):
-        etag.write_text(response.headers["etag"])
-    else:
-        etag.unlink(missing_ok=True)
 
 
 def huggingface(query: Query, remote: Remote) -> list[Candidate]:

@@ -7,23 +7,19 @@ never a custom node; then the node's own `properties.cnr_id` (Comfy registry id)
 `preemptions` first, else the first pack listing the type, as ComfyUI-Manager chooses),
 then its `nodename_pattern` regexes. Anything else is unknown and reported, not guessed.
 
-The map comes from the installed `comfyui-manager` package's data files (read, never
-imported: importing it pulls its runtime); without the package it is downloaded from
-`settings.MANAGER_DATA_URL` into `DATA_DIR/cache` and refreshed by ETag.
+The map comes from ComfyUI-Manager's data files through `comfyhub.library.manager_data`:
+the installed `comfyui-manager` package's copy, else a download cached in `DATA_DIR/cache`,
+revalidated by ETag on every load.
 """
 
 import functools
-import importlib.util
 import json
-import os
 import re
 from dataclasses import dataclass
-from pathlib import Path
-from urllib.parse import urljoin
 
-import httpx
-from django.conf import settings
+from comfyhub.library.manager_data import manager_file
 
+# Re-exported: templates.py finds its packages with it.
 from recovery.errors import JobError
 from recovery.models import Category
 
@@ -31,7 +27,6 @@ CORE = "https://github.com/comfyanonymous/ComfyUI"
 CORE_CNR_ID = "comfy-core"
 MAP_FILE = "extension-node-map.json"
 LIST_FILE = "custom-node-list.json"
-MAX_DOWNLOAD = 64 * 2**20
 # Drawn and run by the frontend only; no Python package provides them.
 FRONTEND_ONLY = frozenset({"Note", "MarkdownNote", "Reroute", "PrimitiveNode"})
 GITHUB_REPO = re.compile(r"^[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+$")
@@ -148,67 +143,9 @@ def default() -> NodeMap:
 
 def load(base_url: str | None = None, also_core=()) -> NodeMap:
     """Read the map from the installed package, or (given `base_url`, or without the
-    package) from `base_url`/`settings.MANAGER_DATA_URL` through the ETag cache."""
+    package) from `base_url`/`settings.MANAGER_DATA_URL` through the ETag cache. The cached
+    copy is revalidated on every call: `default` calls once per process, and a node map
+    should not lag a day behind a pack just added to ComfyUI-Manager."""
     node_map = json.loads(manager_file(MAP_FILE, base_url).read_bytes())
     node_list = json.loads(manager_file(LIST_FILE, base_url).read_bytes())
     return NodeMap.from_data(node_map, node_list, also_core)
-
-
-def manager_file(name: str, base_url: str | None = None) -> Path:
-    """Path to one of ComfyUI-Manager's data files (extension-node-map.json,
-    custom-node-list.json, model-list.json, …): the installed package's copy, else a
-    download cached in DATA_DIR/cache."""
-    package = package_dir("comfyui_manager")
-    if base_url is None and package and (package / name).is_file():
-        return package / name
-    url = urljoin((base_url or settings.MANAGER_DATA_URL).rstrip("/") + "/", name)
-    return cached_download(url, Path(settings.DATA_DIR) / "cache" / name)
-
-
-def package_dir(name: str) -> Path | None:
-    """Where an installed package's files are; found without importing it (importing
-    comfyui_manager would pull its runtime dependencies)."""
-    spec = importlib.util.find_spec(name)
-    locations = spec.submodule_search_locations if spec else None
-    return Path(locations[0]) if locations else None
-
-
-def cached_download(url: str, path: Path) -> Path:
-    """`path` holding the body of `url`, revalidated with If-None-Match when cached. When
-    the source cannot be reached, a cached copy is used as it is."""
-    etag_file = path.with_name(path.name + ".etag")
-    cached = path.is_file()
-    headers = {"If-None-Match": etag_file.read_text()} if cached and etag_file.is_file() else {}
-    try:
-        with httpx.stream("GET", url, headers=headers, timeout=30, follow_redirects=True) as r:
-            if r.status_code == 304:
-                return path
-            r.raise_for_status()
-            _store(r, path, etag_file)
-    except httpx.HTTPError:
-        if cached:
-            return path
-        raise
-    return path
-
-
-def _store(response: httpx.Response, path: Path, etag_file: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # Per process: two workers refreshing at once must not write into one temporary file.
-    partial = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    try:
-        with partial.open("wb") as out:
-            for chunk in response.iter_bytes():
-                if out.tell() + len(chunk) > MAX_DOWNLOAD:
-                    message = f"{response.url} is larger than expected."
-                    raise JobError(message, category=Category.VALIDATION)
-                out.write(chunk)
-        # Replace, never truncate in place: a reader in another process sees old or new.
-        os.replace(partial, path)
-    finally:
-        partial.unlink(missing_ok=True)
-    etag = response.headers.get("etag")
-    if etag:
-        etag_file.write_text(etag)
-    else:
-        etag_file.unlink(missing_ok=True)

@@ -13,8 +13,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from comfyhub.library.manager_data import package_dir
 from comfyhub.workflows import analyze, parse
-from comfyhub.workflows.nodemap import package_dir
 from recovery.errors import JobError
 from recovery.models import Category
 
