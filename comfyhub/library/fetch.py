@@ -181,20 +181,22 @@ def pump(response: httpx.Response, transfer: "Transfer") -> None:
 
 
 def gather(response: httpx.Response, sink: "Sink", transfer: "Transfer") -> None:
-    """Hand the writer 1 MiB blocks; when the connection drops, every byte that did
-    arrive is still written, so the next attempt resumes from the very last one."""
-    block = bytearray()
+    """Hand the writer ~1 MiB of pieces at a time (it joins them, off this thread); when
+    the connection drops, every byte that did arrive is still written, so the next
+    attempt resumes from the very last one."""
+    pieces, size = [], 0
     try:
         for piece in response.iter_raw():
-            block += piece
+            pieces.append(piece)
+            size += len(piece)
             # Counted as it arrives: progress, pause and cancel keep pace with a slow link.
             transfer.advance(len(piece))
-            if len(block) >= CHUNK:
-                sink.put(bytes(block))
-                block.clear()
+            if size >= CHUNK:
+                sink.put(pieces)
+                pieces, size = [], 0
     finally:
-        if block:
-            sink.put(bytes(block))
+        if pieces:
+            sink.put(pieces)
 
 
 class Sink:
@@ -218,20 +220,21 @@ class Sink:
         self.syncer.start()
         return self
 
-    def put(self, chunk: bytes) -> None:
+    def put(self, pieces: list[bytes]) -> None:
         if self.error:
             raise self.error
-        self.queue.put(chunk)
+        self.queue.put(pieces)
 
     def drain(self) -> None:
-        while (chunk := self.queue.get()) is not None:
+        while (pieces := self.queue.get()) is not None:
+            block = b"".join(pieces)
             if self.error is None:
                 try:
-                    write_all(self.file, chunk)
-                    self.transfer.hasher.update(chunk)
+                    write_all(self.file, block)
+                    self.transfer.hasher.update(block)
                 except OSError as exc:
                     self.error = exc
-                self.note_written(len(chunk))
+                self.note_written(len(block))
 
     def note_written(self, count: int) -> None:
         self.unsynced += count

@@ -23,6 +23,7 @@ RETRYABLE = {
 
 
 class Command(BaseCommand):
+    requires_system_checks = []  # a download should start at once; `check` is its own command
     help = (
         "Download URL into the models folder at DIR/NAME, resuming, verifying and "
         "retrying as the worker does (same job). Running it again after it was killed "
