@@ -4,25 +4,13 @@ inside the timing, once, as a fresh process does. Goal: <= 3 s in total.
 Run: .venv/bin/python bench/analyze.py
 """
 
-import os
-import sys
-import tempfile
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-os.environ["COMFYHUB_DATA_DIR"] = tempfile.mkdtemp(prefix="comfyhub-bench-")
-os.environ.pop("COMFYHUB_DATABASE_URL", None)
-os.environ.setdefault("DJANGO_SETTINGS_MODULE", "comfyhub.settings")
+import embedded  # noqa: F401  (first: a fresh embedded ComfyHub)
+from django.core.management import call_command
 
-import django
-
-django.setup()
-
-from django.core.management import call_command  # noqa: E402
-
-from comfyhub.workflows import templates  # noqa: E402
-from comfyhub.workflows.analyze import analyze_file  # noqa: E402
+from comfyhub.workflows import templates
+from comfyhub.workflows.analyze import analyze_file
 
 
 def main() -> None:

@@ -6,30 +6,18 @@ action forms. Goal: ≤ 150 ms median.
 Run: .venv/bin/python bench/pages.py [DOWNLOADS] [RENDERS]
 """
 
-import os
 import statistics
 import sys
-import tempfile
 import time
 from datetime import timedelta
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-os.environ["COMFYHUB_DATA_DIR"] = tempfile.mkdtemp(prefix="comfyhub-bench-")
-os.environ.pop("COMFYHUB_DATABASE_URL", None)
-os.environ.pop("COMFYHUB_REDIS_URL", None)
-os.environ.setdefault("DJANGO_SETTINGS_MODULE", "comfyhub.settings")
+import embedded  # noqa: F401  (first: a fresh embedded ComfyHub)
+from django.core.management import call_command
+from django.test import Client
+from django.utils import timezone
 
-import django
-
-django.setup()
-
-from django.core.management import call_command  # noqa: E402
-from django.test import Client  # noqa: E402
-from django.utils import timezone  # noqa: E402
-
-from comfyhub.library.models import Download  # noqa: E402
-from recovery.models import Job, Status  # noqa: E402
+from comfyhub.library.models import Download
+from recovery.models import Job, Status
 
 MIX = [
     {"status": Status.SUCCEEDED},

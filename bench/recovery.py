@@ -5,27 +5,15 @@ writes + lease keeper start/stop, around a task that does nothing.
 Run: .venv/bin/python bench/recovery.py [N]
 """
 
-import os
 import statistics
 import sys
-import tempfile
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-os.environ["COMFYHUB_DATA_DIR"] = tempfile.mkdtemp(prefix="comfyhub-bench-")
-os.environ.pop("COMFYHUB_DATABASE_URL", None)
-os.environ.pop("COMFYHUB_REDIS_URL", None)
-os.environ.setdefault("DJANGO_SETTINGS_MODULE", "comfyhub.settings")
+import embedded
+from django.core.management import call_command
 
-import django
-
-django.setup()
-
-from django.core.management import call_command  # noqa: E402
-
-from recovery.engine import recoverable, run_once  # noqa: E402
-from recovery.models import Job, Status  # noqa: E402
+from recovery.engine import recoverable, run_once
+from recovery.models import Job, Status
 
 
 @recoverable("bench.noop")
@@ -43,7 +31,7 @@ def main(n: int) -> None:
         timings.append((time.perf_counter() - start) * 1000)
         assert done.status == Status.SUCCEEDED
     timings.sort()
-    print(f"attempts: {n} (SQLite WAL, {os.environ['COMFYHUB_DATA_DIR']})")
+    print(f"attempts: {n} (SQLite WAL, {embedded.DATA_DIR})")
     print(f"median: {statistics.median(timings):.2f} ms per attempt")
     print(f"p95:    {timings[int(n * 0.95)]:.2f} ms")
     print(f"mean:   {statistics.fmean(timings):.2f} ms")

@@ -163,3 +163,21 @@ def wait_until(predicate, timeout: float = 60, what: str = "condition"):
             return value
         time.sleep(0.05)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+@pytest.fixture
+def models_dir(settings, tmp_path):
+    """A fresh, empty models folder; retries come back at once (no backoff)."""
+    settings.MODELS_DIR = tmp_path / "models"
+    settings.MODELS_DIR.mkdir()
+    settings.RECOVERY_BACKOFF_SCALE = 0
+    return settings.MODELS_DIR
+
+
+@pytest.fixture
+def project_dirs(settings, models_dir, tmp_path):
+    """models_dir plus a fresh projects folder; local git repos allowed. Returns tmp_path."""
+    settings.PROJECTS_DIR = tmp_path / "projects"
+    settings.PROJECTS_DIR.mkdir()
+    settings.ALLOW_LOCAL_REPOS = True
+    return tmp_path

@@ -12,7 +12,6 @@ import json
 import socket
 import sys
 import threading
-import time
 from collections import deque
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
@@ -52,11 +51,14 @@ class _HTTPServer(ThreadingHTTPServer):
 
     def process_request(self, request, client_address) -> None:
         # Tracked here, in the accept loop, so stop() cannot miss a just-accepted connection.
-        self.app.connections.add(request)
+        with self.app.closed:
+            self.app.connections.add(request)
         super().process_request(request, client_address)
 
     def shutdown_request(self, request) -> None:
-        self.app.connections.discard(request)
+        with self.app.closed:
+            self.app.connections.discard(request)
+            self.app.closed.notify_all()
         super().shutdown_request(request)
 
     def handle_error(self, request, client_address) -> None:
@@ -72,6 +74,7 @@ class LoopbackServer:
     def __init__(self, host: str = "127.0.0.1"):
         self.requests: list[dict] = []
         self.connections: set[socket.socket] = set()
+        self.closed = threading.Condition()  # notified whenever a connection ends
         self._httpd = _HTTPServer((host, 0), self)
         self.base = f"http://{host}:{self._httpd.server_port}"
         self._thread: threading.Thread | None = None
@@ -98,9 +101,8 @@ class LoopbackServer:
             with contextlib.suppress(OSError):
                 conn.shutdown(socket.SHUT_RDWR)
         self._httpd.server_close()
-        deadline = time.monotonic() + 2
-        while self.connections and time.monotonic() < deadline:
-            time.sleep(0.01)
+        with self.closed:
+            self.closed.wait_for(lambda: not self.connections, timeout=2)
 
     def __enter__(self):
         return self.start()

@@ -85,7 +85,10 @@ def test_the_default_host_needs_no_login_and_allows_only_loopback_names():
     assert "*" not in settings.ALLOWED_HOSTS and "127.0.0.1" in settings.ALLOWED_HOSTS
 
 
-@pytest.mark.skipif(settings.DATABASES["default"]["ENGINE"].endswith("postgresql"), reason="SQLite")
+@pytest.mark.skipif(
+    settings.DATABASES["default"]["ENGINE"].endswith("postgresql"),
+    reason="WAL and IMMEDIATE transactions are SQLite settings; this run uses PostgreSQL",
+)
 @pytest.mark.django_db
 def test_sqlite_runs_in_wal_mode_with_immediate_transactions():
     with connection.cursor() as cursor:

@@ -21,11 +21,8 @@ SHA = hashlib.sha256(DATA).hexdigest()
 
 
 @pytest.fixture(autouse=True)
-def models_dir(settings, tmp_path):
-    settings.MODELS_DIR = tmp_path / "models"
-    settings.MODELS_DIR.mkdir()
-    settings.RECOVERY_BACKOFF_SCALE = 0
-    return settings.MODELS_DIR
+def _models(models_dir):
+    return models_dir
 
 
 @pytest.fixture

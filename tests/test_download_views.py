@@ -16,9 +16,8 @@ pytestmark = pytest.mark.django_db
 
 
 @pytest.fixture(autouse=True)
-def models_dir(settings, tmp_path):
-    settings.MODELS_DIR = tmp_path
-    return tmp_path
+def _models(models_dir):
+    return models_dir
 
 
 def queued(dest: str = "loras/a.safetensors", **job_fields) -> Download:

@@ -21,12 +21,8 @@ SHA = hashlib.sha256(DATA).hexdigest()
 
 
 @pytest.fixture(autouse=True)
-def models_dir(settings, tmp_path):
-    settings.MODELS_DIR = tmp_path / "models"
-    settings.MODELS_DIR.mkdir()
+def short_stall(settings, models_dir):
     settings.STALL_TIMEOUT = 0.5
-    settings.RECOVERY_BACKOFF_SCALE = 0
-    return settings.MODELS_DIR
 
 
 @pytest.fixture

@@ -19,13 +19,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
 
 @pytest.fixture(autouse=True)
-def setup(settings, tmp_path):
-    settings.PROJECTS_DIR = tmp_path / "projects"
-    settings.MODELS_DIR = tmp_path / "models"
-    settings.PROJECTS_DIR.mkdir()
-    settings.MODELS_DIR.mkdir()
-    settings.ALLOW_LOCAL_REPOS = True
-    settings.RECOVERY_BACKOFF_SCALE = 0
+def setup(settings, project_dirs, tmp_path):
     settings.PORT_RANGE = (4900, 4999)
     settings.COMFYUI_REPO = str(comfyui_repo(tmp_path / "repos")[0])
     return tmp_path

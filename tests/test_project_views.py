@@ -48,11 +48,7 @@ WORKFLOW = {
 
 
 @pytest.fixture(autouse=True)
-def folders(settings, tmp_path):
-    settings.MODELS_DIR = tmp_path / "models"
-    settings.PROJECTS_DIR = tmp_path / "projects"
-    settings.MODELS_DIR.mkdir()
-    settings.PROJECTS_DIR.mkdir()
+def folders(settings, project_dirs, tmp_path):
     # The finder's remote sources answer "unavailable" at once: nothing listens there.
     settings.HF_ENDPOINT = settings.CIVITAI_ENDPOINT = f"http://127.0.0.1:{free_port()}"
     return tmp_path

@@ -21,15 +21,9 @@ pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
 
 @pytest.fixture(autouse=True)
-def folders(settings, tmp_path):
-    settings.PROJECTS_DIR = tmp_path / "projects"
-    settings.MODELS_DIR = tmp_path / "models"
-    settings.PROJECTS_DIR.mkdir()
-    settings.MODELS_DIR.mkdir()
-    settings.ALLOW_LOCAL_REPOS = True
-    settings.RECOVERY_BACKOFF_SCALE = 0
+def folders(settings, project_dirs):
     settings.PORT_RANGE = (4800, 4900)
-    return tmp_path
+    return project_dirs
 
 
 @pytest.fixture

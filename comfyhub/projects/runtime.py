@@ -7,6 +7,7 @@ table, so a restart of ComfyHub never shows a dead ComfyUI as running.
 
 import contextlib
 import os
+import select
 import shutil
 import signal
 import socket
@@ -109,13 +110,27 @@ def wait_healthy(project: Project, child: subprocess.Popen, timeout: float) -> N
         if answers(project):
             project.touch(run_state=RunState.RUNNING)
             return
-        time.sleep(0.2)
+        # HTTP readiness has no notification: probe every 0.2 s, but wake at once if the
+        # process dies meanwhile.
+        exited_within(child.pid, 0.2)
     stop(project)
     project.touch(
         run_state=RunState.CRASHED,
         run_message=f"ComfyUI did not answer within {timeout:.0f} s.\n{log_tail(project)}",
     )
     raise JobError(project.run_message, category="timeout")
+
+
+def exited_within(pid: int, timeout: float) -> bool:
+    """Wait (without polling) until `pid` has exited or `timeout` passed."""
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return True
+    try:
+        return bool(select.select([fd], [], [], timeout)[0])
+    finally:
+        os.close(fd)
 
 
 def answers(project: Project) -> bool:
@@ -130,9 +145,7 @@ def stop(project: Project) -> Project:
     if project.pid and is_ours(project):
         with contextlib.suppress(ProcessLookupError):
             os.killpg(project.pid, signal.SIGTERM)
-        deadline = time.monotonic() + STOP_GRACE
-        while is_ours(project) and time.monotonic() < deadline:
-            time.sleep(0.1)
+        exited_within(project.pid, STOP_GRACE)
         with contextlib.suppress(ProcessLookupError):
             os.killpg(project.pid, signal.SIGKILL)
         reap(project.pid)

@@ -1,5 +1,6 @@
 import contextlib
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -55,14 +56,31 @@ class Command(BaseCommand):
 
 
 def supervise(children: dict[str, subprocess.Popen], stopping: list) -> int:
-    """Wait until a stop is requested (-> 0) or a child exits on its own (-> 1)."""
-    while not stopping:
-        for name, child in children.items():
-            if child.poll() is not None:
-                print(f"serve: {name} exited with {child.returncode}; stopping", file=sys.stderr)
-                return 1
-        time.sleep(0.2)
-    return 0
+    """Block until a stop is requested (-> 0) or a child exits on its own (-> 1).
+
+    Nothing polls: select() wakes on a child's pidfd (it exited) or on the signal
+    wakeup pipe (SIGTERM/SIGINT arrived and request_stop ran).
+    """
+    wake_read, wake_write = os.pipe()
+    os.set_blocking(wake_write, False)
+    signal.set_wakeup_fd(wake_write)
+    exits = {os.pidfd_open(child.pid): name for name, child in children.items()}
+    try:
+        while not stopping:
+            ready, _, _ = select.select([wake_read, *exits], [], [])
+            for fd in ready:
+                if fd in exits:
+                    child = children[exits[fd]]
+                    print(
+                        f"serve: {exits[fd]} exited with {child.wait()}; stopping", file=sys.stderr
+                    )
+                    return 1
+            os.read(wake_read, 512)
+        return 0
+    finally:
+        signal.set_wakeup_fd(-1)
+        for fd in [wake_read, wake_write, *exits]:
+            os.close(fd)
 
 
 def stop_all(children: dict[str, subprocess.Popen]) -> None:
