@@ -48,6 +48,9 @@ MANAGER_DATA_URL = envurl(
     "https://raw.githubusercontent.com/Comfy-Org/ComfyUI-Manager/main/",
     ("http", "https"),
 )
+# Off: ignore the installed package's copy and always use MANAGER_DATA_URL (tests, and a
+# way to follow ComfyUI-Manager's newest lists without upgrading the package).
+MANAGER_DATA_PACKAGE = envbool("COMFYHUB_MANAGER_DATA_PACKAGE", True)
 FINDER_CACHE_SECONDS = envint("COMFYHUB_FINDER_CACHE_SECONDS", 24 * 3600, 0, 30 * 24 * 3600)
 # Per-request timeout of the finder's remote sources: a dead source must not hang a search.
 FINDER_TIMEOUT = envfloat("COMFYHUB_FINDER_TIMEOUT", 10.0, low=0.1)

@@ -1,11 +1,12 @@
 """ComfyUI-Manager's data files (extension-node-map.json, custom-node-list.json,
 model-list.json, …), for the node map and the model finder alike.
 
-The installed `comfyui-manager` package's copy comes first. Without the package, a file is
-downloaded from `settings.MANAGER_DATA_URL` into DATA_DIR/cache and revalidated by ETag
-once it is older than the caller's `max_age`. Each request waits at most FINDER_TIMEOUT
-seconds. While the site cannot be reached, or the caller's circuit breaker is open, the
-cached copy answers however old it is: stale data beats none.
+The installed `comfyui-manager` package's copy comes first (unless MANAGER_DATA_PACKAGE is
+off). Without it, a file is downloaded from `settings.MANAGER_DATA_URL` into DATA_DIR/cache
+and revalidated by ETag once it is older than the caller's `max_age`. Each request waits at
+most FINDER_TIMEOUT seconds. While the site cannot be reached, or the caller's circuit
+breaker is open, the cached copy answers however old it is: stale data beats none. With no
+copy at all the failure reaches the caller, who degrades (see `nodemap.default`).
 """
 
 import importlib.util
@@ -35,9 +36,9 @@ def manager_file(
     name: str, base_url: str | None = None, *, max_age: float = 0, breaker: str | None = None
 ) -> Path:
     """Path to ComfyUI-Manager's data file `name`: the installed package's copy, else (and
-    always when `base_url` is given) a download from `base_url` or MANAGER_DATA_URL, kept
-    in DATA_DIR/cache as `cached_download` describes."""
-    package = package_dir(PACKAGE)
+    always when `base_url` is given or MANAGER_DATA_PACKAGE is off) a download from
+    `base_url` or MANAGER_DATA_URL, kept in DATA_DIR/cache as `cached_download` describes."""
+    package = package_dir(PACKAGE) if settings.MANAGER_DATA_PACKAGE else None
     if base_url is None and package and (package / name).is_file():
         return package / name
     url = urljoin((base_url or settings.MANAGER_DATA_URL).rstrip("/") + "/", name)
