@@ -127,10 +127,11 @@ def settings_page(request: HttpRequest) -> HttpResponse:
 
 
 def settings_context(form: TokenForm) -> dict:
-    stored = dict(StoredToken.objects.values_list("name", "value"))
+    # name -> token, or None for a token no key opens any more
+    stored = {token.name: token.value for token in StoredToken.objects.all()}
     return {
         "form": form,
-        "tokens": [token_row(name, stored.get(name, ""), form) for name in TokenName],
+        "tokens": [token_row(name, stored, form) for name in TokenName],
         "policies": [
             (Category(c).label, policy_for("", c)) for c in DEFAULTS if c != Category.CANCELLED
         ],
@@ -151,14 +152,15 @@ def settings_context(form: TokenForm) -> dict:
     }
 
 
-def token_row(name: TokenName, stored: str, posted: TokenForm) -> dict:
+def token_row(name: TokenName, stored: dict, posted: TokenForm) -> dict:
     """What the page may know of a token: whether and where it is set, masked."""
     environment = getattr(settings, name)
     mine = posted.is_bound and posted.data.get("name") == name
     return {
         "name": name.value,
         "label": name.label,
-        "stored": mask(stored) if stored else "",
+        "stored": mask(stored[name]) if stored.get(name) else "",
+        "unreadable": name in stored and stored[name] is None,
         "environment": mask(environment) if environment else "",
         "form": posted if mine else TokenForm(initial={"name": name}, auto_id=f"{name.value}-%s"),
     }
