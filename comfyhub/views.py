@@ -13,6 +13,7 @@ from django.views.decorators.debug import sensitive_post_parameters
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from comfyhub.context_processors import needing_user
+from comfyhub.library import sealing
 from comfyhub.library.forms import TokenForm
 from comfyhub.library.models import StoredToken, TokenName, mask
 from recovery import metrics
@@ -132,6 +133,7 @@ def settings_context(form: TokenForm) -> dict:
     return {
         "form": form,
         "tokens": [token_row(name, stored, form) for name in TokenName],
+        "token_key": settings.TOKEN_KEY_FILE if sealing.keys_in_file() else "COMFYHUB_TOKEN_KEY",
         "policies": [
             (Category(c).label, policy_for("", c)) for c in DEFAULTS if c != Category.CANCELLED
         ],

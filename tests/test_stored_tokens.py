@@ -141,6 +141,16 @@ def test_a_token_no_key_opens_is_reported_on_the_settings_page_and_treated_as_ab
 
 
 @pytest.mark.django_db
+def test_the_settings_page_says_where_the_token_key_is_and_how_to_rotate_it(client, settings):
+    settings.TOKEN_KEY, settings.TOKEN_KEY_FILE = "", settings.DATA_DIR / "token_key"
+    html = client.get("/settings/").content.decode()
+    assert f"<code>{settings.TOKEN_KEY_FILE}</code>" in html and "rotate_token_key" in html
+    settings.TOKEN_KEY = Fernet.generate_key().decode()
+    html = client.get("/settings/").content.decode()
+    assert "<code>COMFYHUB_TOKEN_KEY</code>" in html and settings.TOKEN_KEY not in html
+
+
+@pytest.mark.django_db
 def test_a_token_saved_again_after_the_key_was_lost_is_read_again(client, key_file):
     StoredToken.objects.store("HF_TOKEN", "hf_SealedUnderALostKey0123456789")
     key_file.write_text(Fernet.generate_key().decode())
