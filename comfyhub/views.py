@@ -13,6 +13,7 @@ from django.views.decorators.debug import sensitive_post_parameters
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from comfyhub.context_processors import needing_user
+from comfyhub.library import sealing
 from comfyhub.library.forms import TokenForm
 from comfyhub.library.models import StoredToken, TokenName, mask
 from recovery import metrics
@@ -127,10 +128,12 @@ def settings_page(request: HttpRequest) -> HttpResponse:
 
 
 def settings_context(form: TokenForm) -> dict:
-    stored = dict(StoredToken.objects.values_list("name", "value"))
+    # name -> token, or None for a token no key opens any more
+    stored = {token.name: token.value for token in StoredToken.objects.all()}
     return {
         "form": form,
-        "tokens": [token_row(name, stored.get(name, ""), form) for name in TokenName],
+        "tokens": [token_row(name, stored, form) for name in TokenName],
+        "token_key": settings.TOKEN_KEY_FILE if sealing.keys_in_file() else "COMFYHUB_TOKEN_KEY",
         "policies": [
             (Category(c).label, policy_for("", c)) for c in DEFAULTS if c != Category.CANCELLED
         ],
@@ -151,14 +154,15 @@ def settings_context(form: TokenForm) -> dict:
     }
 
 
-def token_row(name: TokenName, stored: str, posted: TokenForm) -> dict:
+def token_row(name: TokenName, stored: dict, posted: TokenForm) -> dict:
     """What the page may know of a token: whether and where it is set, masked."""
     environment = getattr(settings, name)
     mine = posted.is_bound and posted.data.get("name") == name
     return {
         "name": name.value,
         "label": name.label,
-        "stored": mask(stored) if stored else "",
+        "stored": mask(stored[name]) if stored.get(name) else "",
+        "unreadable": name in stored and stored[name] is None,
         "environment": mask(environment) if environment else "",
         "form": posted if mine else TokenForm(initial={"name": name}, auto_id=f"{name.value}-%s"),
     }

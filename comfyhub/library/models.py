@@ -8,6 +8,7 @@ from django.conf import settings
 from django.db import models, transaction
 from django.utils import timezone
 
+from comfyhub.library import sealing
 from comfyhub.library.paths import models_path
 from recovery.models import ACTIVE, Job, Status
 
@@ -188,28 +189,67 @@ class TokenName(models.TextChoices):
 
 class StoredTokenQuerySet(models.QuerySet):
     def value_of(self, name: str) -> str:
-        return self.filter(name=name).values_list("value", flat=True).first() or ""
+        """The stored token, or "" when there is none or no key opens it."""
+        token = self.filter(name=name).first()
+        return (token and token.value) or ""
 
     def store(self, name: str, value: str) -> None:
-        self.update_or_create(name=name, defaults={"value": value, "updated_at": timezone.now()})
+        # Sealed inside the write transaction: on SQLite that holds the write lock, so a
+        # key rotation (one transaction) reseals this row, or ran first and left its new
+        # key in the file this seal reads.
+        with transaction.atomic():
+            defaults = {"sealed": sealing.seal(value), "updated_at": timezone.now()}
+            self.update_or_create(name=name, defaults=defaults)
+
+    def reseal(self) -> tuple[int, int]:
+        """Seal every token again under the first key: (resealed, unreadable)."""
+        resealed = 0
+        with transaction.atomic():
+            tokens = list(self.select_for_update())
+            for token in tokens:
+                fresh = sealing.reseal(token.sealed)
+                if fresh:
+                    resealed += self.filter(pk=token.pk).update(sealed=fresh)
+        return resealed, len(tokens) - resealed
+
+    def rotate_key(self) -> tuple[int, int]:
+        """Seal every token under a new key, then drop the old keys: (resealed, unreadable).
+
+        The new key is in the file before any row changes and the old ones leave only after
+        the last, so every process opens every token throughout. With the keys in the
+        environment the tokens are resealed under its first key; dropping the others from
+        COMFYHUB_TOKEN_KEY is the user's step.
+        """
+        if sealing.keys_in_file():
+            sealing.add_key()
+        counts = self.reseal()
+        if sealing.keys_in_file():
+            sealing.drop_old_keys()
+        return counts
 
 
 class StoredToken(models.Model):
     """An access token saved on the Settings page; it wins over the environment variable
     of the same name, so a user can fix an `auth` failure without a restart.
 
-    Write-only as far as pages go: nothing renders `value`, only `mask(value)`; it reaches
-    the network solely as an Authorization header to its own host (sources.auth_headers).
+    Sealed at rest (sealing.py): the row, a dump and the admin hold only `sealed`. Pages
+    render only `mask(value)`; the token reaches the network solely as an Authorization
+    header to its own host (sources.auth_headers).
     """
 
     name = models.CharField(max_length=32, choices=TokenName.choices, unique=True)
-    value = models.TextField()
+    sealed = models.TextField()  # the token sealed with the token key, never the token
     updated_at = models.DateTimeField(default=timezone.now)
 
     objects = StoredTokenQuerySet.as_manager()
 
     def __str__(self) -> str:
         return f"{self.name} (stored)"
+
+    @property
+    def value(self) -> str | None:
+        """The token, or None when no key opens it (the key that sealed it was lost)."""
+        return sealing.unseal(self.sealed)
 
 
 def mask(token: str) -> str:
