@@ -3,9 +3,11 @@
 import time
 from pathlib import Path
 
-from recovery.engine import recoverable
-from recovery.errors import JobError
+import httpx
+
+from recovery.errors import Defer, JobError
 from recovery.models import Job
+from recovery.registry import recoverable
 
 
 def note(job: Job, line: str) -> None:
@@ -72,8 +74,6 @@ def noop(job: Job) -> None:
 @recoverable("test.leaky")
 def leaky(job: Job) -> None:
     """Calls params.url with params.token in the query and the Authorization header."""
-    import httpx
-
     token = job.params["token"]
     url = f"{job.params['url']}?token={token}"
     response = httpx.get(url, headers={"Authorization": f"Bearer {token}"}, timeout=5)
@@ -86,7 +86,5 @@ CANCELLED_JOBS: list[int] = []
 @recoverable("test.deferring", on_cancel=lambda job: CANCELLED_JOBS.append(job.pk))
 def deferring(job: Job) -> None:
     """Defers while params.busy_file exists, as a download waits for a free slot."""
-    from recovery.errors import Defer
-
     if Path(job.params.get("busy_file", "/nonexistent")).exists():
         raise Defer("Waiting for a free slot.", seconds=5)
