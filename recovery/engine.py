@@ -15,18 +15,23 @@ from datetime import datetime, timedelta
 from django.db import connection
 from django.utils import timezone
 
-from recovery.choices import Category, Outcome, Status
+from recovery.choices import Category, Outcome, Requested, Status
 from recovery.classify import Failure, classify
 from recovery.conf import setting
 from recovery.errors import Defer, LeaseLost, PauseRequested
-from recovery.models import Attempt, CircuitBreaker, Job, holder_is_dead, process_name
+from recovery.models import (
+    Attempt,
+    CircuitBreaker,
+    Job,
+    holder_is_dead,
+    process_name,
+    request_end,
+)
 from recovery.policy import Action, policy_for
 from recovery.registry import REGISTRY, Kind, run_cancel_hook
 from recovery.signals import job_changed
 
 log = logging.getLogger(__name__)
-
-PAUSED = "Paused by the user."
 
 
 def enqueue(kind: str, params: dict | None = None, *, breaker_key: str = "") -> Job:
@@ -110,7 +115,7 @@ def run_attempt(job: Job, kind: Kind, attempt: Attempt, now: datetime) -> None:
         except Defer as defer:
             settle_deferred(job, attempt, defer)
         except PauseRequested:
-            settle(job, attempt, Outcome.PAUSED, status=Status.PAUSED, error_message=PAUSED)
+            settle(job, attempt, Outcome.PAUSED, **request_end(Requested.PAUSE, timezone.now()))
         except Exception as exc:
             settle_failure(job, kind, attempt, classify(exc), progressed())
         else:
@@ -250,13 +255,14 @@ def reap_expired(now: datetime | None = None) -> list[int]:
     reclaimed = []
     for job in Job.objects.filter(status=Status.RUNNING):
         expired = job.lease_expires_at is not None and job.lease_expires_at < now
-        if (expired or holder_is_dead(job.lease_owner)) and take_back(job, now):
+        if (expired or holder_is_dead(job.lease_owner)) and reclaim(job, now):
             reclaimed.append(job.pk)
     return reclaimed
 
 
-def take_back(job: Job, now: datetime) -> bool:
-    """A try that moved the job forward before its worker died does not count as lost."""
+def reclaim(job: Job, now: datetime) -> bool:
+    """Take the run of a holder that is gone; False if another process took it first.
+    A try that moved the job forward before its worker died does not count as lost."""
     attempt = job.attempts.filter(outcome=Outcome.RUNNING).order_by("number", "id").last()
     progressed = attempt is not None and job.progress_done > attempt.progress_from
     lost = 0 if progressed else job.lost_attempts + 1
@@ -295,9 +301,7 @@ def lost_line(attempt: Attempt, now: datetime) -> str:
 
 
 def close_lost_attempts(job: Job, now: datetime) -> None:
-    message = (
-        "The worker running this stopped (killed or crashed); resuming from the last checkpoint."
-    )
+    message = "The worker running this stopped (killed or crashed) before it finished."
     job.attempts.filter(outcome=Outcome.RUNNING).update(
         outcome=Outcome.LOST, finished_at=now, message=message, progress_to=job.progress_done
     )

@@ -53,6 +53,20 @@ OVERRIDDEN = {
 }
 
 
+ENDED_BY_USER = {
+    Requested.PAUSE: {
+        "status": Status.PAUSED,
+        "error_category": "",
+        "error_message": "Paused by the user.",
+    },
+    Requested.CANCEL: {
+        "status": Status.CANCELLED,
+        "error_category": Category.CANCELLED,
+        "error_message": "Cancelled by the user.",
+    },
+}
+
+
 def process_name() -> str:
     """Identifies this process as a lease owner / heartbeat writer."""
     return f"{socket.gethostname()}:{os.getpid()}"
@@ -89,13 +103,13 @@ def seconds_until(when: datetime | None, now: datetime | None = None) -> int | N
 
 def request_end(requested: str, now: datetime) -> dict:
     """The fields that end a job the way the user asked: paused, or cancelled."""
-    if requested == Requested.PAUSE:
-        end = {"status": Status.PAUSED, "finished_at": None, "error_category": ""}
-        end["error_message"] = "Paused by the user."
-    else:
-        end = {"status": Status.CANCELLED, "finished_at": now}
-        end.update(error_category=Category.CANCELLED, error_message="Cancelled by the user.")
-    return {**end, "error_detail": "", "next_attempt_at": None, "requested": Requested.NOTHING}
+    return {
+        **ENDED_BY_USER[requested],
+        "finished_at": now if requested == Requested.CANCEL else None,
+        "error_detail": "",
+        "next_attempt_at": None,
+        "requested": Requested.NOTHING,
+    }
 
 
 def honouring(requested: str, fields: dict) -> dict:
@@ -304,8 +318,11 @@ class Job(models.Model):
         fields = {**fields, "lease_owner": "", "lease_expires_at": None, "updated_at": now}
         fields["requested"] = Requested.NOTHING
         gone = Job.objects.filter(
-            pk=self.pk, status=Status.RUNNING, lease_owner=self.lease_owner
-        ).filter(requested=self.requested)
+            pk=self.pk,
+            status=Status.RUNNING,
+            lease_owner=self.lease_owner,
+            requested=self.requested,
+        )
         return bool(gone.update(**honouring(self.requested, fields)))
 
     # -- user actions ----------------------------------------------------------------------
@@ -328,24 +345,29 @@ class Job(models.Model):
 
     def ask(self, requested: str, stoppable: list[str]) -> bool:
         """Record the request on the row, then carry it out at once if the job is in a
-        `stoppable` status. A job that starts or stops running between the two
-        compare-and-sets still meets the request: whoever ends its run carries it out.
-        False when the job is neither stoppable nor running (or a cancel is pending)."""
-        now = timezone.now()
+        `stoppable` status; a running job's runner (or the reaper) carries it out. False
+        when the job is neither stoppable nor running, or a cancel is already pending."""
         weaker = ESCALATION[: ESCALATION.index(requested) + 1]
-        asking = Job.objects.filter(pk=self.pk, requested__in=weaker)
-        if not asking.filter(status__in=[*stoppable, Status.RUNNING]).update(
-            requested=requested, updated_at=now
-        ):
+        askable = Job.objects.filter(pk=self.pk, status__in=[*stoppable, Status.RUNNING])
+        asked = askable.filter(requested__in=weaker).update(
+            requested=requested, updated_at=timezone.now()
+        )
+        if not asked:
             self.refresh_from_db()
             return False
+        self.stop_as_asked(requested, stoppable)
+        return True
+
+    def stop_as_asked(self, requested: str, stoppable: list[str]) -> None:
+        # A second compare-and-set: a job that started running since the request was
+        # recorded is left to its runner, which meets the request on the row.
+        now = timezone.now()
         waiting = Job.objects.filter(pk=self.pk, status__in=stoppable, requested=requested)
         stopped = waiting.update(**request_end(requested, now), updated_at=now)
         self.refresh_from_db()
         job_changed.send(sender=Job, job=self)
         if stopped and self.status == Status.CANCELLED:
             run_cancel_hook(self)
-        return True
 
     def resume(self) -> bool:
         moved = self.transition(
@@ -443,7 +465,7 @@ class CircuitBreaker(models.Model):
     Closed: jobs run. After RECOVERY_BREAKER_THRESHOLD consecutive transient failures it
     opens: jobs for the key wait. After the cooldown, exactly one job claims the half-open
     probe (compare-and-set); its success closes the breaker, its failure re-opens it with
-    twice the cooldown.
+    twice the cooldown. Callers go through `guard`, which asks, runs and records.
     """
 
     key = models.CharField(max_length=200, unique=True)
