@@ -1,8 +1,8 @@
 from comfyhub.library.fetch import fetch
 from comfyhub.library.models import Download
 from comfyhub.live.consumers import card_context
-from recovery.engine import recoverable
 from recovery.models import Job
+from recovery.registry import recoverable
 
 
 def discard_partial(job: Job) -> None:
