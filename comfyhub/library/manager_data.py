@@ -23,8 +23,8 @@ from django.conf import settings
 from django.utils import timezone
 
 from recovery.classify import classify
-from recovery.errors import JobError
-from recovery.models import Category, CircuitBreaker, process_name
+from recovery.errors import BreakerOpen, JobError
+from recovery.models import Category, CircuitBreaker
 
 logger = logging.getLogger(__name__)
 
@@ -74,22 +74,13 @@ def cached_download(
 
 
 def fetch(url: str, path: Path, breaker: str | None) -> None:
-    if breaker is None:
-        return download(url, path)
-    allowed, retry_at = CircuitBreaker.allow(breaker, process_name(), timezone.now())
-    if not allowed:
-        raise breaker_open(url, retry_at)
+    """download() behind the breaker `breaker` (none when it is None): a 404 or a broken
+    file is an answer too, so only a failure that can pass on its own counts against it."""
     try:
-        download(url, path)
-    except Exception as exc:
-        # A 404 or a broken file is an answer too: only a failure that can pass on its own
-        # counts against the site (and a half-open probe must be released either way).
-        if classify(exc).transient:
-            CircuitBreaker.record_failure(breaker, timezone.now())
-        else:
-            CircuitBreaker.record_success(breaker, timezone.now())
-        raise
-    CircuitBreaker.record_success(breaker, timezone.now())
+        with CircuitBreaker.guard(breaker or ""):
+            download(url, path)
+    except BreakerOpen as exc:
+        raise breaker_open(url, exc.retry_at) from None
 
 
 def breaker_open(url: str, retry_at) -> JobError:
