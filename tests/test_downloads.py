@@ -176,6 +176,21 @@ def test_a_complete_part_answered_with_416_is_verified_without_a_body(server, mo
     assert server.requests[0]["status"] == 416 and server.bytes_sent() == 0
 
 
+def test_a_416_body_never_reaches_the_part(server, models_dir):
+    url = server.add(
+        "/m.bin", DATA, body_416=b"<html><body>416 Range Not Satisfiable</body></html>"
+    )
+    # Neither size nor sha256 known: nothing but the 416 handling keeps the HTML out.
+    download, _ = Download.objects.request(url, "checkpoints/m.bin")
+    Download.objects.filter(pk=download.pk).update(url=url)
+    download.path.parent.mkdir()
+    download.part_path.write_bytes(DATA)
+    download.sidecar_path.write_text(f'{{"url": "{url}", "validator": "\\"v1\\""}}')
+    job = run_foreground(download.job_id)
+    assert job.status == Status.SUCCEEDED and server.requests[0]["status"] == 416
+    assert download.path.read_bytes() == DATA and job.attempt == 1
+
+
 def test_a_wrong_size_fails_verification(server, models_dir):
     _download, job = fetch(server.add("/m.bin", DATA), sha256="", size=len(DATA) + 1)
     assert job.status == Status.FAILED and job.error_category == "integrity"

@@ -11,6 +11,7 @@ release the GIL), so download, hashing and disk overlap.
 """
 
 import contextlib
+import enum
 import errno
 import hashlib
 import json
@@ -30,7 +31,7 @@ from comfyhub.library import index, sources
 from comfyhub.library.models import Download
 from comfyhub.library.paths import BadInput, check_url
 from recovery.errors import Defer, JobError
-from recovery.models import Job
+from recovery.models import Category, Job
 
 # sha256 states of .part prefixes this process has already hashed, so a retry in the same
 # process resumes without re-reading a 20 GB prefix. Trusted only while the file's size
@@ -98,14 +99,16 @@ def stream(client: httpx.Client, transfer: "Transfer") -> None:
     transfer.check_space()  # before the first request when the size is known already
     for _ in range(RESTARTS):
         with contextlib.closing(open_response(client, transfer)) as response:
-            if accept(response, transfer):
+            answer = accept(response, transfer)
+            if answer == Answer.BODY:
                 transfer.check_space()
                 pump(response, transfer)
+            if answer != Answer.AGAIN:
                 return
     raise JobError(
         f"{transfer.download.host} kept answering with parts that do not fit together; "
         "retrying from the start.",
-        category="server",
+        category=Category.SERVER,
     )
 
 
@@ -121,7 +124,7 @@ def open_response(client: httpx.Client, transfer: "Transfer") -> httpx.Response:
             return response
         response.close()
         url = follow(url, response.headers.get("location", ""))
-    raise JobError(f"{transfer.download.host} redirected too many times.", category="server")
+    raise JobError(f"{transfer.download.host} redirected too many times.", category=Category.SERVER)
 
 
 def follow(url: str, location: str) -> str:
@@ -129,26 +132,34 @@ def follow(url: str, location: str) -> str:
         return check_url(urljoin(url, location))
     except BadInput as exc:
         raise JobError(
-            f"The server redirected to an address that cannot be used: {exc}", category="validation"
+            f"The server redirected to an address that cannot be used: {exc}",
+            category=Category.VALIDATION,
         ) from None
 
 
-def accept(response: httpx.Response, transfer: "Transfer") -> bool:
-    """Decide what the answer means for the bytes we have; False means ask again."""
+class Answer(enum.Enum):
+    """What a response means for the .part."""
+
+    BODY = "body"  # its body continues (206) or replaces (200) the .part
+    COMPLETE = "complete"  # 416 for a whole .part: its body (often an HTML page) is no data
+    AGAIN = "again"  # the .part was reset; ask again
+
+
+def accept(response: httpx.Response, transfer: "Transfer") -> Answer:
     status = response.status_code
     if status == 206:
-        return transfer.continue_from(response)
+        return Answer.BODY if transfer.continue_from(response) else Answer.AGAIN
     if status == 200:
         transfer.restart(response)
-        return True
+        return Answer.BODY
     if status == 416:
-        return transfer.check_complete(response)
+        return Answer.COMPLETE if transfer.check_complete(response) else Answer.AGAIN
     if status in (401, 403):
         raise auth_error(transfer.download, status)
     response.read()
     response.raise_for_status()
     raise JobError(
-        f"Unexpected answer HTTP {status} from {transfer.download.host}.", category="server"
+        f"Unexpected answer HTTP {status} from {transfer.download.host}.", category=Category.SERVER
     )
 
 
@@ -158,7 +169,9 @@ def auth_error(download: Download, status: int) -> JobError:
         fix = f"Set {setting} in Settings to a token that may download this file, then retry."
     else:
         fix = "This file needs an access you do not have; check the link."
-    return JobError(f"{download.host} refused the download (HTTP {status}). {fix}", category="auth")
+    return JobError(
+        f"{download.host} refused the download (HTTP {status}). {fix}", category=Category.AUTH
+    )
 
 
 def pump(response: httpx.Response, transfer: "Transfer") -> None:
@@ -176,7 +189,7 @@ def pump(response: httpx.Response, transfer: "Transfer") -> None:
         raise JobError(
             f"The connection to {transfer.download.host} closed after {transfer.offset:,} of "
             f"{transfer.total:,} bytes; resuming from there.",
-            category="network",
+            category=Category.NETWORK,
         )
 
 
@@ -376,7 +389,7 @@ class Transfer:
             f"Not enough disk space in {folder}: this download needs {human(needed)} more and "
             f"{human(free)} is free. Free some space, then press Retry; it resumes where it "
             "stopped.",
-            category="disk_full",
+            category=Category.DISK_FULL,
         )
 
     def record_progress(self) -> None:
@@ -422,7 +435,7 @@ class Transfer:
             f"The file from {self.download.host} failed verification: {why}. It was "
             "discarded and is downloaded again once; if that fails too, the source file "
             "is probably different from the one expected.",
-            category="integrity",
+            category=Category.INTEGRITY,
         )
 
 
