@@ -29,7 +29,13 @@ from django.conf import settings
 
 from comfyhub.library import index, sources
 from comfyhub.library.models import Download
-from comfyhub.library.paths import BadInput, check_url
+from comfyhub.library.paths import (
+    BadInput,
+    check_url,
+    open_own_file,
+    open_unfollowed,
+    refuse_planted,
+)
 from recovery.errors import Defer, JobError
 from recovery.models import Category, Job
 
@@ -218,8 +224,10 @@ class Sink:
 
     def __init__(self, transfer: "Transfer"):
         self.transfer = transfer
-        # Unbuffered: blocks are large, and a failed write must surface here, not at close.
-        self.file = open(transfer.part, "ab", buffering=0)  # noqa: SIM115  (see __exit__)
+        # A raw descriptor: blocks are large, and a failed write must surface here, not at
+        # close. Appending to what prepare() kept.
+        self.fd = open_own_file(transfer.part)
+        os.lseek(self.fd, 0, os.SEEK_END)
         self.queue: queue.Queue = queue.Queue(maxsize=QUEUE_DEPTH)
         self.error: OSError | None = None
         self.unsynced = 0
@@ -243,7 +251,7 @@ class Sink:
             block = b"".join(pieces)
             if self.error is None:
                 try:
-                    write_all(self.file, block)
+                    write_all(self.fd, block)
                     self.transfer.hasher.update(block)
                 except OSError as exc:
                     self.error = exc
@@ -260,7 +268,7 @@ class Sink:
             self.sync_wanted.clear()
             # Best effort: the final fsync in __exit__ is the one whose error counts.
             with contextlib.suppress(OSError):
-                os.fdatasync(self.file.fileno())
+                os.fdatasync(self.fd)
 
     def __exit__(self, *exc_info) -> None:
         self.queue.put(None)
@@ -270,9 +278,9 @@ class Sink:
         self.syncer.join()
         try:
             if self.error is None:
-                os.fsync(self.file.fileno())
+                os.fsync(self.fd)
         finally:
-            self.file.close()
+            os.close(self.fd)
         if self.error:
             raise self.error
 
@@ -296,16 +304,20 @@ class Transfer:
         return self.download.part_path
 
     def prepare(self) -> None:
-        """Keep the .part only if the sidecar says it came from this URL; re-hash it."""
-        state = read_sidecar(self.download)
-        if self.part.exists() and state.get("url") == self.download.url:
+        """Keep the .part only if the sidecar says it came from this URL; re-hash it.
+
+        Links planted at the .part or its sidecars are refused before anything is read."""
+        download = self.download
+        refuse_planted(self.part, download.sidecar_path, download.sidecar_tmp_path)
+        state = read_sidecar(download)
+        if self.part.exists() and state.get("url") == download.url:
             self.offset = self.part.stat().st_size
             self.hasher = self.prefix_hash()
             self.validator = state.get("validator", "")
         else:
-            self.download.discard_partial()
+            download.discard_partial()
             self.part.parent.mkdir(parents=True, exist_ok=True)
-            self.part.touch()
+            os.close(open_own_file(self.part))
         self.reported_bytes = self.offset
         self.total = self.download.expected_size or self.download.total_bytes
         self.save_sidecar()
@@ -361,8 +373,11 @@ class Transfer:
     def reset(self) -> None:
         self.offset, self.validator, self.hasher = 0, "", hashlib.sha256()
         self.reported_bytes = 0
-        with open(self.part, "wb"):
-            pass
+        fd = open_own_file(self.part)
+        try:
+            os.ftruncate(fd, 0)
+        finally:
+            os.close(fd)
 
     def save_sidecar(self) -> None:
         data = {
@@ -371,8 +386,14 @@ class Transfer:
             "expected_sha256": self.download.expected_sha256,
             "total": self.total,
         }
-        tmp = self.download.sidecar_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(data))
+        tmp = self.download.sidecar_tmp_path
+        fd = open_own_file(tmp)
+        try:
+            os.ftruncate(fd, 0)
+            write_all(fd, json.dumps(data).encode())
+        finally:
+            os.close(fd)
+        # A link planted at the sidecar itself is replaced, never written through.
         os.replace(tmp, self.download.sidecar_path)
 
     def check_space(self) -> None:
@@ -424,6 +445,9 @@ class Transfer:
             self.reject(f"it has {size:,} bytes, expected {self.download.expected_size:,}")
         target = self.download.path
         PREFIX_HASHES.pop(str(self.part), None)
+        # Checked again just before the rename: a link swapped in while the bytes flowed
+        # must not become the destination.
+        refuse_planted(self.part)
         os.replace(self.part, target)
         fsync_dir(target.parent)
         self.download.sidecar_path.unlink(missing_ok=True)
@@ -439,11 +463,11 @@ class Transfer:
         )
 
 
-def write_all(file, chunk: bytes) -> None:
-    """An unbuffered write may be partial (e.g. just before the disk fills)."""
+def write_all(fd: int, chunk: bytes) -> None:
+    """A raw write may be partial (e.g. just before the disk fills)."""
     view = memoryview(chunk)
     while view:
-        view = view[file.write(view) :]
+        view = view[os.write(fd, view) :]
 
 
 def read_sidecar(download: Download) -> dict:
@@ -475,7 +499,7 @@ def content_range(header: str) -> tuple[int | None, int | None]:
 
 
 def hash_into(path, length: int, hasher) -> None:
-    with open(path, "rb") as fh:
+    with open(open_unfollowed(path), "rb") as fh:
         remaining = length
         while remaining and (block := fh.read(min(CHUNK * 4, remaining))):
             hasher.update(block)

@@ -105,6 +105,11 @@ class Download(models.Model):
     def sidecar_path(self) -> Path:
         return self.path.with_name(self.path.name + ".part.json")
 
+    @property
+    def sidecar_tmp_path(self) -> Path:
+        """Where the sidecar is written before it is renamed into place."""
+        return self.path.with_name(self.path.name + ".part.tmp")
+
     def report(self, done: int, total: int | None, speed: float, eta: float | None) -> None:
         self.bytes_done, self.total_bytes, self.speed, self.eta_seconds = done, total, speed, eta
         self.updated_at = timezone.now()
