@@ -62,6 +62,13 @@ def test_a_real_bad_invocation_prints_one_line_and_exits_2(tmp_path):
     )
 
 
+def test_a_refused_url_never_echoes_its_password():
+    with pytest.raises(CommandError) as error:
+        call_command("download", "ftp://me:hunter2@h/x", "--dest", "checkpoints/x.bin")
+    assert error.value.returncode == 2 and "hunter2" not in str(error.value)
+    assert "ftp://me:[redacted]@h/x" in str(error.value)
+
+
 def test_json_reports_a_verified_download(server, models_dir):
     report = download(server.add("/m.bin", DATA), "--dest", "vae/m.bin", "--sha256", SHA)
     assert report == {

@@ -10,6 +10,7 @@ from comfyhub.library import index
 from comfyhub.library.models import Download
 from recovery.engine import run_foreground
 from recovery.models import Category, Status
+from recovery.redact import redact
 from tests.fileserver import FileServer
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -83,3 +84,18 @@ def test_a_model_linked_from_outside_is_not_present(models_dir, outside):
     (models_dir / "vae/a.bin").symlink_to(outside)
     assert not index.is_present("vae", "a.bin")
     assert index.scan() == 0
+
+
+def test_a_url_password_never_reaches_host_breaker_or_messages(server):
+    url = server.add("/m.bin", DATA, auth="Bearer right").replace("://", "://me:hunter2@pw@")
+    download, _ = Download.objects.request(url, "checkpoints/m.bin")
+    job = run_foreground(download.job_id)
+    download.refresh_from_db()
+    assert job.error_category == Category.AUTH and download.host == server.base[7:]
+    shown = [download.host, job.breaker_key, job.error_message, job.error_detail]
+    shown += [a.message + a.detail for a in job.attempts.all()]
+    assert not [text for text in shown if "hunter2" in text]
+
+
+def test_a_password_with_an_at_sign_is_redacted_whole():
+    assert redact("GET https://me:hunter2@pw@host/x") == "GET https://me:[redacted]@host/x"

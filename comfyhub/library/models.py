@@ -2,13 +2,12 @@ import hashlib
 import math
 from datetime import timedelta
 from pathlib import Path
-from urllib.parse import urlsplit
 
 from django.conf import settings
 from django.db import models, transaction
 from django.utils import timezone
 
-from comfyhub.library.paths import models_path
+from comfyhub.library.paths import host_of, models_path
 from recovery.models import ACTIVE, Job, Status
 
 UNFINISHED = (*ACTIVE, Status.PAUSED)
@@ -31,7 +30,7 @@ class DownloadQuerySet(models.QuerySet):
             existing = self.unfinished().filter(dest=dest).select_related("job").first()
             if existing:
                 return existing, False
-            host = urlsplit(url).netloc.lower()
+            host = host_of(url)  # never the user:password@ a URL may carry
             job = Job.objects.create(kind="download", params={"dest": dest}, breaker_key=host)
             download = self.create(
                 job=job,
