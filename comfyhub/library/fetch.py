@@ -173,6 +173,11 @@ def auth_error(download: Download, status: int) -> JobError:
     setting, _ = sources.token_for(download.url)
     if setting:
         fix = f"Set {setting} in Settings to a token that may download this file, then retry."
+    elif sources.endpoint_over_https(download.url):
+        fix = (
+            "Use the https:// link instead: your access token is never sent over plain "
+            "http, where anyone on the way could read it."
+        )
     else:
         fix = "This file needs an access you do not have; check the link."
     return JobError(
