@@ -2,15 +2,19 @@
 names, tokens asked for over plain http. Each is refused plainly and loses nothing."""
 
 import hashlib
+import json
 import os
 
 import pytest
 
 from comfyhub.library import index
 from comfyhub.library.models import Download
+from comfyhub.workflows import parse
 from recovery.engine import run_foreground
+from recovery.errors import JobError
 from recovery.models import Category, Status
 from recovery.redact import redact
+from tests.conftest import ROOT
 from tests.fileserver import FileServer
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -99,3 +103,12 @@ def test_a_url_password_never_reaches_host_breaker_or_messages(server):
 
 def test_a_password_with_an_at_sign_is_redacted_whole():
     assert redact("GET https://me:hunter2@pw@host/x") == "GET https://me:[redacted]@host/x"
+
+
+def test_a_launcher_file_size_beyond_any_disk_is_refused_when_parsed():
+    launcher = json.loads((ROOT / "tests/data/workflows/launcher.json").read_text())
+    launcher["files"][0][0]["size"] = 10**30
+    with pytest.raises(JobError) as error:
+        parse.from_json(launcher)
+    assert error.value.category == Category.VALIDATION
+    assert "size must be a whole number of bytes" in error.value.message
