@@ -112,3 +112,20 @@ def test_a_launcher_file_size_beyond_any_disk_is_refused_when_parsed():
         parse.from_json(launcher)
     assert error.value.category == Category.VALIDATION
     assert "size must be a whole number of bytes" in error.value.message
+
+
+def test_a_url_with_a_line_break_fails_at_once_as_validation():
+    download, _ = Download.objects.request("http://127.0.0.1:9/m.bin\r\nX: y", "vae/m.bin")
+    job = run_foreground(download.job_id)
+    assert job.status == Status.FAILED and job.error_category == Category.VALIDATION
+    assert job.attempt == 1 and "line break" in job.error_message
+
+
+def test_a_redirect_loop_gives_up_at_once_and_says_so(server):
+    url = server.add("/a.bin", DATA, script=["redirect:/b.bin"] * 20)
+    server.add("/b.bin", DATA, script=["redirect:/a.bin"] * 20)
+    download, _ = Download.objects.request(url, "vae/m.bin")
+    job = run_foreground(download.job_id)
+    assert job.status == Status.FAILED and job.attempt == 1
+    assert "redirects in a loop" in job.error_message and "/b.bin" in job.error_detail
+    assert len(server.requests) <= 10

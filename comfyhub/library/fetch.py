@@ -54,6 +54,9 @@ RESTARTS = 3
 
 def fetch(job: Job) -> None:
     download = Download.objects.get(job=job)
+    # Requests from a launcher file or an old row were never checked: a bad URL or name
+    # fails here, plainly and at once (BadInput is a validation error).
+    check_url(download.source_url)
     if finish_if_present(download, job):
         return
     acquire_slot(download)
@@ -121,16 +124,29 @@ def stream(client: httpx.Client, transfer: "Transfer") -> None:
 def open_response(client: httpx.Client, transfer: "Transfer") -> httpx.Response:
     """GET with Range/If-Range, following redirects by hand so a token never leaves its
     own host."""
-    url = transfer.download.url
+    visited = [transfer.download.url]
     for _ in range(REDIRECTS):
+        url = visited[-1]
         headers = {**transfer.range_headers(), **sources.auth_headers(url)}
         headers["Accept-Encoding"] = "identity"
         response = client.send(client.build_request("GET", url, headers=headers), stream=True)
         if not response.is_redirect:
             return response
         response.close()
-        url = follow(url, response.headers.get("location", ""))
-    raise JobError(f"{transfer.download.host} redirected too many times.", category=Category.SERVER)
+        visited.append(follow(url, response.headers.get("location", "")))
+    raise redirect_loop(transfer.download, visited)
+
+
+def redirect_loop(download: Download, visited: list[str]) -> JobError:
+    """Retrying a loop only repeats it: fail at once, with the chain in the detail."""
+    looped = len(set(visited)) < len(visited)
+    what = "redirects in a loop" if looped else f"redirected more than {REDIRECTS} times"
+    return JobError(
+        f"The link on {download.host} {what}, so the file cannot be reached there. Open it "
+        "in a browser to check it, or use another link.",
+        category=Category.NOT_FOUND,
+        detail="Redirects followed:\n" + "\n".join(visited),
+    )
 
 
 def follow(url: str, location: str) -> str:
