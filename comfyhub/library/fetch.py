@@ -57,6 +57,7 @@ def fetch(job: Job) -> None:
     # Requests from a launcher file or an old row were never checked: a bad URL or name
     # fails here, plainly and at once (BadInput is a validation error).
     check_url(download.source_url)
+    download.hold_dest()
     if finish_if_present(download, job):
         return
     acquire_slot(download)

@@ -6,9 +6,10 @@ from recovery.models import Job
 
 
 def discard_partial(job: Job) -> None:
-    """Cancelling a download deletes its .part; pausing keeps it."""
+    """Cancelling a download deletes its .part; pausing keeps it. A .part that a newer
+    download of the same file holds now is that one's, and stays."""
     download = Download.objects.filter(job=job).first()
-    if download:
+    if download and not download.taken_by_another():
         download.discard_partial()
 
 
