@@ -2,7 +2,7 @@ from comfyhub.library.fetch import fetch
 from comfyhub.library.models import Download
 from comfyhub.live.consumers import card_context
 from recovery.engine import recoverable
-from recovery.models import Job
+from recovery.models import Category, Job
 
 
 def discard_partial(job: Job) -> None:
@@ -23,6 +23,10 @@ def download_card(job: Job) -> dict:
     return {"download": Download.objects.filter(job=job).first()}
 
 
-@recoverable("download", on_cancel=discard_partial, policies={"network": QUICK, "timeout": QUICK})
+@recoverable(
+    "download",
+    on_cancel=discard_partial,
+    policies={Category.NETWORK: QUICK, Category.TIMEOUT: QUICK},
+)
 def download(job: Job) -> None:
     fetch(job)

@@ -10,6 +10,7 @@ from django.conf import settings
 from comfyhub.library.models import StoredToken, TokenName
 from comfyhub.library.paths import host_of
 from recovery.errors import JobError
+from recovery.models import Category
 
 CIVITAI_PAGE = re.compile(r"^/models/(?P<model>\d+)(?:/[^/]*)?/?$")
 
@@ -97,7 +98,8 @@ def resolve(url: str, client: httpx.Client) -> Resolved:
     model = civitai_get(client, f"/api/v1/models/{page['model']}")
     if not model.get("modelVersions"):
         raise JobError(
-            f"CivitAI model {page['model']} has no downloadable version.", category="not_found"
+            f"CivitAI model {page['model']} has no downloadable version.",
+            category=Category.NOT_FOUND,
         )
     return civitai_file(model["modelVersions"][0])
 
@@ -113,7 +115,9 @@ def civitai_file(version: dict) -> Resolved:
     files = version.get("files") or []
     chosen = next((f for f in files if f.get("primary")), files[0] if files else None)
     if chosen is None:
-        raise JobError(f"CivitAI version {version.get('id')} lists no files.", category="not_found")
+        raise JobError(
+            f"CivitAI version {version.get('id')} lists no files.", category=Category.NOT_FOUND
+        )
     size_kb = chosen.get("sizeKB")
     return Resolved(
         url=chosen.get("downloadUrl") or version["downloadUrl"],
