@@ -78,6 +78,15 @@ def test_a_file_name_too_long_for_its_part_json_is_refused_plainly():
     assert error.value.returncode == 2 and "is 304 bytes long; at most 245 fit" in str(error.value)
 
 
+def test_a_link_planted_beside_the_destination_is_refused_before_the_job(models_dir, tmp_path):
+    (models_dir / "vae").mkdir()
+    (models_dir / "vae/x.bin.part").symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(CommandError) as error:
+        call_command("download", "http://h/x", "--dest", "vae/x.bin")
+    assert error.value.returncode == 2 and "is a link or not a plain file" in str(error.value)
+    assert not (tmp_path / "elsewhere").exists()
+
+
 def test_a_refused_url_never_echoes_its_password():
     with pytest.raises(CommandError) as error:
         call_command("download", "ftp://me:hunter2@h/x", "--dest", "checkpoints/x.bin")

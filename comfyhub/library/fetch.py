@@ -99,7 +99,7 @@ def acquire_slot(download: Download) -> None:
 
 def resolve_into(download: Download, client: httpx.Client) -> None:
     resolved = sources.resolve(download.source_url, client)
-    download.url = resolved.url
+    download.url = check_url(resolved.url)  # an API's answer is input like any other
     download.expected_sha256 = download.expected_sha256 or resolved.sha256
     download.total_bytes = download.expected_size or resolved.size_hint
     download.save(update_fields=["url", "expected_sha256", "total_bytes"])
@@ -330,7 +330,7 @@ class Transfer:
 
         Links planted at the .part or its sidecars are refused before anything is read."""
         download = self.download
-        refuse_planted(self.part, download.sidecar_path, download.sidecar_tmp_path)
+        refuse_planted(*download.working_paths)
         state = read_sidecar(download)
         if self.part.exists() and state.get("url") == download.url:
             self.offset = self.part.stat().st_size

@@ -4,7 +4,13 @@ from django import forms
 from django.conf import settings
 
 from comfyhub.library.models import StoredToken, TokenName, mask
-from comfyhub.library.paths import BadInput, check_sha256, check_size, check_url, models_path
+from comfyhub.library.paths import (
+    BadInput,
+    check_destination,
+    check_sha256,
+    check_size,
+    check_url,
+)
 from recovery.models import Status
 
 
@@ -21,7 +27,7 @@ class DownloadForm(forms.Form):
 
     def clean_dest(self) -> str:
         dest = self.cleaned_data["dest"].strip()
-        checked(models_path, dest, settings.MODELS_DIR)
+        checked(check_destination, dest, settings.MODELS_DIR)
         return dest
 
     def clean_sha256(self) -> str:

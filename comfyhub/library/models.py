@@ -9,7 +9,16 @@ from django.db import IntegrityError, models, transaction
 from django.db.models import F
 from django.utils import timezone
 
-from comfyhub.library.paths import DEST_MAX, host_of, models_path
+from comfyhub.library.paths import (
+    DEST_MAX,
+    PART,
+    SIDECAR,
+    SIDECAR_TMP,
+    WORKING_SUFFIXES,
+    beside,
+    host_of,
+    models_path,
+)
 from recovery.errors import JobError
 from recovery.models import TERMINAL, Category, Job, Status
 
@@ -128,16 +137,20 @@ class Download(models.Model):
 
     @property
     def part_path(self) -> Path:
-        return self.path.with_name(self.path.name + ".part")
+        return beside(self.path, PART)
 
     @property
     def sidecar_path(self) -> Path:
-        return self.path.with_name(self.path.name + ".part.json")
+        return beside(self.path, SIDECAR)
 
     @property
     def sidecar_tmp_path(self) -> Path:
         """Where the sidecar is written before it is renamed into place."""
-        return self.path.with_name(self.path.name + ".part.tmp")
+        return beside(self.path, SIDECAR_TMP)
+
+    @property
+    def working_paths(self) -> list[Path]:
+        return [beside(self.path, suffix) for suffix in WORKING_SUFFIXES]
 
     def report(self, done: int, total: int | None, speed: float, eta: float | None) -> None:
         self.bytes_done, self.total_bytes, self.speed, self.eta_seconds = done, total, speed, eta
@@ -145,9 +158,9 @@ class Download(models.Model):
         self.save(update_fields=["bytes_done", "total_bytes", "speed", "eta_seconds", "updated_at"])
 
     def discard_partial(self) -> None:
-        """Forget the bytes so far (.part and its sidecar); never touches the destination."""
-        self.part_path.unlink(missing_ok=True)
-        self.sidecar_path.unlink(missing_ok=True)
+        """Forget the bytes so far (.part and its sidecars); never touches the destination."""
+        for path in self.working_paths:
+            path.unlink(missing_ok=True)
 
     def hold_dest(self) -> None:
         """Be the one active download of `dest` before writing a byte there, or refuse.

@@ -16,7 +16,11 @@ SHA256 = re.compile(r"^[0-9a-fA-F]{64}$")
 CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 DEST_MAX = 500  # characters; Download.dest's column
 NAME_MAX = 255  # bytes per file name on every filesystem we meet (ext4, btrfs, xfs, NTFS)
-LONGEST_SUFFIX = ".part.json"  # the longest name a download puts beside its destination
+# What a download keeps beside its destination while it runs: the bytes, their sidecar,
+# and the sidecar's next version before it is renamed into place.
+PART, SIDECAR, SIDECAR_TMP = ".part", ".part.json", ".part.tmp"
+WORKING_SUFFIXES = (PART, SIDECAR, SIDECAR_TMP)
+LONGEST_SUFFIX = max(WORKING_SUFFIXES, key=len)
 # Larger than any model file, far below what a database BIGINT holds: a bigger number
 # is a typo or an attack, not a size.
 MAX_SIZE = 10**15
@@ -55,6 +59,17 @@ def models_path(dest: str, root: Path) -> Path:
     if not target.is_relative_to(root) or target == root:
         raise BadInput(f"The destination {dest!r} leads outside the models folder {root}.")
     return target
+
+
+def check_destination(dest: str, root: Path) -> Path:
+    """models_path(), and no link already planted where the download will write."""
+    target = models_path(dest, root)
+    refuse_planted(*(beside(target, suffix) for suffix in WORKING_SUFFIXES))
+    return target
+
+
+def beside(target: Path, suffix: str) -> Path:
+    return target.with_name(target.name + suffix)
 
 
 def check_name_lengths(relative: PurePosixPath) -> None:

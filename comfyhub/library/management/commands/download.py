@@ -6,7 +6,13 @@ from django.core.management.base import BaseCommand, CommandError
 
 from comfyhub.library.fetch import human
 from comfyhub.library.models import Download
-from comfyhub.library.paths import BadInput, check_sha256, check_size, check_url, models_path
+from comfyhub.library.paths import (
+    BadInput,
+    check_destination,
+    check_sha256,
+    check_size,
+    check_url,
+)
 from recovery.engine import run_foreground
 from recovery.models import Category, Job, Status
 from recovery.signals import job_changed
@@ -40,7 +46,7 @@ class Command(BaseCommand):
     def handle(self, *args, **options) -> None:
         try:
             url = check_url(options["url"])
-            models_path(options["dest"], settings.MODELS_DIR)
+            check_destination(options["dest"], settings.MODELS_DIR)
             sha256 = check_sha256(options["sha256"])
             size = check_size(options["size"], "--size")
         except BadInput as exc:
