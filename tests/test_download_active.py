@@ -158,3 +158,11 @@ def test_two_processes_racing_for_one_file_make_exactly_one_download(scratch_pos
     rows = db.execute("SELECT dest, count(*) FROM library_download GROUP BY dest").fetchall()
     assert len(rows) == 40 and {count for _, count in rows} == {1}
     assert all(a[0] == b[0] and {a[1], b[1]} == {"0", "1"} for a, b in answers)
+
+
+@pytest.mark.django_db
+def test_two_spellings_of_one_destination_are_one_download():
+    first, _ = Download.objects.request("http://127.0.0.1:9/a", "vae/a.bin")
+    second, created = Download.objects.request("http://127.0.0.1:9/a", "vae//./a.bin")
+    third, _ = Download.objects.request("http://127.0.0.1:9/a", "vae\\a.bin")
+    assert not created and first.pk == second.pk == third.pk

@@ -16,6 +16,7 @@ from comfyhub.library.paths import (
     SIDECAR_TMP,
     WORKING_SUFFIXES,
     beside,
+    canonical,
     host_of,
     models_path,
 )
@@ -40,6 +41,7 @@ class DownloadQuerySet(models.QuerySet):
         joins that row. Inputs must already be checked (paths.check_url, models_path,
         check_sha256, check_size).
         """
+        dest = canonical(dest)
         for _ in range(JOIN_TRIES):
             holder = self.filter(active_dest=dest).select_related("job").first()
             if holder and not holder.job.is_terminal:

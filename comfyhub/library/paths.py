@@ -44,7 +44,7 @@ def models_path(dest: str, root: Path) -> Path:
         raise BadInput("The destination is empty or contains a NUL byte.")
     if len(dest) > DEST_MAX:
         raise BadInput(f"The destination is {len(dest)} characters long; at most {DEST_MAX} fit.")
-    relative = PurePosixPath(dest.replace("\\", "/"))
+    relative = PurePosixPath(canonical(dest))
     if relative.is_absolute() or dest.startswith("~"):
         raise BadInput(f"The destination {dest!r} must be relative to the models folder.")
     if ".." in relative.parts:
@@ -59,6 +59,12 @@ def models_path(dest: str, root: Path) -> Path:
     if not target.is_relative_to(root) or target == root:
         raise BadInput(f"The destination {dest!r} leads outside the models folder {root}.")
     return target
+
+
+def canonical(dest: str) -> str:
+    """One spelling per destination: `vae\\a.bin`, `vae//a.bin` and `vae/./a.bin` are all
+    `vae/a.bin`, so they are one download."""
+    return PurePosixPath(dest.replace("\\", "/")).as_posix()
 
 
 def check_destination(dest: str, root: Path) -> Path:
