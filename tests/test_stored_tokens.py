@@ -23,7 +23,7 @@ from tests.conftest import manage, subprocess_env
 SECRET = "hf_StoredSecretValue0123456789abcdX9Q2"
 CIVITAI = "0123456789abcdef0123456789abcdef"
 HF_URL = "https://huggingface.co/org/m/resolve/main/a.bin"
-BEFORE_SEALING = ("library", "0004_preferences")
+BEFORE_SEALING = ("library", "0006_download_active_dest")
 SQLITE = connection.vendor == "sqlite"
 ENV = {k: v for k, v in os.environ.items() if not k.startswith("COMFYHUB_")}
 

@@ -6,7 +6,13 @@ from django.core.management.base import BaseCommand, CommandError
 
 from comfyhub.library.fetch import human
 from comfyhub.library.models import Download
-from comfyhub.library.paths import BadInput, check_sha256, check_url, models_path
+from comfyhub.library.paths import (
+    BadInput,
+    check_destination,
+    check_sha256,
+    check_size,
+    check_url,
+)
 from recovery.engine import run_foreground
 from recovery.models import Category, Job, Status
 from recovery.signals import job_changed
@@ -40,13 +46,12 @@ class Command(BaseCommand):
     def handle(self, *args, **options) -> None:
         try:
             url = check_url(options["url"])
-            models_path(options["dest"], settings.MODELS_DIR)
+            check_destination(options["dest"], settings.MODELS_DIR)
             sha256 = check_sha256(options["sha256"])
-            if options["size"] is not None and options["size"] < 0:
-                raise BadInput("--size must be 0 or more.")
+            size = check_size(options["size"], "--size")
         except BadInput as exc:
             raise CommandError(str(exc), returncode=2) from None
-        download, _ = Download.objects.request(url, options["dest"], sha256, options["size"])
+        download, _ = Download.objects.request(url, options["dest"], sha256, size)
         if download.job.status == Status.PAUSED:
             download.job.retry_now()
         job = self.run(download, bar=sys.stderr.isatty() and not options["json"])

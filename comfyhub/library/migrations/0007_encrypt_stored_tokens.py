@@ -26,7 +26,7 @@ def open_sealed_tokens(apps, schema_editor):
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("library", "0004_preferences"),
+        ("library", "0006_download_active_dest"),
     ]
 
     operations = [
