@@ -3,6 +3,7 @@
 import hashlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -10,7 +11,9 @@ from io import StringIO
 
 import pytest
 from django.core.management import CommandError, call_command
+from django.utils import timezone
 
+from recovery.models import BreakerState, CircuitBreaker
 from tests.conftest import ROOT, subprocess_env, wait_until
 from tests.fileserver import FileServer
 
@@ -152,3 +155,15 @@ def test_a_killed_download_resumes_its_part_when_run_again(server, tmp_path, mod
     assert json.loads(second.stdout)["sha256"] == sha
     assert server.requests[-1]["headers"]["range"].startswith("bytes=")
     assert server.bytes_sent() <= size + 16 * 1024 * 1024
+
+
+def test_a_download_waiting_on_an_open_breaker_says_so_and_for_how_long(server, capsys):
+    server.add("/m.bin", DATA)
+    host = server.url("/m.bin").split("/")[2]
+    CircuitBreaker.objects.create(
+        key=host, state=BreakerState.OPEN, opened_at=timezone.now(), cooldown_seconds=1.5
+    )
+    result = download(server.url("/m.bin"), "--dest", "checkpoints/m.bin")
+    waited = capsys.readouterr().err
+    assert result["status"] == "succeeded"
+    assert re.search(r"waiting [12] s: .*failed several times in a row", waited), waited

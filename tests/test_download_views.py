@@ -145,7 +145,9 @@ def test_an_unknown_filter_is_400_and_lists_everything(client):
 
 def test_a_waiting_download_shows_its_attempt_and_a_countdown(client):
     due = timezone.now() + timedelta(seconds=6.2)
-    queued(status=Status.WAITING, transient_failures=2, max_attempts=10, next_attempt_at=due)
+    queued(
+        status=Status.WAITING, attempt=3, transient_failures=2, max_attempts=10, next_attempt_at=due
+    )
     html = client.get("/downloads/").content.decode()
     # Whole seconds left when the page rendered: 7, or less on a slow machine.
     left = int(re.search(r'data-retry-in="(\d+)"', html)[1])

@@ -28,6 +28,14 @@ RETRYABLE = {
 }
 
 
+def say_why_waiting(job: Job, seconds: float) -> None:
+    """A foreground download that waits (a retry, an open breaker, a busy slot) says
+    how long and why, on stderr, so a silent terminal never looks hung."""
+    why = job.error_message or "waiting for its next try."
+    sys.stderr.write(f"\nwaiting {seconds:.0f} s: {why}\n")
+    sys.stderr.flush()
+
+
 class Command(BaseCommand):
     requires_system_checks = []  # a download should start at once; `check` is its own command
     help = (
@@ -69,7 +77,7 @@ class Command(BaseCommand):
         if bar:
             job_changed.connect(show, dispatch_uid="download-bar")
         try:
-            return run_foreground(download.job_id)
+            return run_foreground(download.job_id, on_wait=say_why_waiting)
         finally:
             if bar:
                 job_changed.disconnect(dispatch_uid="download-bar")
