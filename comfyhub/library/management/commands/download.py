@@ -30,7 +30,10 @@ RETRYABLE = {
 
 def say_why_waiting(job: Job, seconds: float) -> None:
     """A foreground download that waits (a retry, an open breaker, a busy slot) says
-    how long and why, on stderr, so a silent terminal never looks hung."""
+    how long and why, on stderr, so a silent terminal never looks hung. A dropped
+    connection resumes within a second: no line for that."""
+    if seconds < 1:
+        return
     why = job.error_message or "waiting for its next try."
     sys.stderr.write(f"\nwaiting {seconds:.0f} s: {why}\n")
     sys.stderr.flush()
