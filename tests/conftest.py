@@ -1,3 +1,4 @@
+import contextlib
 import os
 import signal
 import socket
@@ -60,6 +61,8 @@ class Server:
     """`manage.py serve` as a real subprocess on a free port, with its own data dir."""
 
     def __init__(self, data_dir: Path, **extra_env: str):
+        data_dir.mkdir(parents=True, exist_ok=True)
+        self.data_dir = data_dir
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.marker = f"COMFYHUB_DATA_DIR={data_dir}"
@@ -77,7 +80,12 @@ class Server:
     def start(self, timeout: float = 60) -> "Server":
         migrated = manage("migrate", "--noinput", env=self.env)
         assert migrated.returncode == 0, migrated.stderr
-        with self.log.open("wb") as log:
+        return self.relaunch(timeout=timeout)
+
+    def relaunch(self, timeout: float = 60, **extra_env: str) -> "Server":
+        """Start `serve` (again) on the same port and data dir, without migrating."""
+        self.env.update(extra_env)
+        with self.log.open("ab") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, str(ROOT / "manage.py"), "serve"],
                 cwd=ROOT,
@@ -87,6 +95,21 @@ class Server:
             )
         self.wait_healthy(timeout)
         return self
+
+    def kill_tree(self) -> None:
+        """SIGKILL serve and everything it started, as a power cut would: stop them all
+        first (a stopped process cannot fork a replacement for a killed one), then kill."""
+        stopped = set()
+        while fresh := set(processes_with_env(self.marker)) - stopped:
+            for pid in fresh:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGSTOP)
+            stopped |= fresh
+        for pid in stopped:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        self.proc.wait()
+        wait_until(lambda: not processes_with_env(self.marker), 10, "the killed tree to exit")
 
     def wait_healthy(self, timeout: float) -> dict:
         deadline = time.monotonic() + timeout
@@ -108,20 +131,38 @@ class Server:
 
 
 @pytest.fixture
-def serve_factory(tmp_path):
+def server_factory(tmp_path):
+    """Servers not started yet (the test prepares their data dir first); all cleaned up."""
     servers = []
 
-    def start(**extra_env: str) -> Server:
+    def make(**extra_env: str) -> Server:
         server = Server(tmp_path / f"data{len(servers)}", **extra_env)
         servers.append(server)
-        return server.start()
+        return server
 
-    yield start
+    yield make
     for server in servers:
         if server.proc and server.proc.poll() is None:
             server.proc.kill()
+            server.proc.wait()
         for pid in processes_with_env(server.marker):
-            os.kill(pid, signal.SIGKILL)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
+@pytest.fixture
+def serve_factory(server_factory):
+    return lambda **extra_env: server_factory(**extra_env).start()
+
+
+def post_form(base: str, path: str, fields: dict) -> httpx.Response:
+    """POST a page's form as a browser would: CSRF cookie from a GET first."""
+    with httpx.Client(base_url=base) as client:
+        client.get(path)
+        fields = {**fields, "csrfmiddlewaretoken": client.cookies["csrftoken"]}
+        response = client.post(path, data=fields, headers={"Referer": base + path})
+    assert response.status_code == 302, response.text
+    return response
 
 
 def database_url() -> str:

@@ -9,7 +9,7 @@ import httpx
 import pytest
 import websockets
 
-from tests.conftest import REDIS_URL, processes_with_env, redis_reachable
+from tests.conftest import REDIS_URL, post_form, processes_with_env, redis_reachable
 from tests.fileserver import FileServer
 
 pytestmark = pytest.mark.e2e
@@ -18,15 +18,6 @@ LAYERS = [
     pytest.param({}, "InMemoryChannelLayer", id="embedded"),
     pytest.param({"COMFYHUB_REDIS_URL": REDIS_URL}, "RedisChannelLayer", id="redis"),
 ]
-
-
-def post_form(base: str, path: str, fields: dict) -> httpx.Response:
-    with httpx.Client(base_url=base) as client:
-        client.get(path)
-        fields = {**fields, "csrfmiddlewaretoken": client.cookies["csrftoken"]}
-        response = client.post(path, data=fields, headers={"Referer": base + path})
-    assert response.status_code == 302, response.text
-    return response
 
 
 def queue_self_test(base: str) -> int:
