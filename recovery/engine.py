@@ -260,12 +260,25 @@ def reap_expired(now: datetime | None = None) -> list[int]:
     return reclaimed
 
 
-def reclaim(job: Job, now: datetime) -> bool:
+def reap_after_restart(now: datetime | None = None) -> list[int]:
+    """At worker start: take back the runs of local processes that died with the app.
+
+    The whole app went down (a kill, a reboot, a power cut), not the job's own worker,
+    so those tries are not held against the job: a poison job is one whose worker dies
+    while the rest of the app lives on (see reclaim)."""
+    now = now or timezone.now()
+    running = Job.objects.filter(status=Status.RUNNING)
+    dead = [job for job in running if holder_is_dead(job.lease_owner)]
+    return [job.pk for job in dead if reclaim(job, now, blame=False)]
+
+
+def reclaim(job: Job, now: datetime, blame: bool = True) -> bool:
     """Take the run of a holder that is gone; False if another process took it first.
-    A try that moved the job forward before its worker died does not count as lost."""
+    A try that moved the job forward before its worker died does not count as lost;
+    one that is not the job's fault (`blame=False`) leaves the count as it was."""
     attempt = job.attempts.filter(outcome=Outcome.RUNNING).order_by("number", "id").last()
     progressed = attempt is not None and job.progress_done > attempt.progress_from
-    lost = 0 if progressed else job.lost_attempts + 1
+    lost = 0 if progressed else job.lost_attempts + int(blame)
     fields = {"status": Status.QUEUED, "dispatched_at": None, "lost_attempts": lost}
     if lost >= setting("RECOVERY_MAX_LOST_ATTEMPTS"):
         fields.update(poisoned(job, lost, now))

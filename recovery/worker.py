@@ -14,7 +14,7 @@ from django_q.conf import Conf
 from django_q.models import OrmQ, Schedule
 
 from recovery.conf import setting
-from recovery.engine import dispatch_due, reap_expired
+from recovery.engine import dispatch_due, reap_after_restart, reap_expired
 from recovery.lifeline import tie_forks_to_parent
 from recovery.models import Job, WorkerHeartbeat
 
@@ -71,8 +71,9 @@ def release_orm_locks(now: datetime) -> int:
 def run_cluster(name: str, interval: float) -> None:
     """Start the django-q2 cluster and tick until it is told to stop (SIGTERM/SIGINT)."""
     ensure_schedules()
-    # Jobs a killed run was running are requeued by the first tick (their holder is
-    # dead); these are the ones it had only received.
+    taken_back = reap_after_restart()
+    if taken_back:
+        log.warning("resuming jobs that were running when the app stopped: %s", taken_back)
     resent = resend_on_start()
     if resent:
         log.warning("sent again at start, their messages may have died with a worker: %s", resent)

@@ -5,13 +5,15 @@ counts those in a row that made no progress and fails the job after
 RECOVERY_MAX_LOST_ATTEMPTS. Progress between deaths resets the count.
 """
 
+import os
+import socket
 from datetime import datetime, timedelta
 
 import pytest
 from django.utils import timezone
 
 import tests.jobkinds  # noqa: F401 (registers the test job kinds)
-from recovery.engine import execute, reap_expired
+from recovery.engine import execute, reap_after_restart, reap_expired
 from recovery.models import Attempt, Category, Job, Outcome, Status
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -119,3 +121,27 @@ def test_a_try_started_after_its_worker_died_is_within_the_maximum():
     Job.objects.claim(job.pk, "a:2", now)
     job.refresh_from_db()
     assert (job.attempt, job.max_attempts) == (2, 2)
+
+
+def a_dead_local_owner() -> str:
+    """A process of this host that has exited (pids above pid_max never run)."""
+    return f"{socket.gethostname()}:{2**22 + 1}"
+
+
+def test_the_whole_app_going_down_five_times_is_not_held_against_its_jobs():
+    job, now = Job.objects.create(kind="test.noop"), timezone.now()
+    for _ in range(5):
+        owner = a_dead_local_owner()
+        Job.objects.claim(job.pk, owner, now)
+        Attempt.objects.create(job=job, number=job.attempt + 1, owner=owner, started_at=now)
+        assert reap_after_restart(now) == [job.pk]
+    job.refresh_from_db()
+    assert (job.status, job.lost_attempts) == (Status.QUEUED, 0)
+    assert execute(job.pk) == Status.SUCCEEDED
+
+
+def test_after_a_restart_the_run_of_a_live_process_is_left_alone():
+    job, now = Job.objects.create(kind="test.noop"), timezone.now()
+    Job.objects.claim(job.pk, f"{socket.gethostname()}:{os.getpid()}", now)
+    assert reap_after_restart(now) == []
+    assert Job.objects.get(pk=job.pk).status == Status.RUNNING
