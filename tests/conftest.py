@@ -60,8 +60,9 @@ def processes_with_env(marker: str) -> list[int]:
 class Server:
     """`manage.py serve` as a real subprocess on a free port, with its own data dir."""
 
-    def __init__(self, data_dir: Path, **extra_env: str):
+    def __init__(self, data_dir: Path, *args: str, **extra_env: str):
         data_dir.mkdir(parents=True, exist_ok=True)
+        self.args = list(args)
         self.data_dir = data_dir
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
@@ -87,7 +88,7 @@ class Server:
         self.env.update(extra_env)
         with self.log.open("ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, str(ROOT / "manage.py"), "serve"],
+                [sys.executable, str(ROOT / "manage.py"), "serve", *self.args],
                 cwd=ROOT,
                 env=self.env,
                 stdout=log,
@@ -135,8 +136,8 @@ def server_factory(tmp_path):
     """Servers not started yet (the test prepares their data dir first); all cleaned up."""
     servers = []
 
-    def make(**extra_env: str) -> Server:
-        server = Server(tmp_path / f"data{len(servers)}", **extra_env)
+    def make(*args: str, **extra_env: str) -> Server:
+        server = Server(tmp_path / f"data{len(servers)}", *args, **extra_env)
         servers.append(server)
         return server
 
@@ -152,7 +153,7 @@ def server_factory(tmp_path):
 
 @pytest.fixture
 def serve_factory(server_factory):
-    return lambda **extra_env: server_factory(**extra_env).start()
+    return lambda *args, **extra_env: server_factory(*args, **extra_env).start()
 
 
 def post_form(base: str, path: str, fields: dict) -> httpx.Response:

@@ -1,6 +1,7 @@
 """`serve` as a real process tree: web + worker, live fragments, clean shutdown."""
 
 import asyncio
+import json
 import os
 import re
 import signal
@@ -89,3 +90,11 @@ def test_a_download_posted_on_the_page_is_fetched_by_the_worker_through_a_drop(
     assert statuses[-1] == "succeeded" and close_code == 1000
     assert (tmp_path / "models/vae/m.safetensors").read_bytes() == data
     assert files.requests[-1]["headers"]["range"] == "bytes=1000000-"
+
+
+def test_serve_json_announces_its_start_as_one_json_line(serve_factory):
+    server = serve_factory("--json")
+    first = server.log.read_text().splitlines()
+    announced = [json.loads(line) for line in first if line.startswith("{")]
+    assert announced == [{"status": "running", "url": server.base + "/", "pid": server.proc.pid}]
+    assert server.stop() == 0

@@ -34,6 +34,13 @@ class Command(BaseCommand):
         "data dir: a second one is refused."
     )
 
+    def add_arguments(self, parser) -> None:
+        parser.add_argument(
+            "--json",
+            action="store_true",
+            help='announce the start as one JSON line: {"status": "running", "url", "pid"}',
+        )
+
     def handle(self, *args, **options) -> None:
         if settings.LOGIN_REQUIRED and not get_user_model().objects.exists():
             raise CommandError(
@@ -55,7 +62,12 @@ class Command(BaseCommand):
         serve_id = secrets.token_hex(16)
         children = self.start_children(serve_id)
         pidfile.record(serve_id, children.values())
-        self.stdout.write(f"ComfyHub on http://{settings.HOST}:{settings.PORT}/ (Ctrl-C stops)")
+        url = f"http://{settings.HOST}:{settings.PORT}/"
+        if options["json"]:
+            self.stdout.write(json.dumps({"status": "running", "url": url, "pid": os.getpid()}))
+        else:
+            self.stdout.write(f"ComfyHub on {url} (Ctrl-C stops)")
+        self.stdout.flush()  # a supervisor reading a pipe or file sees it now
         code = supervise(children, stopping)
         stop_all(children)
         pidfile.clear()
