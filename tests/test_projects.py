@@ -3,10 +3,12 @@
 import hashlib
 import os
 import signal
+import threading
 from datetime import timedelta
 
 import httpx
 import pytest
+from django.db import connection
 
 from comfyhub.projects import install, restore, runtime, specs, tools
 from comfyhub.projects.export import launcher_json
@@ -14,6 +16,7 @@ from comfyhub.projects.models import Project, ProjectStatus, RunState
 from recovery.engine import run_foreground
 from recovery.errors import JobError
 from recovery.models import Job, Status
+from tests.conftest import wait_until
 from tests.fakecomfy import comfyui_repo, node_repo
 from tests.fileserver import FileServer
 
@@ -231,3 +234,33 @@ def test_a_crashed_project_that_asked_for_it_is_restarted_by_the_worker_tick(rep
     project.refresh_from_db()
     assert project.run_state == RunState.RUNNING and project.restarts == 1
     runtime.stop(project)
+
+
+def test_comfyui_output_reaches_its_log_while_it_starts_with_secrets_redacted(
+    repos, tmp_path, monkeypatch
+):
+    project = build("Chatty", spec(repos))
+    monkeypatch.setenv("FAKE_COMFY_SAY", "fetching https://user:hunter2@example.org/x.bin")
+    monkeypatch.setenv("FAKE_COMFY_GATE", str(tmp_path / "gate"))
+    launcher = threading.Thread(target=in_thread(runtime.launch), args=(project, 60))
+    launcher.start()
+    try:
+        wait_until(lambda: "fetching" in project.log_tail("comfyui"), timeout=30, what="a line")
+    finally:
+        (tmp_path / "gate").touch()
+        launcher.join()
+    log = project.log_tail("comfyui")
+    assert "hunter2" not in log and "https://user:[redacted]@example.org/x.bin" in log
+    runtime.stop(project)
+
+
+def in_thread(func):
+    """`func` for a thread: its database connection closed when it ends."""
+
+    def run(*args):
+        try:
+            func(*args)
+        finally:
+            connection.close()
+
+    return run

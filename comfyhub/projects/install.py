@@ -70,8 +70,7 @@ def present(model: dict) -> bool:
 
 
 def note(project: Project, line: str) -> None:
-    with project.install_log.open("a") as log:
-        log.write(f"== {line}\n")
+    tools.append(project.install_log, f"== {line}")
 
 
 def clone_comfyui(project: Project, job: Job) -> None:
