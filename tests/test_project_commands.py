@@ -114,3 +114,14 @@ def test_an_unknown_project_or_template_exits_2():
         with pytest.raises(CommandError) as error:
             call_command(*args)
         assert error.value.returncode == 2
+
+
+def test_a_launch_that_fails_answers_in_json_and_exits_1():
+    Project.objects.create(name="Half", slug="half")  # still installing
+    out = StringIO()
+    with pytest.raises(SystemExit) as exit_:
+        call_command("launch_project", "half", "--json", stdout=out)
+    report = json.loads(out.getvalue())
+    assert exit_.value.code == 1 and report["status"] == "stopped"
+    assert report["error"]["category"] == "validation"
+    assert "not installed yet" in report["error"]["message"]

@@ -4,6 +4,7 @@ import hashlib
 import os
 import signal
 import threading
+import time
 from datetime import timedelta
 
 import httpx
@@ -222,18 +223,25 @@ def test_a_reinstall_records_a_restore_point_and_runs_every_step_again(repos):
     assert steps_run(Project.objects.get(pk=project.pk)).count("clone_comfyui") == 2
 
 
-def test_a_crashed_project_that_asked_for_it_is_restarted_by_the_worker_tick(repos):
+def test_the_worker_tick_queues_one_restart_and_never_waits_for_comfyui(
+    repos, tmp_path, monkeypatch
+):
     project = runtime.launch(build("Phoenix", spec(repos)), timeout=30)
     project.touch(auto_restart=True)
     os.killpg(project.pid, signal.SIGKILL)
     os.waitpid(project.pid, 0)
-    runtime.watch()
-    project.refresh_from_db()
-    assert project.run_state == RunState.CRASHED
-    runtime.watch(now=project.updated_at + timedelta(seconds=2))
-    project.refresh_from_db()
-    assert project.run_state == RunState.RUNNING and project.restarts == 1
-    runtime.stop(project)
+    runtime.watch()  # notices the crash
+    monkeypatch.setenv("FAKE_COMFY_GATE", str(tmp_path / "gate"))  # a start that takes long
+    due = Project.objects.get(pk=project.pk).updated_at + timedelta(seconds=2)
+    started = time.monotonic()
+    runtime.watch(now=due)
+    runtime.watch(now=due + timedelta(minutes=10))
+    assert time.monotonic() - started < 5  # the tick did not wait for ComfyUI
+    launch = Job.objects.get(kind="project_launch")  # one, however many ticks saw the crash
+    assert launch.status == Status.QUEUED and Project.objects.get(pk=project.pk).restarts == 1
+    (tmp_path / "gate").touch()
+    assert run_foreground(launch.pk).status == Status.SUCCEEDED
+    runtime.stop(Project.objects.get(pk=project.pk))
 
 
 def test_comfyui_output_reaches_its_log_while_it_starts_with_secrets_redacted(

@@ -1,13 +1,14 @@
 from pathlib import Path
 
 from django.conf import settings
-from django.db import models
+from django.db import models, transaction
+from django.db.models import F
 from django.utils import timezone
 from django.utils.text import slugify
 
 from comfyhub.library import index
 from comfyhub.library.models import Download
-from recovery.models import Job
+from recovery.models import TERMINAL, Job
 
 LOG_TAIL_BYTES = 64 * 1024
 
@@ -140,6 +141,31 @@ class Project(models.Model):
     def latest_job(self, kind: str) -> Job | None:
         """The newest job of `kind` (e.g. project_launch) that names this project."""
         return Job.objects.filter(kind=kind, params__project=self.pk).first()
+
+    def active_job(self, kind: str) -> Job | None:
+        """The unfinished job of `kind` for this project, if any."""
+        mine = Job.objects.filter(kind=kind, params__project=self.pk)
+        return mine.exclude(status__in=TERMINAL).first()
+
+    def queue_job(self, kind: str, dispatch: bool = True, **params) -> Job:
+        """The job of `kind` under way for this project, else a new one (handed to the
+        worker unless `dispatch` is False). Never two at once: the look and the insert
+        happen under the project row's lock."""
+        with transaction.atomic():
+            Project.objects.select_for_update().filter(pk=self.pk).first()
+            job = self.active_job(kind)
+            if job is None:
+                job = Job.objects.create(kind=kind, params={"project": self.pk, **params})
+                if dispatch:
+                    job.dispatch()
+        return job
+
+    def claim_restart(self, now) -> bool:
+        """Compare-and-set: of the worker ticks that see this crash, one counts a restart."""
+        crashed = Project.objects.filter(
+            pk=self.pk, run_state=RunState.CRASHED, restarts=self.restarts
+        )
+        return bool(crashed.update(restarts=F("restarts") + 1, updated_at=now))
 
     def retry_install(self) -> bool:
         """Run the install again from where it stopped (a pruned job: from the start)."""

@@ -209,12 +209,15 @@ def delete(project: Project) -> None:
 
 
 def watch(now=None) -> None:
-    """Worker tick: notice crashes; restart those that asked for it, with backoff."""
+    """Worker tick: notice crashes; queue a launch job for each crashed project that asked
+    to be restarted, with backoff. Never launches here: ComfyUI may take minutes to answer,
+    and the tick carries the heartbeat, the reaper and dispatch."""
     now = now or timezone.now()
     for project in Project.objects.filter(run_state__in=[RunState.RUNNING, RunState.STARTING]):
         refresh(project)
     for project in Project.objects.filter(run_state=RunState.CRASHED, auto_restart=True):
-        if now >= project.updated_at + timedelta(seconds=min(2**project.restarts, 300)):
-            project.touch(restarts=project.restarts + 1)
-            with contextlib.suppress(JobError):
-                launch(project)
+        due = project.updated_at + timedelta(seconds=min(2**project.restarts, 300))
+        if now < due or project.active_job("project_launch"):
+            continue
+        if project.claim_restart(now):
+            project.queue_job("project_launch")
