@@ -11,6 +11,7 @@ import httpx
 import pytest
 from django.db import connection
 
+from comfyhub.library.models import Download
 from comfyhub.projects import install, restore, runtime, specs, tools
 from comfyhub.projects.export import launcher_json
 from comfyhub.projects.models import Project, ProjectStatus, RunState
@@ -260,6 +261,33 @@ def test_comfyui_output_reaches_its_log_while_it_starts_with_secrets_redacted(
     log = project.log_tail("comfyui")
     assert "hunter2" not in log and "https://user:[redacted]@example.org/x.bin" in log
     runtime.stop(project)
+
+
+def test_cancelling_a_models_download_mid_install_stops_at_models_until_the_user_chooses(repos):
+    data = os.urandom(2_000_000)
+    with FileServer() as files:
+        model = {"directory": "checkpoints", "name": "big.bin", "url": files.add("/b", data)}
+        files.add("/b", data, rate=10_000)  # minutes, even over 8 connections
+        project = install.create("Big", spec(repos, models=[model]))
+        download = Download.objects.get()  # queued at once, joined by the models step
+        canceller = threading.Thread(target=in_thread(cancel_once_moving), args=(download.job_id,))
+        canceller.start()
+        job = run_foreground(project.install_job_id)
+        canceller.join()
+        project.refresh_from_db()
+        assert job.status == Status.FAILED and project.status == ProjectStatus.FAILED
+        assert job.checkpoint_data["current"] == "models"
+        assert "You cancelled the download of checkpoints/big.bin" in job.error_message
+        files.add("/b", data)  # full speed again
+        project.download_again(model)
+        assert run_foreground(project.install_job_id).status == Status.SUCCEEDED
+    assert Project.objects.get(pk=project.pk).status == ProjectStatus.READY
+
+
+def cancel_once_moving(pk: int) -> None:
+    moving = Job.objects.filter(pk=pk, status=Status.RUNNING, progress_done__gt=0)
+    wait_until(moving.exists, what="the download to move")
+    assert Job.objects.get(pk=pk).cancel()
 
 
 def in_thread(func):

@@ -312,3 +312,30 @@ class DeleteForm(forms.Form):
         label="Yes, delete this project's folder (shared models stay)",
         error_messages={"required": "Tick the box to confirm: deleting cannot be undone."},
     )
+
+
+class ChosenModelForm(forms.Form):
+    """One model of the project's spec, named by its DIR/NAME; cleans to the spec entry."""
+
+    model = forms.ChoiceField(
+        error_messages={"invalid_choice": "This project needs no model %(value)s."}
+    )
+
+    def __init__(self, project, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.models = {model_key(m): m for m in project.spec.get("models", [])}
+        self.fields["model"].choices = [(key, key) for key in self.models]
+
+    def clean_model(self) -> dict:
+        return self.models[self.cleaned_data["model"]]
+
+
+class DownloadAgainForm(ChosenModelForm):
+    def clean_model(self) -> dict:
+        model = super().clean_model()
+        if not model.get("url"):
+            raise forms.ValidationError(
+                f"No download link is known for {model_key(model)}: put the file in the "
+                "models folder, or go without it."
+            )
+        return model

@@ -8,7 +8,7 @@ templates/live/project_<kind>.html with the context registered here.
 from comfyhub.live.consumers import card_context
 from comfyhub.projects import restore, runtime
 from comfyhub.projects.install import STEP_LABELS, run_steps
-from comfyhub.projects.models import Project, RestorePoint, RunState
+from comfyhub.projects.models import INSTALL_STATUS, Project, RestorePoint, RunState
 from recovery.engine import recoverable
 from recovery.errors import JobError
 from recovery.models import Category, Job, Status
@@ -77,7 +77,13 @@ def step_state(job: Job | None, done: bool, current: bool) -> str:
 
 @card_context("project_install")
 def install_card(job: Job) -> dict:
-    return {"project": Project.objects.filter(install_job=job).first(), "steps": install_steps(job)}
+    project = Project.objects.filter(install_job=job).first()
+    return {
+        "project": project,
+        "steps": install_steps(job),
+        "status": INSTALL_STATUS[job.status],
+        "cancelled": project.cancelled_models() if project else [],
+    }
 
 
 @card_context("project_launch")

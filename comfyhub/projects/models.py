@@ -8,7 +8,7 @@ from django.utils.text import slugify
 
 from comfyhub.library import index
 from comfyhub.library.models import Download
-from recovery.models import TERMINAL, Job
+from recovery.models import TERMINAL, Job, Status
 
 LOG_TAIL_BYTES = 64 * 1024
 
@@ -25,6 +25,18 @@ class RunState(models.TextChoices):
     RUNNING = "running", "Running"
     CRASHED = "crashed", "Crashed"
 
+
+# What a project is while its install job is in each state. The page's live badge reads
+# it from the job, whose row is written before the project's follows it.
+INSTALL_STATUS = {
+    Status.QUEUED: ProjectStatus.INSTALLING,
+    Status.RUNNING: ProjectStatus.INSTALLING,
+    Status.WAITING: ProjectStatus.INSTALLING,
+    Status.PAUSED: ProjectStatus.INSTALLING,
+    Status.SUCCEEDED: ProjectStatus.READY,
+    Status.FAILED: ProjectStatus.FAILED,
+    Status.CANCELLED: ProjectStatus.FAILED,
+}
 
 # Slugs that would collide with the pages under /projects/.
 RESERVED_SLUGS = frozenset({"new", "import"})
@@ -124,19 +136,41 @@ class Project(models.Model):
         return "\n".join(text.splitlines()[-lines:])
 
     def model_rows(self) -> list[dict]:
-        """Each model of the spec: present, skipped (on purpose) or neither, and its newest
-        download if there is one."""
+        """Each model of the spec: present, skipped (on purpose) or neither, its newest
+        download if there is one, and whether the user must choose how to go on."""
         models = self.spec.get("models", [])
         downloads = newest_downloads([model_key(m) for m in models])
+        return [model_row(m, downloads.get(model_key(m)), self.models_skipped) for m in models]
+
+    def cancelled_models(self) -> list[str]:
+        """Needed models, not in the models folder, whose newest download was cancelled:
+        the install waits for the user to download each again or go without it."""
+        wanted = {model_key(m): m for m in self.required_models()}
+        newest = newest_downloads(list(wanted))
         return [
-            {
-                "key": model_key(m),
-                "skipped": model_key(m) in self.models_skipped,
-                "present": index.is_present(m["directory"], m["name"], m.get("sha256") or ""),
-                "download": downloads.get(model_key(m)),
-            }
-            for m in models
+            key
+            for key, download in newest.items()
+            if download.job.status == Status.CANCELLED and not present(wanted[key])
         ]
+
+    def go_without(self, key: str) -> None:
+        """Leave model `key` out (the user chose to), then let the install go on."""
+        with transaction.atomic():
+            # Under the row's lock: two choices made at once both land.
+            mine = Project.objects.select_for_update().filter(pk=self.pk)
+            skipped = mine.values_list("models_skipped", flat=True).get()
+            if key not in skipped:
+                self.touch(models_skipped=[*skipped, key])
+        self.retry_install()
+
+    def download_again(self, model: dict) -> Download:
+        """A new download of a model of the spec (one already under way is joined), then
+        the install goes on."""
+        download, _ = Download.objects.queue(
+            model["url"], model_key(model), model.get("sha256") or "", model.get("size")
+        )
+        self.retry_install()
+        return download
 
     def latest_job(self, kind: str) -> Job | None:
         """The newest job of `kind` (e.g. project_launch) that names this project."""
@@ -183,6 +217,28 @@ class Project(models.Model):
         self.save(update_fields=list(fields))
 
 
+def present(model: dict) -> bool:
+    return index.is_present(model["directory"], model["name"], model.get("sha256") or "")
+
+
+def model_row(model: dict, download: Download | None, skipped: list[str]) -> dict:
+    """A model as the project page lists it. `choose`: the install cannot get it on its
+    own (its download was cancelled or failed, or no link is known), so the page offers
+    the ways forward."""
+    status = download.job.status if download else None
+    row = {
+        "key": model_key(model),
+        "url": model.get("url") or "",
+        "skipped": model_key(model) in skipped,
+        "present": present(model),
+        "download": download,
+        "cancelled": status == Status.CANCELLED,
+    }
+    stuck = status in (Status.CANCELLED, Status.FAILED) or not (download or row["url"])
+    row["choose"] = stuck and not (row["present"] or row["skipped"])
+    return row
+
+
 def model_key(model: dict) -> str:
     return f"{model['directory']}/{model['name']}"
 
@@ -210,16 +266,10 @@ class RestorePoint(models.Model):
 
 
 def follow_install_job(sender, job: Job, **kwargs) -> None:
-    """A project's status follows its install job: ready or failed with it, installing
-    while it runs (again)."""
+    """A project's status follows its install job (INSTALL_STATUS): a cancelled install
+    never leaves it "installing"."""
     if job.kind != "project_install":
         return
-    projects = Project.objects.filter(install_job=job)
-    if job.status == "succeeded":
-        projects.update(status=ProjectStatus.READY, updated_at=timezone.now())
-    elif job.status == "failed":
-        projects.update(status=ProjectStatus.FAILED, updated_at=timezone.now())
-    elif job.status in ("queued", "running", "waiting"):
-        projects.exclude(status=ProjectStatus.INSTALLING).update(
-            status=ProjectStatus.INSTALLING, updated_at=timezone.now()
-        )
+    status = INSTALL_STATUS[job.status]
+    projects = Project.objects.filter(install_job=job).exclude(status=status)
+    projects.update(status=status, updated_at=timezone.now())
