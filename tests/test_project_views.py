@@ -154,6 +154,14 @@ def test_create_from_a_template_queues_the_install_and_lands_on_the_project(clie
     assert downloads and project.install_job.status == Status.QUEUED and sent == 1 + downloads
 
 
+def test_a_10000_character_name_is_refused_at_once_saying_the_limit(client):
+    data = {"template": a_template_with_models().name, "name": "x" * 10_000}
+    response = client.post("/projects/new/", data)
+    assert response.status_code == 400
+    assert b"A project name is at most 100 characters (this one has 10000)" in response.content
+    assert not Project.objects.exists() and not Download.objects.exists()
+
+
 def test_an_unknown_template_is_refused_with_a_message(client):
     response = client.post("/projects/new/", {"template": "no_such", "name": "X"})
     assert response.status_code == 400 and b"There is no template named" in response.content

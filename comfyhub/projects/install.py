@@ -15,8 +15,10 @@ from django.db import transaction
 from comfyhub.library.models import Download
 from comfyhub.projects import tools
 from comfyhub.projects.models import (
+    MAX_NAME,
     Project,
     ProjectStatus,
+    check_name,
     model_key,
     present,
     unique_slug,
@@ -58,6 +60,7 @@ def create(name: str, spec: dict, skipped: list[str] | None = None) -> Project:
     Missing models are queued for download at once, so they arrive while ComfyUI is being
     cloned and installed; the install's models step joins those downloads.
     """
+    name = check_name(name)
     with transaction.atomic():
         project = Project.objects.create(
             name=name, slug=unique_slug(name), spec=spec, models_skipped=skipped or []
@@ -203,7 +206,8 @@ def defer_long_waits(key: str):
 def workflow(project: Project, job: Job) -> None:
     if not project.spec.get("workflow"):
         return
-    name = re.sub(r"[^A-Za-z0-9 ._-]", "_", project.spec.get("workflow_name") or project.slug)
+    raw = project.spec.get("workflow_name") or project.slug
+    name = re.sub(r"[^A-Za-z0-9 ._-]", "_", raw)[:MAX_NAME]
     folder = project.comfyui_dir / "user" / "default" / "workflows"
     folder.mkdir(parents=True, exist_ok=True)
     (folder / f"{name}.json").write_text(json.dumps(project.spec["workflow"], indent=2))

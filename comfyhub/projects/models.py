@@ -8,9 +8,11 @@ from django.utils.text import slugify
 
 from comfyhub.library import index
 from comfyhub.library.models import Download
-from recovery.models import TERMINAL, Job, Status
+from recovery.errors import JobError
+from recovery.models import TERMINAL, Category, Job, Status
 
 LOG_TAIL_BYTES = 64 * 1024
+MAX_NAME = 100  # characters of a project name (its workflow file is named after it)
 
 
 class ProjectStatus(models.TextChoices):
@@ -42,6 +44,19 @@ INSTALL_STATUS = {
 RESERVED_SLUGS = frozenset({"new", "import"})
 
 
+def check_name(name: str) -> str:
+    """A project name as given, trimmed; JobError (validation) when empty or too long."""
+    name = name.strip()
+    if not name:
+        raise JobError("A project needs a name.", category=Category.VALIDATION)
+    if len(name) > MAX_NAME:
+        raise JobError(
+            f"A project name is at most {MAX_NAME} characters (this one has {len(name)}).",
+            category=Category.VALIDATION,
+        )
+    return name
+
+
 def unique_slug(name: str) -> str:
     base = slugify(name)[:50] or "project"
     slug, n = base, 2
@@ -59,7 +74,7 @@ class Project(models.Model):
     installed are recorded in comfyui_commit / node_pins.
     """
 
-    name = models.CharField(max_length=100)
+    name = models.CharField(max_length=MAX_NAME)
     slug = models.SlugField(max_length=60, unique=True)
     status = models.CharField(
         max_length=16, choices=ProjectStatus.choices, default=ProjectStatus.INSTALLING
