@@ -7,9 +7,12 @@ traceback.
 
 import ipaddress
 import os
+import re
 import secrets
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
+
+from cryptography.fernet import Fernet
 
 
 class ConfigError(Exception):
@@ -147,26 +150,74 @@ def database_from_url(name: str, url: str) -> dict:
     }
 
 
+def write_once(path: Path, value: str) -> None:
+    """Create `path` (mode 0600) holding `value`, unless it exists.
+
+    Written aside then hard-linked: web and worker may start at once, and neither may ever
+    read a half-written file.
+    """
+    if path.exists():
+        return
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(value)
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        pass
+    finally:
+        tmp.unlink()
+
+
 def secret_key(data_dir: Path) -> str:
     """COMFYHUB_SECRET_KEY, else a key generated once into the data dir (mode 0600)."""
     given = env("COMFYHUB_SECRET_KEY")
     if given:
         return given
     path = data_dir / "secret_key"
-    if not path.exists():
-        # Written aside then hard-linked: web and worker may start at once, and neither
-        # may ever read a half-written key.
-        tmp = data_dir / f".secret_key.{os.getpid()}"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            fh.write(secrets.token_urlsafe(50))
-        try:
-            os.link(tmp, path)
-        except FileExistsError:
-            pass
-        finally:
-            tmp.unlink()
+    write_once(path, secrets.token_urlsafe(50))
     key = path.read_text().strip()
     if not key:
         raise ConfigError(f"COMFYHUB_SECRET_KEY is unset and {path} is empty; delete it")
     return key
+
+
+def token_keys(text: str) -> list[str]:
+    """The Fernet keys in `text`, comma- or line-separated; the first one seals.
+
+    Raises ValueError when there is none, or one is not a Fernet key.
+    """
+    keys = [key for key in re.split(r"[\s,]+", text) if key]
+    if not keys:
+        raise ValueError("no token key")
+    for key in keys:
+        Fernet(key)
+    return keys
+
+
+def envkeys(name: str) -> str:
+    """Fernet keys from the environment; a bad value is named, never echoed (a secret)."""
+    raw = env(name)
+    if not raw:
+        return raw
+    try:
+        token_keys(raw)
+    except ValueError:
+        raise ConfigError(
+            f"{name} must be one or more Fernet keys, comma-separated; make one with: python "
+            '-c "from cryptography.fernet import Fernet; print(Fernet.generate_key().decode())"'
+        ) from None
+    return raw
+
+
+def file_token_keys(path: Path) -> list[str]:
+    """The keys in the token key file, which is generated once (mode 0600) when absent."""
+    write_once(path, Fernet.generate_key().decode() + "\n")
+    try:
+        return token_keys(path.read_text())
+    except ValueError:
+        raise ConfigError(
+            f"{path} holds no token key: restore it from a backup, or delete it and enter "
+            "the stored tokens again on the Settings page"
+        ) from None

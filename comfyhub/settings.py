@@ -11,8 +11,10 @@ from comfyhub.config import (
     envfloat,
     envhost,
     envint,
+    envkeys,
     envrange,
     envurl,
+    file_token_keys,
     is_loopback,
     secret_key,
     sqlite_database,
@@ -48,6 +50,9 @@ MANAGER_DATA_URL = envurl(
     "https://raw.githubusercontent.com/Comfy-Org/ComfyUI-Manager/main/",
     ("http", "https"),
 )
+# Off: ignore the installed package's copy and always use MANAGER_DATA_URL (tests, and a
+# way to follow ComfyUI-Manager's newest lists without upgrading the package).
+MANAGER_DATA_PACKAGE = envbool("COMFYHUB_MANAGER_DATA_PACKAGE", True)
 FINDER_CACHE_SECONDS = envint("COMFYHUB_FINDER_CACHE_SECONDS", 24 * 3600, 0, 30 * 24 * 3600)
 # Per-request timeout of the finder's remote sources: a dead source must not hang a search.
 FINDER_TIMEOUT = envfloat("COMFYHUB_FINDER_TIMEOUT", 10.0, low=0.1)
@@ -59,6 +64,14 @@ WORKER_TICK_SECONDS = envfloat("COMFYHUB_WORKER_TICK_SECONDS", 1.0, low=0.05)
 WORKER_STALE_SECONDS = envfloat("COMFYHUB_WORKER_STALE_SECONDS", 15.0, low=1.0)
 
 SECRET_KEY = secret_key(DATA_DIR)
+# Tokens saved on the Settings page are sealed with these Fernet keys (see
+# comfyhub/library/sealing.py): COMFYHUB_TOKEN_KEY when set (comma-separated; the first
+# seals, the others still open), else the file generated once beside the secret key. Every
+# process sharing a database needs the same keys.
+TOKEN_KEY = envkeys("COMFYHUB_TOKEN_KEY")
+TOKEN_KEY_FILE = DATA_DIR / "token_key"
+if not TOKEN_KEY:
+    file_token_keys(TOKEN_KEY_FILE)
 DEBUG = envbool("COMFYHUB_DEBUG")
 
 # Off loopback, ComfyHub is reachable by others: every page and socket needs a login.
@@ -163,8 +176,9 @@ RECOVERY_BACKOFF_SCALE = envfloat("COMFYHUB_BACKOFF_SCALE", 1.0)
 RECOVERY_RETENTION_DAYS = envint("COMFYHUB_RETENTION_DAYS", 30, 1, 3650)
 RECOVERY_BREAKER_THRESHOLD = envint("COMFYHUB_BREAKER_THRESHOLD", 5, 1, 1000)
 RECOVERY_BREAKER_COOLDOWN = envfloat("COMFYHUB_BREAKER_COOLDOWN", 30.0)
+RECOVERY_MAX_LOST_ATTEMPTS = envint("COMFYHUB_MAX_LOST_ATTEMPTS", 3, 1, 1000)
 RECOVERY_JOB_MODULES = [m for m in env("COMFYHUB_JOB_MODULES").split(",") if m]
-RECOVERY_SECRET_SETTINGS = ["HF_TOKEN", "CIVITAI_API_TOKEN", "SECRET_KEY"]
+RECOVERY_SECRET_SETTINGS = ["HF_TOKEN", "CIVITAI_API_TOKEN", "SECRET_KEY", "TOKEN_KEY"]
 RECOVERY_TICK_HOOKS = ["comfyhub.projects.runtime.watch"]
 
 AUTH_PASSWORD_VALIDATORS = [

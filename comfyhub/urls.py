@@ -1,5 +1,8 @@
 from django.contrib import admin
+from django.contrib.auth.decorators import login_not_required
+from django.templatetags.static import static
 from django.urls import include, path
+from django.views.generic import RedirectView
 
 from comfyhub import views
 from comfyhub.library import views as library_views
@@ -17,6 +20,11 @@ urlpatterns = [
     path("settings/", views.settings_page, name="settings"),
     path("system/", views.system, name="system"),
     path("healthz", views.healthz, name="healthz"),
+    # Browsers ask for it on every first visit, logged in or not.
+    path(
+        "favicon.ico",
+        login_not_required(RedirectView.as_view(url=static("favicon.ico"), permanent=True)),
+    ),
     path("admin/", admin.site.urls),
     path("", include("comfyhub.projects.urls")),
 ]

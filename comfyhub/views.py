@@ -1,24 +1,22 @@
-import math
-from datetime import datetime
-
 from channels.layers import get_channel_layer
 from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_not_required
 from django.db import connection
-from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
+from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
-from django.utils import timezone
 from django.views.decorators.debug import sensitive_post_parameters
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from comfyhub.context_processors import needing_user
+from comfyhub.library import sealing
 from comfyhub.library.forms import TokenForm
 from comfyhub.library.models import StoredToken, TokenName, mask
 from recovery import metrics
 from recovery.engine import enqueue
 from recovery.models import BreakerState, Category, CircuitBreaker, Job, Status, WorkerHeartbeat
 from recovery.policy import DEFAULTS, policy_for
+from recovery.views import act_on
 
 # Rows per list on the Recovery page: a page, not a dump (the admin lists everything).
 LISTED = 200
@@ -59,54 +57,18 @@ def system(request: HttpRequest) -> HttpResponse:
     return render(request, "system.html", ctx)
 
 
-JOB_ACTIONS = {
-    "pause": Job.pause,
-    "resume": Job.resume,
-    "cancel": Job.cancel,
-    "retry": Job.retry_now,
-    "dismiss": Job.dismiss,
-}
-
-
-def act_on(request: HttpRequest, job: Job, action: str) -> None:
-    """Apply a user action; say so when the job had already moved on."""
-    if action not in JOB_ACTIONS:
-        raise Http404(f"No action {action!r}")
-    if not JOB_ACTIONS[action](job):
-        status = job.get_status_display().lower()
-        messages.info(request, f"Nothing changed: {job.kind} #{job.pk} is {status} now.")
-
-
-def seconds_until(when: datetime | None, now: datetime) -> int | None:
-    return None if when is None else max(0, math.ceil((when - now).total_seconds()))
-
-
 @require_GET
 def recovery(request: HttpRequest) -> HttpResponse:
-    now = timezone.now()
     needs_you = needing_user().select_related("download").order_by("-updated_at")
     waiting = Job.objects.filter(status=Status.WAITING).exclude(pk__in=needing_user())
-    breakers = list(CircuitBreaker.objects.exclude(state=BreakerState.CLOSED).order_by("key"))
-    for breaker in breakers:
-        breaker.probe_in = seconds_until(breaker.next_probe_at, now)
+    breakers = CircuitBreaker.objects.exclude(state=BreakerState.CLOSED).order_by("key")
     ctx = {
-        "needs_you": with_countdown(needs_you[:LISTED], now),
-        "waiting": with_countdown(
-            waiting.select_related("download").order_by("next_attempt_at")[:LISTED], now
-        ),
+        "needs_you": needs_you[:LISTED],
+        "waiting": waiting.select_related("download").order_by("next_attempt_at")[:LISTED],
         "breakers": breakers,
-        "metrics": metrics.compute(now),
+        "metrics": metrics.compute(),
     }
     return render(request, "recovery/recovery.html", ctx)
-
-
-def with_countdown(jobs, now: datetime) -> list[Job]:
-    """The jobs, each with `retry_in`: whole seconds until a waiting job's next try."""
-    jobs = list(jobs)
-    for job in jobs:
-        due = job.next_attempt_at if job.status == Status.WAITING else None
-        job.retry_in = seconds_until(due, now)
-    return jobs
 
 
 @require_POST
@@ -127,10 +89,12 @@ def settings_page(request: HttpRequest) -> HttpResponse:
 
 
 def settings_context(form: TokenForm) -> dict:
-    stored = dict(StoredToken.objects.values_list("name", "value"))
+    # name -> token, or None for a token no key opens any more
+    stored = {token.name: token.value for token in StoredToken.objects.all()}
     return {
         "form": form,
-        "tokens": [token_row(name, stored.get(name, ""), form) for name in TokenName],
+        "tokens": [token_row(name, stored, form) for name in TokenName],
+        "token_key": settings.TOKEN_KEY_FILE if sealing.keys_in_file() else "COMFYHUB_TOKEN_KEY",
         "policies": [
             (Category(c).label, policy_for("", c)) for c in DEFAULTS if c != Category.CANCELLED
         ],
@@ -151,14 +115,15 @@ def settings_context(form: TokenForm) -> dict:
     }
 
 
-def token_row(name: TokenName, stored: str, posted: TokenForm) -> dict:
+def token_row(name: TokenName, stored: dict, posted: TokenForm) -> dict:
     """What the page may know of a token: whether and where it is set, masked."""
     environment = getattr(settings, name)
     mine = posted.is_bound and posted.data.get("name") == name
     return {
         "name": name.value,
         "label": name.label,
-        "stored": mask(stored) if stored else "",
+        "stored": mask(stored[name]) if stored.get(name) else "",
+        "unreadable": name in stored and stored[name] is None,
         "environment": mask(environment) if environment else "",
         "form": posted if mine else TokenForm(initial={"name": name}, auto_id=f"{name.value}-%s"),
     }

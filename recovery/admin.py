@@ -75,6 +75,7 @@ class JobAdmin(admin.ModelAdmin):
                     "max_attempts",
                     "transient_failures",
                     "integrity_restarts",
+                    "lost_attempts",
                     "next_attempt_at",
                     "breaker_key",
                 )

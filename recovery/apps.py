@@ -1,6 +1,8 @@
 from django.apps import AppConfig
 from django.utils.module_loading import autodiscover_modules
 
+from recovery.registry import load_job_modules
+
 
 class RecoveryConfig(AppConfig):
     name = "recovery"
@@ -8,8 +10,6 @@ class RecoveryConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        # Every installed app's jobs.py registers its job kinds with @recovery.job.
-        from recovery.engine import load_job_modules
-
+        # Every installed app's jobs.py registers its job kinds with @recoverable.
         autodiscover_modules("jobs")
         load_job_modules()

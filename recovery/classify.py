@@ -21,8 +21,8 @@ import httpx
 from django.core.exceptions import ValidationError
 from django.utils import timezone
 
-from recovery.errors import JobError
-from recovery.models import Category
+from recovery.choices import Category
+from recovery.errors import BreakerOpen, JobError
 from recovery.redact import redact
 
 TRANSIENT = frozenset({Category.NETWORK, Category.TIMEOUT, Category.SERVER, Category.RATE_LIMITED})
@@ -80,6 +80,12 @@ def _diagnose(exc: BaseException, now: datetime) -> _Verdict:
 
 def _job_error(exc: JobError, now: datetime) -> _Verdict:
     return _Verdict(exc.category, exc.message, exc.retry_after, exc.detail)
+
+
+def _breaker_open(exc: BreakerOpen, now: datetime) -> _Verdict:
+    # The breaker opened on transient failures, so this passes on its own, like a 503.
+    wait = max(0.0, (exc.retry_at - now).total_seconds())
+    return _Verdict(Category.SERVER, exc.message, wait)
 
 
 def _unknown(exc: BaseException, now: datetime) -> _Verdict:
@@ -482,6 +488,7 @@ def _words(name: str) -> str:
 # (JSONDecodeError and UnicodeDecodeError are ValueErrors; TimeoutException a TransportError).
 _HANDLERS = (
     (JobError, _job_error),
+    (BreakerOpen, _breaker_open),
     (httpx.HTTPStatusError, _http_status),
     (httpx.UnsupportedProtocol, _unsupported_protocol),
     (httpx.TimeoutException, _http_timeout),

@@ -11,6 +11,7 @@ DEFAULTS = {
     "RECOVERY_BREAKER_THRESHOLD": 5,  # consecutive transient failures that open a breaker
     "RECOVERY_BREAKER_COOLDOWN": 30.0,  # first open period, doubled on each failed probe
     "RECOVERY_BREAKER_MAX_COOLDOWN": 1800.0,
+    "RECOVERY_MAX_LOST_ATTEMPTS": 3,  # tries in a row whose worker died without progress
     "RECOVERY_REDISPATCH_SECONDS": 300.0,  # re-send a queued job whose message got lost
     "RECOVERY_RETENTION_DAYS": 30,
     "RECOVERY_POLICIES": {},  # {category: {max_attempts, base, cap, jitter}} overrides

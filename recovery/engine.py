@@ -1,68 +1,37 @@
 """Running jobs: claim, attempt, classify, apply the policy, schedule — never sleep.
 
-A task is straight-line code registered with @recoverable; it calls job.checkpoint(...)
-and job.progress(done, total) and raises on failure. execute() owns everything else. The
-django-q2 cluster calls execute(job_id); management commands call run_foreground(), which
-goes through the same execute().
+A task is straight-line code registered with @recoverable (recovery.registry); it calls
+job.checkpoint(...) and job.progress(done, total) and raises on failure. execute() owns
+everything else. The django-q2 cluster calls work(job_id); management commands call
+run_foreground(), which goes through the same execute().
 """
 
 import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from importlib import import_module
 
 from django.db import connection
 from django.utils import timezone
 
+from recovery.choices import Category, Outcome, Requested, Status
 from recovery.classify import Failure, classify
 from recovery.conf import setting
 from recovery.errors import Defer, LeaseLost, PauseRequested
 from recovery.models import (
     Attempt,
-    Category,
     CircuitBreaker,
     Job,
-    Outcome,
-    Status,
     holder_is_dead,
     process_name,
+    request_end,
 )
 from recovery.policy import Action, policy_for
+from recovery.registry import REGISTRY, Kind, run_cancel_hook
+from recovery.signals import job_changed
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class Kind:
-    name: str
-    func: Callable[[Job], None]
-    policies: dict = field(default_factory=dict)
-    on_cancel: Callable[[Job], None] | None = None
-
-
-REGISTRY: dict[str, Kind] = {}
-
-
-def recoverable(kind: str, *, policies: dict | None = None, on_cancel=None):
-    """Register `func(job)` as the code for jobs of `kind`.
-
-    `policies` overrides the retry policy per category for this kind, e.g.
-    {"network": {"max_attempts": 20}}. `on_cancel(job)` cleans up after a cancel.
-    """
-
-    def register(func: Callable[[Job], None]) -> Callable[[Job], None]:
-        REGISTRY[kind] = Kind(kind, func, policies or {}, on_cancel)
-        return func
-
-    return register
-
-
-def load_job_modules() -> None:
-    for module in setting("RECOVERY_JOB_MODULES"):
-        import_module(module)
 
 
 def enqueue(kind: str, params: dict | None = None, *, breaker_key: str = "") -> Job:
@@ -111,15 +80,11 @@ def run_once(job_id: int, owner: str = "", now: datetime | None = None) -> Job |
     kind = REGISTRY.get(job.kind)
     if kind is None:
         refuse_unknown_kind(job)
-    elif not job.breaker_key or breaker_allows(job, owner, now):
-        attempt = Attempt.objects.create(
-            job=job,
-            number=job.attempt,
-            owner=owner,
-            started_at=now,
-            progress_from=job.progress_done,
-        )
-        run_attempt(job, kind, attempt)
+        return job
+    attempt = Attempt.objects.create(
+        job=job, number=job.attempt, owner=owner, started_at=now, progress_from=job.progress_done
+    )
+    run_attempt(job, kind, attempt, now)
     return job
 
 
@@ -132,78 +97,81 @@ def refuse_unknown_kind(job: Job) -> None:
         error_category=Category.VALIDATION,
         error_message=message,
     )
-    return job.status
 
 
-def breaker_allows(job: Job, owner: str, now: datetime) -> bool:
-    allowed, retry_at = CircuitBreaker.allow(job.breaker_key, owner, now)
-    if not allowed:
-        message = (
-            f"{job.breaker_key} failed several times in a row, so ComfyHub is giving it a "
-            f"rest; it tries again at {retry_at:%H:%M:%S} UTC. Nothing to do."
-        )
-        # Not an attempt: nothing was tried.
-        job.release(
-            status=Status.WAITING,
-            next_attempt_at=retry_at,
-            attempt=job.attempt - 1,
-            dispatched_at=None,
-            error_message=message,
-        )
-    return allowed
-
-
-def run_attempt(job: Job, kind: Kind, attempt: Attempt) -> None:
+def run_attempt(job: Job, kind: Kind, attempt: Attempt, now: datetime) -> None:
+    """Run the task behind the job's breaker (an open one defers the job: no attempt)."""
     start_checkpoint = dict(job.checkpoint_data)
+
+    def progressed() -> bool:
+        return job.progress_done > attempt.progress_from or job.checkpoint_data != start_checkpoint
+
     with LeaseKeeper(job):
         try:
-            kind.func(job)
+            with CircuitBreaker.guard(job.breaker_key, job.owner, now, progressed=progressed):
+                kind.func(job)
         except LeaseLost:
             attempt.close(Outcome.LOST, progress_to=job.progress_done)
         except Defer as defer:
             settle_deferred(job, attempt, defer)
         except PauseRequested:
-            job.release(status=Status.PAUSED, error_message="Paused by the user.")
-            attempt.close(Outcome.PAUSED, progress_to=job.progress_done)
+            settle(job, attempt, Outcome.PAUSED, **request_end(Requested.PAUSE, timezone.now()))
         except Exception as exc:
-            progressed = (
-                job.progress_done > attempt.progress_from or job.checkpoint_data != start_checkpoint
-            )
-            settle_failure(job, kind, attempt, classify(exc), progressed)
+            settle_failure(job, kind, attempt, classify(exc), progressed())
         else:
-            settle_success(job, attempt)
+            settle(job, attempt, Outcome.SUCCEEDED, **succeeded(timezone.now()))
+
+
+def succeeded(now: datetime) -> dict:
+    return {
+        "status": Status.SUCCEEDED,
+        "finished_at": now,
+        "transient_failures": 0,
+        "error_category": "",
+        "error_message": "",
+        "error_detail": "",
+    }
+
+
+def settle(
+    job: Job, attempt: Attempt, outcome: str, failure: Failure | None = None, **fields
+) -> None:
+    """End the attempt: release the job with `fields`, close the attempt as `outcome`.
+
+    A pause or cancel asked for meanwhile takes over (Job.release): the attempt then says
+    so, and a cancel runs the kind's cleanup. The attempt ended without its worker dying,
+    which breaks any run of lost attempts.
+    """
+    now = timezone.now()
+    released = job.release(lost_attempts=0, **fields)
+    if released and job.status != fields["status"]:
+        outcome = Outcome(job.status)
+    attempt.close(outcome, failure, progress_to=job.progress_done, now=now)
+    if released and job.status == Status.CANCELLED:
+        run_cancel_hook(job)
 
 
 def settle_deferred(job: Job, attempt: Attempt, defer: Defer) -> None:
-    """The task could not start yet: wait, and don't count this as an attempt."""
-    retry_at = timezone.now() + timedelta(seconds=defer.seconds)
-    job.release(
+    """The task could not start yet (no free slot, an open breaker): wait until the
+    Defer is due, and don't count this as an attempt."""
+    released = job.release(
         status=Status.WAITING,
-        next_attempt_at=retry_at,
+        next_attempt_at=defer.due(timezone.now()),
         attempt=job.attempt - 1,
         dispatched_at=None,
         error_message=defer.message,
     )
     attempt.delete()
-
-
-def settle_success(job: Job, attempt: Attempt) -> None:
-    now = timezone.now()
-    job.release(
-        status=Status.SUCCEEDED,
-        finished_at=now,
-        transient_failures=0,
-        error_category="",
-        error_message="",
-        error_detail="",
-    )
-    attempt.close(Outcome.SUCCEEDED, progress_to=job.progress_done, now=now)
-    if job.breaker_key:
-        CircuitBreaker.record_success(job.breaker_key, now)
+    if released and job.status == Status.CANCELLED:
+        run_cancel_hook(job)
 
 
 def settle_failure(job: Job, kind: Kind, attempt: Attempt, failure: Failure, progressed: bool):
-    """Apply the category's policy: retry later, restart, pause, or fail."""
+    """Apply the category's policy: retry later, restart, pause, or fail.
+
+    Progress resets the count of failures in a row, and `max_attempts` becomes this
+    attempt plus the tries the policy has left from here (see Job).
+    """
     now = timezone.now()
     policy = policy_for(job.kind, failure.category, kind.policies)
     failures = 1 if progressed else job.transient_failures + 1
@@ -211,59 +179,32 @@ def settle_failure(job: Job, kind: Kind, attempt: Attempt, failure: Failure, pro
         "error_category": failure.category,
         "error_message": failure.message,
         "error_detail": failure.detail,
-        "max_attempts": policy.max_attempts,
+        "max_attempts": job.attempt + max(0, policy.max_attempts - failures),
     }
-    record_on_breaker(job, failure, progressed, now)
+    counted = {**error, "transient_failures": failures}
     if failure.category == Category.CANCELLED:
-        outcome = settle_cancelled(job, kind, error, now)
+        fields = {"status": Status.CANCELLED, "finished_at": now, **error}
+        settle(job, attempt, Outcome.CANCELLED, failure, **fields)
     elif policy.action == Action.RETRY and not policy.gives_up(failures):
-        delay = timedelta(seconds=policy.delay(failures, failure.retry_after))
-        job.release(
-            status=Status.WAITING,
-            next_attempt_at=now + delay,
-            dispatched_at=None,
-            transient_failures=failures,
-            **error,
-        )
-        outcome = Outcome.RETRY
+        retry_at = now + timedelta(seconds=policy.delay(failures, failure.retry_after))
+        fields = {"status": Status.WAITING, "next_attempt_at": retry_at, "dispatched_at": None}
+        settle(job, attempt, Outcome.RETRY, failure, **fields, **counted)
     elif policy.action == Action.RESTART and job.integrity_restarts + 1 < policy.max_attempts:
-        outcome = settle_restart(job, error)
+        settle_restart(job, attempt, failure, error)
     elif policy.action == Action.PAUSE:
-        job.release(status=Status.PAUSED, transient_failures=failures, **error)
-        outcome = Outcome.PAUSED
+        settle(job, attempt, Outcome.PAUSED, failure, status=Status.PAUSED, **counted)
     else:
-        job.release(status=Status.FAILED, finished_at=now, transient_failures=failures, **error)
-        outcome = Outcome.FAILED
-    attempt.close(outcome, failure, progress_to=job.progress_done, now=now)
+        fields = {"status": Status.FAILED, "finished_at": now, **counted}
+        settle(job, attempt, Outcome.FAILED, failure, **fields)
 
 
-def record_on_breaker(job: Job, failure: Failure, progressed: bool, now: datetime) -> None:
-    """A host that sent bytes before the connection dropped is up: that attempt closes
-    the breaker rather than counting towards opening it (a 40 GB file over a flaky link
-    must not lock out its own host)."""
-    if not job.breaker_key or not failure.transient:
-        return
-    if progressed:
-        CircuitBreaker.record_success(job.breaker_key, now)
-    else:
-        CircuitBreaker.record_failure(job.breaker_key, now)
-
-
-def settle_cancelled(job: Job, kind: Kind, error: dict, now: datetime) -> str:
-    job.release(status=Status.CANCELLED, finished_at=now, **error)
-    run_cancel_hook(job)
-    return Outcome.CANCELLED
-
-
-def run_cancel_hook(job: Job) -> None:
-    kind = REGISTRY.get(job.kind)
-    if kind and kind.on_cancel:
-        kind.on_cancel(job)
-
-
-def settle_restart(job: Job, error: dict) -> str:
+def settle_restart(job: Job, attempt: Attempt, failure: Failure, error: dict) -> None:
     """Integrity failure: throw away what was done and start over at once, one time."""
-    job.release(
+    settle(
+        job,
+        attempt,
+        Outcome.RESTARTED,
+        failure,
         status=Status.QUEUED,
         checkpoint_data={},
         progress_done=0,
@@ -271,8 +212,8 @@ def settle_restart(job: Job, error: dict) -> str:
         dispatched_at=None,
         **error,
     )
-    job.dispatch()
-    return Outcome.RESTARTED
+    if job.status == Status.QUEUED:
+        job.dispatch()
 
 
 class LeaseKeeper:
@@ -306,37 +247,65 @@ class LeaseKeeper:
 
 
 def reap_expired(now: datetime | None = None) -> list[int]:
-    """Requeue running jobs whose runner is gone: lease expired, or a dead local process."""
+    """Take back running jobs whose runner is gone (lease expired, or a dead local
+    process). Each is queued to resume from its checkpoint; or ends as the user asked
+    meanwhile (paused, or cancelled with the kind's cleanup); or, once
+    RECOVERY_MAX_LOST_ATTEMPTS tries in a row died without progress, fails (see poisoned)."""
     now = now or timezone.now()
     reclaimed = []
     for job in Job.objects.filter(status=Status.RUNNING):
         expired = job.lease_expires_at is not None and job.lease_expires_at < now
-        if not (expired or holder_is_dead(job.lease_owner)):
-            continue
-        gone = Job.objects.filter(pk=job.pk, status=Status.RUNNING, lease_owner=job.lease_owner)
-        if gone.update(
-            status=Status.QUEUED,
-            lease_owner="",
-            lease_expires_at=None,
-            dispatched_at=None,
-            requested="",
-            updated_at=now,
-        ):
-            close_lost_attempts(job, now)
+        if (expired or holder_is_dead(job.lease_owner)) and reclaim(job, now):
             reclaimed.append(job.pk)
     return reclaimed
 
 
-def close_lost_attempts(job: Job, now: datetime) -> None:
-    message = (
-        "The worker running this stopped (killed or crashed); resuming from the last checkpoint."
+def reclaim(job: Job, now: datetime) -> bool:
+    """Take the run of a holder that is gone; False if another process took it first.
+    A try that moved the job forward before its worker died does not count as lost."""
+    attempt = job.attempts.filter(outcome=Outcome.RUNNING).order_by("number", "id").last()
+    progressed = attempt is not None and job.progress_done > attempt.progress_from
+    lost = 0 if progressed else job.lost_attempts + 1
+    fields = {"status": Status.QUEUED, "dispatched_at": None, "lost_attempts": lost}
+    if lost >= setting("RECOVERY_MAX_LOST_ATTEMPTS"):
+        fields.update(poisoned(job, lost, now))
+    if not job.take_back(fields, now):
+        return False
+    close_lost_attempts(job, now)
+    if job.status == Status.CANCELLED:
+        run_cancel_hook(job)
+    return True
+
+
+def poisoned(job: Job, lost: int, now: datetime) -> dict:
+    """Fail a job whose workers keep dying on it (out of memory, a crashing library):
+    running it again would only take the next worker down too."""
+    tries = job.attempts.filter(outcome__in=(Outcome.LOST, Outcome.RUNNING))
+    lines = [lost_line(a, now) for a in reversed(tries.order_by("-number", "-id")[:lost])]
+    return {
+        "status": Status.FAILED,
+        "finished_at": now,
+        "error_category": Category.UNKNOWN,
+        "error_message": f"The worker stopped {lost} times while running this job — out of memory?",
+        "error_detail": "The worker died during each of these attempts, none of which made "
+        "progress:\n" + "\n".join(lines),
+    }
+
+
+def lost_line(attempt: Attempt, now: datetime) -> str:
+    gone = attempt.finished_at or now
+    return (
+        f"attempt {attempt.number}: worker {attempt.owner or 'unknown'}, "
+        f"started {attempt.started_at:%Y-%m-%d %H:%M:%S}, found gone {gone:%H:%M:%S} UTC"
     )
+
+
+def close_lost_attempts(job: Job, now: datetime) -> None:
+    message = "The worker running this stopped (killed or crashed) before it finished."
     job.attempts.filter(outcome=Outcome.RUNNING).update(
         outcome=Outcome.LOST, finished_at=now, message=message, progress_to=job.progress_done
     )
     job.refresh_from_db()
-    from recovery.signals import job_changed
-
     job_changed.send(sender=Job, job=job)
 
 
@@ -352,11 +321,19 @@ def dispatch_due(now: datetime | None = None) -> list[int]:
     return sent
 
 
-def run_foreground(job_id: int, owner: str = "", sleep=time.sleep, clock=timezone.now) -> Job:
+def run_foreground(
+    job_id: int,
+    owner: str = "",
+    sleep: Callable[[float], None] = time.sleep,
+    clock: Callable[[], datetime] = timezone.now,
+    on_wait: Callable[[Job, float], None] | None = None,
+) -> Job:
     """Run the job here until it succeeds, fails, is cancelled or paused.
 
-    Waits out scheduled retries (a foreground command may sleep; a worker never does) and
-    takes over a job whose previous runner died once its lease has expired.
+    Waits out scheduled retries and open breakers (a foreground command may sleep; a
+    worker never does) and takes over a job whose previous runner died once its lease
+    has expired. Before every sleep, `on_wait(job, seconds)` hears of it: `job` freshly
+    read (its error_message says why it waits), `seconds` how long this sleep is.
     """
     owner = owner or process_name()
     while True:
@@ -370,6 +347,9 @@ def run_foreground(job_id: int, owner: str = "", sleep=time.sleep, clock=timezon
                 continue
             wake = job.lease_expires_at
         if wake and wake > now:
-            sleep(min((wake - now).total_seconds(), 60))
+            seconds = min((wake - now).total_seconds(), 60)
+            if on_wait is not None:
+                on_wait(job, seconds)
+            sleep(seconds)
             continue
         execute(job_id, owner, now)

@@ -1,62 +1,70 @@
+"""The recovery records: Job (the truth about one long operation), Attempt (one try at
+it), CircuitBreaker (one per host, shared by every process) and WorkerHeartbeat.
+
+The vocabulary lives in recovery.choices; it is imported here too, so
+`from recovery.models import Category, Status, Job` keeps working.
+"""
+
+import math
 import os
 import socket
 import time
-from datetime import timedelta
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import datetime, timedelta
 
 from django.db import models, transaction
 from django.db.models import F, Q, Value
-from django.db.models.functions import Coalesce
+from django.db.models.functions import Coalesce, Greatest
 from django.utils import timezone
+from django_q.tasks import async_task
 
+from recovery.choices import (
+    ACTIVE,
+    ESCALATION,
+    TERMINAL,
+    BreakerState,
+    Category,
+    Outcome,
+    Requested,
+    Status,
+)
+from recovery.classify import classify
 from recovery.conf import setting
+from recovery.errors import STOPS, BreakerOpen, Cancelled, LeaseLost, PauseRequested
+from recovery.registry import run_cancel_hook
 from recovery.signals import job_changed
 
+# What the pages' buttons may ask of a job (the URL names them): action -> Job method.
+USER_ACTIONS = {
+    "pause": "pause",
+    "resume": "resume",
+    "cancel": "cancel",
+    "retry": "retry_now",
+    "dismiss": "dismiss",
+}
 
-class Status(models.TextChoices):
-    QUEUED = "queued", "Queued"
-    RUNNING = "running", "Running"
-    WAITING = "waiting", "Waiting"
-    PAUSED = "paused", "Paused"
-    SUCCEEDED = "succeeded", "Succeeded"
-    FAILED = "failed", "Failed"
-    CANCELLED = "cancelled", "Cancelled"
-
-
-TERMINAL = frozenset({Status.SUCCEEDED, Status.FAILED, Status.CANCELLED})
-ACTIVE = frozenset({Status.QUEUED, Status.RUNNING, Status.WAITING})
-
-
-class Category(models.TextChoices):
-    NETWORK = "network", "Network"
-    TIMEOUT = "timeout", "Timeout"
-    SERVER = "server", "Server error"
-    RATE_LIMITED = "rate_limited", "Rate limited"
-    AUTH = "auth", "Authentication"
-    NOT_FOUND = "not_found", "Not found"
-    INTEGRITY = "integrity", "Integrity"
-    DISK_FULL = "disk_full", "Disk full"
-    PERMISSION = "permission", "Permission"
-    VALIDATION = "validation", "Invalid input"
-    DEPENDENCY = "dependency", "Dependency"
-    CANCELLED = "cancelled", "Cancelled"
-    UNKNOWN = "unknown", "Unknown"
+# The ends of a run that a pending user request takes over: a pause stops a job that
+# would run again; a cancel also stops a paused or failed one (its cleanup runs). Nothing
+# takes over a success: the work is done.
+OVERRIDDEN = {
+    Requested.PAUSE: frozenset({Status.QUEUED, Status.WAITING}),
+    Requested.CANCEL: frozenset({Status.QUEUED, Status.WAITING, Status.PAUSED, Status.FAILED}),
+}
 
 
-class Outcome(models.TextChoices):
-    RUNNING = "running", "Running"
-    SUCCEEDED = "succeeded", "Succeeded"
-    RETRY = "retry", "Failed, will retry"
-    FAILED = "failed", "Failed"
-    PAUSED = "paused", "Paused"
-    CANCELLED = "cancelled", "Cancelled"
-    LOST = "lost", "Worker lost"
-    RESTARTED = "restarted", "Restarting from zero"
-
-
-class Requested(models.TextChoices):
-    NOTHING = "", "Nothing"
-    PAUSE = "pause", "Pause"
-    CANCEL = "cancel", "Cancel"
+ENDED_BY_USER = {
+    Requested.PAUSE: {
+        "status": Status.PAUSED,
+        "error_category": "",
+        "error_message": "Paused by the user.",
+    },
+    Requested.CANCEL: {
+        "status": Status.CANCELLED,
+        "error_category": Category.CANCELLED,
+        "error_message": "Cancelled by the user.",
+    },
+}
 
 
 def process_name() -> str:
@@ -86,6 +94,32 @@ def lease_until(now):
     return now + timedelta(seconds=setting("RECOVERY_LEASE_SECONDS"))
 
 
+def seconds_until(when: datetime | None, now: datetime | None = None) -> int | None:
+    """Whole seconds until `when` (0 once it passed); None without a `when`."""
+    if when is None:
+        return None
+    return max(0, math.ceil((when - (now or timezone.now())).total_seconds()))
+
+
+def request_end(requested: str, now: datetime) -> dict:
+    """The fields that end a job the way the user asked: paused, or cancelled."""
+    return {
+        **ENDED_BY_USER[requested],
+        "finished_at": now if requested == Requested.CANCEL else None,
+        "error_detail": "",
+        "next_attempt_at": None,
+        "requested": Requested.NOTHING,
+    }
+
+
+def honouring(requested: str, fields: dict) -> dict:
+    """`fields` that end a run (status, updated_at…), unless the user's pending request
+    takes that end over (OVERRIDDEN): then the job ends as the user asked."""
+    if fields["status"] not in OVERRIDDEN.get(requested, ()):
+        return fields
+    return {**fields, **request_end(requested, fields["updated_at"])}
+
+
 class JobQuerySet(models.QuerySet):
     def active(self):
         return self.filter(status__in=ACTIVE)
@@ -105,6 +139,8 @@ class JobQuerySet(models.QuerySet):
                 lease_owner=owner,
                 lease_expires_at=lease_until(now),
                 attempt=F("attempt") + 1,
+                # The attempt starting now is within the budget shown (see Job).
+                max_attempts=Greatest("max_attempts", F("attempt") + 1),
                 started_at=Coalesce("started_at", Value(now)),
                 next_attempt_at=None,
                 updated_at=now,
@@ -122,7 +158,16 @@ class JobQuerySet(models.QuerySet):
 
 
 class Job(models.Model):
-    """One long operation. The row is the truth; workers only ever act on what it says."""
+    """One long operation. The row is the truth; workers only ever act on what it says.
+
+    `attempt` counts every try (it numbers the Attempt rows). `max_attempts` is the try by
+    which the job gives up unless one of them makes progress first: each failure sets it
+    to `attempt` plus the tries its policy has left, so progress (which resets the failure
+    count) raises it, and a claim never starts a try above it. So "attempt n of m" never
+    reads n > m, and says truthfully how far the job may go from here.
+    `lost_attempts` counts the tries in a row whose worker died without progress.
+    `requested` holds a user's pause/cancel until whoever ends the run carries it out.
+    """
 
     kind = models.CharField(max_length=64, db_index=True)
     params = models.JSONField(default=dict, blank=True)
@@ -133,6 +178,7 @@ class Job(models.Model):
     max_attempts = models.PositiveIntegerField(default=5)
     transient_failures = models.PositiveIntegerField(default=0)
     integrity_restarts = models.PositiveIntegerField(default=0)
+    lost_attempts = models.PositiveIntegerField(default=0)
     next_attempt_at = models.DateTimeField(null=True, blank=True, db_index=True)
     dispatched_at = models.DateTimeField(null=True, blank=True)
     breaker_key = models.CharField(max_length=200, blank=True, db_index=True)
@@ -175,6 +221,11 @@ class Job(models.Model):
         if not self.progress_total:
             return None
         return min(100, int(self.progress_done * 100 / self.progress_total))
+
+    @property
+    def retry_in(self) -> int | None:
+        """Whole seconds until a waiting job's next try; what the pages count down."""
+        return seconds_until(self.next_attempt_at) if self.status == Status.WAITING else None
 
     def write(self, **fields) -> None:
         """Save the given fields (plus updated_at) and tell listeners the job changed."""
@@ -221,8 +272,6 @@ class Job(models.Model):
 
     def check_requests(self) -> None:
         """Cooperative stop: raise if the user paused/cancelled or the lease was taken."""
-        from recovery.errors import Cancelled, LeaseLost, PauseRequested
-
         if self.lease_lost:
             raise LeaseLost(f"job {self.pk} was taken over by another worker")
         if self.requested == Requested.CANCEL:
@@ -241,24 +290,84 @@ class Job(models.Model):
         return True
 
     def release(self, **fields) -> bool:
-        """End this process's run: write `fields` only if it still holds the lease."""
+        """End this process's run with `fields` (a `status` at least) if it still holds
+        the lease; False when another process owns the job now.
+
+        A pause or cancel asked for during the run is carried out here, never dropped: it
+        takes over the end `fields` describe (see `honouring`), so a Cancel that came
+        while an attempt failed ends the job cancelled, not waiting. `self.status` tells
+        how the job ended.
+        """
         fields.update(lease_owner="", lease_expires_at=None, requested=Requested.NOTHING)
         fields["updated_at"] = timezone.now()
         mine = Job.objects.filter(pk=self.pk, status=Status.RUNNING, lease_owner=self.owner)
-        if not mine.update(**fields):
-            self.refresh_from_db()  # someone else owns it now; show their truth
-            return False
-        for name, value in fields.items():
-            setattr(self, name, value)
-        job_changed.send(sender=Job, job=self)
-        return True
+        for requested in ESCALATION:
+            end = honouring(requested, fields)
+            if mine.filter(requested=requested).update(**end):
+                for name, value in end.items():
+                    setattr(self, name, value)
+                job_changed.send(sender=Job, job=self)
+                return True
+        self.refresh_from_db()  # someone else owns it now; show their truth
+        return False
+
+    def take_back(self, fields: dict, now: datetime) -> bool:
+        """The reaper's compare-and-set on a run whose holder is gone (as read into this
+        instance): end it with `fields`, or as the user asked meanwhile (`honouring`).
+        False if the row moved on since it was read."""
+        fields = {**fields, "lease_owner": "", "lease_expires_at": None, "updated_at": now}
+        fields["requested"] = Requested.NOTHING
+        gone = Job.objects.filter(
+            pk=self.pk,
+            status=Status.RUNNING,
+            lease_owner=self.lease_owner,
+            requested=self.requested,
+        )
+        return bool(gone.update(**honouring(self.requested, fields)))
 
     # -- user actions ----------------------------------------------------------------------
 
+    def act(self, action: str) -> bool:
+        """Carry out the user action named `action` (a key of USER_ACTIONS); False when
+        the job had moved on and it no longer applies. ValueError for any other name."""
+        if action not in USER_ACTIONS:
+            raise ValueError(f"no job action {action!r}; known: {', '.join(USER_ACTIONS)}")
+        return getattr(self, USER_ACTIONS[action])()
+
     def pause(self) -> bool:
-        if self.status == Status.RUNNING:
-            return self.transition([Status.RUNNING], requested=Requested.PAUSE)
-        return self.transition([Status.QUEUED, Status.WAITING], status=Status.PAUSED)
+        """Pause at once, or, when running, at the task's next checkpoint (or when its
+        attempt ends, or when the reaper takes it back: the request stays on the row)."""
+        return self.ask(Requested.PAUSE, [Status.QUEUED, Status.WAITING])
+
+    def cancel(self) -> bool:
+        """Cancel at once, or, when running, as for pause; the kind's on_cancel cleans up."""
+        return self.ask(Requested.CANCEL, [Status.QUEUED, Status.WAITING, Status.PAUSED])
+
+    def ask(self, requested: str, stoppable: list[str]) -> bool:
+        """Record the request on the row, then carry it out at once if the job is in a
+        `stoppable` status; a running job's runner (or the reaper) carries it out. False
+        when the job is neither stoppable nor running, or a cancel is already pending."""
+        weaker = ESCALATION[: ESCALATION.index(requested) + 1]
+        askable = Job.objects.filter(pk=self.pk, status__in=[*stoppable, Status.RUNNING])
+        asked = askable.filter(requested__in=weaker).update(
+            requested=requested, updated_at=timezone.now()
+        )
+        if not asked:
+            self.refresh_from_db()
+            return False
+        self.stop_as_asked(requested, stoppable)
+        return True
+
+    def stop_as_asked(self, requested: str, stoppable: list[str]) -> None:
+        # A second compare-and-set: a job that started running since the request was
+        # recorded is left to its runner, which meets the request on the row.
+        now = timezone.now()
+        waiting = Job.objects.filter(pk=self.pk, status__in=stoppable, requested=requested)
+        stopped = waiting.update(**request_end(requested, now), updated_at=now)
+        self.refresh_from_db()
+        job_changed.send(sender=Job, job=self)
+        if stopped and self.status == Status.CANCELLED:
+            run_cancel_hook(self)
 
     def resume(self) -> bool:
         moved = self.transition(
@@ -266,29 +375,12 @@ class Job(models.Model):
             status=Status.QUEUED,
             next_attempt_at=None,
             transient_failures=0,
+            lost_attempts=0,
             requested=Requested.NOTHING,
             dispatched_at=None,
         )
         if moved:
             self.dispatch()
-        return moved
-
-    def cancel(self) -> bool:
-        """Cancel now, or (when running) at the task's next checkpoint; runs on_cancel."""
-        if self.status == Status.RUNNING:
-            return self.transition([Status.RUNNING], requested=Requested.CANCEL)
-        stoppable = [Status.QUEUED, Status.WAITING, Status.PAUSED]
-        moved = self.transition(
-            stoppable,
-            status=Status.CANCELLED,
-            finished_at=timezone.now(),
-            error_category=Category.CANCELLED,
-            error_message="Cancelled by the user.",
-        )
-        if moved:
-            from recovery.engine import run_cancel_hook
-
-            run_cancel_hook(self)
         return moved
 
     def dismiss(self) -> bool:
@@ -301,19 +393,19 @@ class Job(models.Model):
             error_message=f"Dismissed after it failed: {self.error_message}",
         )
         if moved:
-            from recovery.engine import run_cancel_hook
-
             run_cancel_hook(self)
         return moved
 
     def retry_now(self) -> bool:
-        """Run a waiting, paused or failed job at once, with a fresh failure count."""
+        """Run a waiting, paused, failed or cancelled job at once, with fresh failure
+        counts (a cancelled one starts over from what its cancel cleanup left)."""
         moved = self.transition(
-            [Status.WAITING, Status.PAUSED, Status.FAILED],
+            [Status.WAITING, Status.PAUSED, Status.FAILED, Status.CANCELLED],
             status=Status.QUEUED,
             next_attempt_at=None,
             transient_failures=0,
             integrity_restarts=0,
+            lost_attempts=0,
             requested=Requested.NOTHING,
             finished_at=None,
             dispatched_at=None,
@@ -324,8 +416,6 @@ class Job(models.Model):
 
     def dispatch(self) -> None:
         """Hand the job to the worker cluster once the current transaction commits."""
-        from django_q.tasks import async_task
-
         pk = self.pk
         Job.objects.filter(pk=pk).update(dispatched_at=timezone.now())
         transaction.on_commit(lambda: async_task("recovery.engine.work", pk, group="jobs"))
@@ -369,19 +459,13 @@ class Attempt(models.Model):
         self.save()
 
 
-class BreakerState(models.TextChoices):
-    CLOSED = "closed", "Closed"
-    OPEN = "open", "Open"
-    HALF_OPEN = "half_open", "Half-open (probing)"
-
-
 class CircuitBreaker(models.Model):
     """Per-key (e.g. host) breaker shared by every process through the database.
 
     Closed: jobs run. After RECOVERY_BREAKER_THRESHOLD consecutive transient failures it
     opens: jobs for the key wait. After the cooldown, exactly one job claims the half-open
     probe (compare-and-set); its success closes the breaker, its failure re-opens it with
-    twice the cooldown.
+    twice the cooldown. Callers go through `guard`, which asks, runs and records.
     """
 
     key = models.CharField(max_length=200, unique=True)
@@ -404,6 +488,61 @@ class CircuitBreaker(models.Model):
         if self.opened_at is None:
             return None
         return self.opened_at + timedelta(seconds=self.cooldown_seconds)
+
+    @property
+    def probe_in(self) -> int | None:
+        """Whole seconds until the next probe may run (0: now); None when closed."""
+        return seconds_until(self.next_probe_at)
+
+    @classmethod
+    @contextmanager
+    def guard(
+        cls,
+        key: str,
+        owner: str = "",
+        now: datetime | None = None,
+        *,
+        progressed: Callable[[], bool] = lambda: False,
+    ) -> Iterator[None]:
+        """Run a block behind the breaker for `key`: allow, run, record.
+
+            with CircuitBreaker.guard(urlsplit(url).netloc):
+                response = httpx.get(url)
+
+        Before the block: unless `owner` (default: this process) may call `key` at `now`
+        (default: timezone.now()), raises `recovery.errors.BreakerOpen` with `retry_at`,
+        when to look again, and the block does not run. That is while the breaker is
+        open, or while another process holds its half-open probe.
+
+        After the block, how it went is recorded (and the exception, if any, propagates):
+        - it returned: a success (closes a half-open breaker, resets the failure count);
+        - it raised a transient failure (network, timeout, server, rate limited; see
+          recovery.classify): one failure towards opening the breaker, or re-opening a
+          half-open one; unless `progressed()` says the block moved forward first: a host
+          that sent bytes before the connection dropped is up, so that is a success;
+        - it raised any other failure (404, refused token, bad data, full disk): the host
+          answered, a success;
+        - it raised a stop that says nothing of the host (errors.STOPS: pause, cancel,
+          lease lost, Defer, a nested guard's BreakerOpen): nothing is recorded.
+        An empty `key` means no breaker: the block just runs.
+        """
+        if not key:
+            yield
+            return
+        allowed, retry_at = cls.allow(key, owner or process_name(), now or timezone.now())
+        if not allowed:
+            raise BreakerOpen(key, retry_at)
+        try:
+            yield
+        except STOPS:
+            raise
+        except Exception as exc:
+            if classify(exc).transient and not progressed():
+                cls.record_failure(key, timezone.now())
+            else:
+                cls.record_success(key, timezone.now())
+            raise
+        cls.record_success(key, timezone.now())
 
     @classmethod
     def for_key(cls, key: str) -> "CircuitBreaker":

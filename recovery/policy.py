@@ -4,8 +4,8 @@ from dataclasses import dataclass, replace
 
 import tenacity
 
+from recovery.choices import Category
 from recovery.conf import setting
-from recovery.models import Category
 
 
 class Action:

@@ -33,7 +33,9 @@ _PATTERNS = [
     ),
     (re.compile(rf"""(?i)(\b{_AUTH_NAME}\s*:\s*)[^\r\n'"]+"""), rf"\g<1>{MASK}"),
     (re.compile(rf"""(?i)([?&;]{_SENSITIVE_PARAM}=)[^&#\s'"]+"""), rf"\g<1>{MASK}"),
-    (re.compile(r"""(?i)(\b[a-z][a-z0-9+.-]*://[^\s/:@'"]*:)[^\s/@'"]+@"""), rf"\g<1>{MASK}@"),
+    # scheme://user:password@host: greedy up to the last "@" of the authority, since
+    # people paste passwords with a raw "@" in them and URL parsers split at the last one.
+    (re.compile(r"""(?i)(\b[a-z][a-z0-9+.-]*://[^\s/:@'"]*:)[^\s/?#'"]+@"""), rf"\g<1>{MASK}@"),
     (re.compile(r"\bhf_[A-Za-z0-9]{20,}"), MASK),
     (re.compile(r"\bgh[pousr]_[A-Za-z0-9]{30,}"), MASK),
 ]

@@ -194,6 +194,7 @@ class _File:
     script: deque
     rate: int | None
     auth: str | None
+    body_416: bytes
 
     def headers(self) -> dict[str, str]:
         headers = {"Content-Type": "application/octet-stream", "Accept-Ranges": "bytes"}
@@ -274,10 +275,13 @@ class FileServer(LoopbackServer):
         script: list[str] | None = None,
         rate: int | None = None,
         auth: str | None = None,
+        body_416: bytes = b"",
     ) -> str:
+        """Serve `data` at `path`. `body_416` is what a Range past the end gets beside its
+        416 status: CDNs send an HTML error page there."""
         path = "/" + path.lstrip("/")
         steps = deque(parse_step(entry) for entry in script or [])
-        self.files[path] = _File(data, etag, last_modified, steps, rate, auth)
+        self.files[path] = _File(data, etag, last_modified, steps, rate, auth, body_416)
         return self.url(path)
 
     def replace(
@@ -286,7 +290,9 @@ class FileServer(LoopbackServer):
         """A new version of the file for later requests; its script carries on."""
         path = "/" + path.lstrip("/")
         old = self.files[path]
-        self.files[path] = _File(data, etag, last_modified, old.script, old.rate, old.auth)
+        self.files[path] = _File(
+            data, etag, last_modified, old.script, old.rate, old.auth, old.body_416
+        )
 
     def handle(self, h, record: dict) -> None:
         file = self.files.get(record["path"])
@@ -318,7 +324,9 @@ class FileServer(LoopbackServer):
         headers = file.headers()
         if wanted and wanted[0] >= size:
             headers["Content-Range"] = f"bytes */{size}"
-            return self.reply(h, record, 416, b"", headers)
+            if file.body_416:
+                headers["Content-Type"] = "text/html; charset=utf-8"
+            return self.reply(h, record, 416, file.body_416, headers)
         start, end = wanted or (0, size)
         body = file.data[start:end]
         if kind == "flip" and start <= int(arg) < end:

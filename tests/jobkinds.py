@@ -3,9 +3,12 @@
 import time
 from pathlib import Path
 
-from recovery.engine import recoverable
-from recovery.errors import JobError
+import httpx
+
+from recovery.choices import Category
+from recovery.errors import Defer, JobError
 from recovery.models import Job
+from recovery.registry import recoverable
 
 
 def note(job: Job, line: str) -> None:
@@ -40,10 +43,11 @@ def steps(job: Job) -> None:
 def script(job: Job) -> None:
     """params.errors: categories raised by attempts 1..n (null = succeed); then success.
 
-    With params.advance, each attempt makes progress before failing.
+    With params.advance, each attempt makes progress before failing; with
+    params.advance_on, only the attempts of those numbers do.
     """
     errors = job.params.get("errors", [])
-    if job.params.get("advance"):
+    if job.params.get("advance") or job.attempt in job.params.get("advance_on", []):
         job.progress(job.progress_done + 1, 1000)
     if job.attempt <= len(errors) and errors[job.attempt - 1]:
         raise JobError(
@@ -72,8 +76,6 @@ def noop(job: Job) -> None:
 @recoverable("test.leaky")
 def leaky(job: Job) -> None:
     """Calls params.url with params.token in the query and the Authorization header."""
-    import httpx
-
     token = job.params["token"]
     url = f"{job.params['url']}?token={token}"
     response = httpx.get(url, headers={"Authorization": f"Bearer {token}"}, timeout=5)
@@ -86,7 +88,15 @@ CANCELLED_JOBS: list[int] = []
 @recoverable("test.deferring", on_cancel=lambda job: CANCELLED_JOBS.append(job.pk))
 def deferring(job: Job) -> None:
     """Defers while params.busy_file exists, as a download waits for a free slot."""
-    from recovery.errors import Defer
-
     if Path(job.params.get("busy_file", "/nonexistent")).exists():
         raise Defer("Waiting for a free slot.", seconds=5)
+
+
+@recoverable("test.asked_then_ends", on_cancel=lambda job: CANCELLED_JOBS.append(job.pk))
+def asked_then_ends(job: Job) -> None:
+    """Asks params.action (pause/cancel) of itself, as a user would from a page, then,
+    before any checkpoint could notice, fails with params.category (null = succeeds)."""
+    getattr(Job.objects.get(pk=job.pk), job.params["action"])()
+    category = job.params.get("category", Category.NETWORK)
+    if category:
+        raise JobError(f"scripted {category}", category=category)

@@ -3,6 +3,7 @@
 import hashlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -10,7 +11,9 @@ from io import StringIO
 
 import pytest
 from django.core.management import CommandError, call_command
+from django.utils import timezone
 
+from recovery.models import BreakerState, CircuitBreaker
 from tests.conftest import ROOT, subprocess_env, wait_until
 from tests.fileserver import FileServer
 
@@ -45,6 +48,9 @@ def download(*args: str) -> dict:
         ["http://127.0.0.1/x", "--dest", "checkpoints/../../x.bin"],
         ["http://127.0.0.1/x", "--dest", "checkpoints/x.bin", "--sha256", "nothex"],
         ["http://127.0.0.1/x", "--dest", "checkpoints/x.bin", "--size", "-1"],
+        ["http://127.0.0.1/x", "--dest", "checkpoints/x.bin", "--size", "9" * 23],
+        ["http://127.0.0.1/x\r\nHost: evil", "--dest", "checkpoints/x.bin"],
+        ["http://127.0.0.1/x", "--dest", f"checkpoints/{'x' * 300}.bin"],
     ],
 )
 def test_bad_input_exits_2_with_a_clear_message(args):
@@ -60,6 +66,35 @@ def test_a_real_bad_invocation_prints_one_line_and_exits_2(tmp_path):
     assert result.stderr.strip() == (
         "CommandError: Only http:// and https:// URLs can be downloaded (got 'ftp://h/x')."
     )
+
+
+def test_a_size_beyond_any_disk_is_refused_as_validation():
+    with pytest.raises(CommandError) as error:
+        call_command("download", "http://h/x", "--dest", "vae/x.bin", "--size", "9" * 23)
+    assert error.value.returncode == 2
+    assert "--size must be a whole number of bytes from 0 to" in str(error.value)
+
+
+def test_a_file_name_too_long_for_its_part_json_is_refused_plainly():
+    with pytest.raises(CommandError) as error:
+        call_command("download", "http://h/x", "--dest", f"vae/{'x' * 300}.bin")
+    assert error.value.returncode == 2 and "is 304 bytes long; at most 245 fit" in str(error.value)
+
+
+def test_a_link_planted_beside_the_destination_is_refused_before_the_job(models_dir, tmp_path):
+    (models_dir / "vae").mkdir()
+    (models_dir / "vae/x.bin.part").symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(CommandError) as error:
+        call_command("download", "http://h/x", "--dest", "vae/x.bin")
+    assert error.value.returncode == 2 and "is a link or not a plain file" in str(error.value)
+    assert not (tmp_path / "elsewhere").exists()
+
+
+def test_a_refused_url_never_echoes_its_password():
+    with pytest.raises(CommandError) as error:
+        call_command("download", "ftp://me:hunter2@h/x", "--dest", "checkpoints/x.bin")
+    assert error.value.returncode == 2 and "hunter2" not in str(error.value)
+    assert "ftp://me:[redacted]@h/x" in str(error.value)
 
 
 def test_json_reports_a_verified_download(server, models_dir):
@@ -120,3 +155,15 @@ def test_a_killed_download_resumes_its_part_when_run_again(server, tmp_path, mod
     assert json.loads(second.stdout)["sha256"] == sha
     assert server.requests[-1]["headers"]["range"].startswith("bytes=")
     assert server.bytes_sent() <= size + 16 * 1024 * 1024
+
+
+def test_a_download_waiting_on_an_open_breaker_says_so_and_for_how_long(server, capsys):
+    server.add("/m.bin", DATA)
+    host = server.url("/m.bin").split("/")[2]
+    CircuitBreaker.objects.create(
+        key=host, state=BreakerState.OPEN, opened_at=timezone.now(), cooldown_seconds=1.5
+    )
+    result = download(server.url("/m.bin"), "--dest", "checkpoints/m.bin")
+    waited = capsys.readouterr().err
+    assert result["status"] == "succeeded"
+    assert re.search(r"waiting [12] s: .*failed several times in a row", waited), waited

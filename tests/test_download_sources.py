@@ -5,6 +5,7 @@ import os
 
 import pytest
 
+from comfyhub.library import sources
 from comfyhub.library.models import Download
 from recovery.engine import run_foreground
 from recovery.models import Status
@@ -123,3 +124,20 @@ def test_no_token_is_sent_to_any_other_host(hf, cdn):
     _, job = fetch(cdn.add("/plain.bin", DATA))
     assert job.status == Status.SUCCEEDED
     assert "authorization" not in cdn.requests[0]["headers"]
+
+
+def test_a_token_is_never_sent_over_plain_http_to_its_host(hf, settings):
+    settings.HF_ENDPOINT = hf.base.replace("http://", "https://")
+    hf.add_file("org/model", "unet.safetensors", DATA)
+    _, job = fetch(f"{hf.base}/org/model/resolve/main/unet.safetensors")
+    assert job.status == Status.FAILED and job.error_category == "auth"
+    assert "authorization" not in hf.requests[0]["headers"]
+    assert "https://" in job.error_message
+
+
+def test_hugging_faces_token_goes_only_to_its_https_origin(settings):
+    settings.HF_ENDPOINT, settings.HF_TOKEN = "https://huggingface.co", "hf_only_over_https_0123"
+    assert sources.token_for("https://huggingface.co/a")[1] == "hf_only_over_https_0123"
+    assert sources.token_for("https://huggingface.co:443/a")[1] == "hf_only_over_https_0123"
+    assert sources.token_for("http://huggingface.co/a") == ("", "")
+    assert sources.token_for("https://huggingface.co:8443/a") == ("", "")

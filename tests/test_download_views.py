@@ -1,3 +1,4 @@
+import re
 from datetime import timedelta
 
 import pytest
@@ -58,6 +59,20 @@ def test_a_bad_destination_is_refused_with_the_reason(client):
 def test_a_non_http_url_is_refused(client):
     response = client.post("/downloads/", {"url": "file:///etc/passwd", "dest": "vae/x.bin"})
     assert response.status_code == 400 and b"Only http" in response.content
+
+
+def test_a_size_and_a_url_with_a_line_break_are_refused_with_the_reason(client):
+    response = client.post(
+        "/downloads/",
+        {"url": "https://example.org/m.bin\r\nX-Evil: 1", "dest": "vae/m.bin", "size": 10**30},
+    )
+    assert response.status_code == 400 and not Download.objects.exists()
+    assert b"line break" in response.content and b"whole number of bytes" in response.content
+
+
+def test_a_size_given_in_the_form_is_expected_of_the_file(client):
+    client.post("/downloads/", {"url": "https://example.org/m.bin", "dest": "vae/m.bin", "size": 7})
+    assert Download.objects.get().expected_size == 7
 
 
 def test_posting_without_csrf_is_refused():
@@ -130,9 +145,13 @@ def test_an_unknown_filter_is_400_and_lists_everything(client):
 
 def test_a_waiting_download_shows_its_attempt_and_a_countdown(client):
     due = timezone.now() + timedelta(seconds=6.2)
-    queued(status=Status.WAITING, transient_failures=2, max_attempts=10, next_attempt_at=due)
+    queued(
+        status=Status.WAITING, attempt=3, transient_failures=2, max_attempts=10, next_attempt_at=due
+    )
     html = client.get("/downloads/").content.decode()
-    assert "attempt 3/10" in html and "retrying in 7 s" in html and 'data-retry-in="7"' in html
+    # Whole seconds left when the page rendered: 7, or less on a slow machine.
+    left = int(re.search(r'data-retry-in="(\d+)"', html)[1])
+    assert "attempt 3/10" in html and 1 <= left <= 7 and f"retrying in {left} s" in html
 
 
 def test_an_auth_failure_links_to_settings(client):

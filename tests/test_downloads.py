@@ -1,5 +1,6 @@
 """Downloads against a misbehaving loopback server: every fault ends verified or explained."""
 
+import errno
 import hashlib
 import os
 import time
@@ -176,6 +177,21 @@ def test_a_complete_part_answered_with_416_is_verified_without_a_body(server, mo
     assert server.requests[0]["status"] == 416 and server.bytes_sent() == 0
 
 
+def test_a_416_body_never_reaches_the_part(server, models_dir):
+    url = server.add(
+        "/m.bin", DATA, body_416=b"<html><body>416 Range Not Satisfiable</body></html>"
+    )
+    # Neither size nor sha256 known: nothing but the 416 handling keeps the HTML out.
+    download, _ = Download.objects.request(url, "checkpoints/m.bin")
+    Download.objects.filter(pk=download.pk).update(url=url)
+    download.path.parent.mkdir()
+    download.part_path.write_bytes(DATA)
+    download.sidecar_path.write_text(f'{{"url": "{url}", "validator": "\\"v1\\""}}')
+    job = run_foreground(download.job_id)
+    assert job.status == Status.SUCCEEDED and server.requests[0]["status"] == 416
+    assert download.path.read_bytes() == DATA and job.attempt == 1
+
+
 def test_a_wrong_size_fails_verification(server, models_dir):
     _download, job = fetch(server.add("/m.bin", DATA), sha256="", size=len(DATA) + 1)
     assert job.status == Status.FAILED and job.error_category == "integrity"
@@ -224,19 +240,28 @@ def test_resume_after_pause_continues_from_the_part(server):
     assert server.requests[-1]["headers"]["range"] == "bytes=1500000-"
 
 
-def test_a_full_disk_while_writing_pauses_with_what_is_needed_and_where(server, models_dir):
-    url = server.add("/m.bin", DATA)
-    download, _ = Download.objects.request(url, "checkpoints/m.bin", SHA)
-    download.url = url
-    download.save()
-    download.path.parent.mkdir()
-    # /dev/full answers every write with ENOSPC, as a full disk does.
-    download.part_path.symlink_to("/dev/full")
-    download.sidecar_path.write_text(f'{{"url": "{url}", "validator": "\\"v1\\""}}')
+def full_disk_for(monkeypatch, path) -> None:
+    """Writes to `path` fail with ENOSPC, as on a full disk. The one fake OS call in these
+    tests: a real full filesystem needs root to mount, and a link to /dev/full is refused."""
+    write = os.write
+
+    def refusing(fd: int, data) -> int:
+        if path.exists() and os.path.samestat(os.fstat(fd), os.stat(path)):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return write(fd, data)
+
+    monkeypatch.setattr(os, "write", refusing)
+
+
+def test_a_full_disk_while_writing_pauses_with_what_is_needed_and_where(
+    server, models_dir, monkeypatch
+):
+    download, _ = Download.objects.request(server.add("/m.bin", DATA), "checkpoints/m.bin", SHA)
+    full_disk_for(monkeypatch, download.part_path)
     job = run_foreground(download.job_id)
     assert job.status == Status.PAUSED and job.error_category == "disk_full"
     assert "needs 3.1 MB more" in job.error_message and str(models_dir) in job.error_message
-    download.part_path.unlink()
+    monkeypatch.undo()
     assert job.retry_now() and run_foreground(job.pk).status == Status.SUCCEEDED
 
 

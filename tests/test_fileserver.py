@@ -95,6 +95,14 @@ def test_a_range_starting_past_the_end_is_416(server):
     assert response.content == b""
 
 
+def test_a_416_can_carry_an_html_page_as_cdns_send(server):
+    url = server.add("/f.bin", DATA, body_416=b"<html>Range Not Satisfiable</html>")
+    response = httpx.get(url, headers={"Range": "bytes=1024-"})
+    assert response.status_code == 416
+    assert response.headers["content-type"].startswith("text/html")
+    assert response.content == b"<html>Range Not Satisfiable</html>"
+
+
 def test_a_stale_if_range_gets_the_whole_file(server):
     url = server.add("/f.bin", DATA)
     stale = httpx.get(url, headers={"Range": "bytes=10-", "If-Range": '"v0"'})

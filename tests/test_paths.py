@@ -1,6 +1,13 @@
 import pytest
 
-from comfyhub.library.paths import BadInput, check_sha256, check_url, models_path
+from comfyhub.library.paths import (
+    BadInput,
+    check_sha256,
+    check_size,
+    check_url,
+    host_of,
+    models_path,
+)
 
 
 @pytest.mark.parametrize(
@@ -51,3 +58,26 @@ def test_a_sha256_must_be_64_hex_characters():
     assert check_sha256("AB" * 32) == "ab" * 32
     with pytest.raises(BadInput, match="64 hexadecimal"):
         check_sha256("abc")
+
+
+@pytest.mark.parametrize("url", ["http://h/a\r\nX: y", "http://h/a\tb", "https://h/\x7f"])
+def test_a_url_with_a_control_character_is_refused(url):
+    with pytest.raises(BadInput, match="line break or another control character"):
+        check_url(url)
+
+
+def test_a_name_leaves_room_for_its_part_json(tmp_path):
+    assert models_path(f"vae/{'x' * 245}", tmp_path).name == "x" * 245
+    with pytest.raises(BadInput, match="246 bytes long; at most 245 fit"):
+        models_path(f"vae/{'x' * 246}", tmp_path)
+
+
+def test_a_host_never_keeps_the_password_of_its_url():
+    assert host_of("https://me:pw@Example.org:8443/x") == "example.org:8443"
+    assert host_of("http://u:p@[::1]/x") == "[::1]"
+
+
+@pytest.mark.parametrize("size", [-1, 10**15 + 1, 10**30, True])
+def test_a_size_is_a_whole_number_of_bytes_within_reason(size):
+    with pytest.raises(BadInput, match="whole number of bytes from 0 to"):
+        check_size(size)

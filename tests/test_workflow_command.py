@@ -15,7 +15,15 @@ from tests.conftest import ROOT, subprocess_env
 pytestmark = pytest.mark.django_db
 
 DATA = Path(__file__).parent / "data" / "workflows"
-LINE_KEYS = {"file", "format", "models", "custom_nodes", "unknown_node_types", "error"}
+LINE_KEYS = {
+    "file",
+    "format",
+    "models",
+    "custom_nodes",
+    "unknown_node_types",
+    "custom_nodes_unavailable",
+    "error",
+}
 
 
 @pytest.fixture
@@ -41,6 +49,7 @@ def test_json_prints_one_object_per_workflow_in_the_documented_shape(folder):
     assert code == 0
     assert [Path(line["file"]).name for line in lines] == ["api_prompt.json", "launcher.json"]
     assert all(set(line) == LINE_KEYS and line["error"] is None for line in lines)
+    assert all(line["custom_nodes_unavailable"] is None for line in lines)
     launcher = lines[1]
     assert set(launcher["models"][0]) == {"directory", "name", "url", "sha256", "present"}
     assert launcher["custom_nodes"][0] == {

@@ -11,6 +11,7 @@ release the GIL), so download, hashing and disk overlap.
 """
 
 import contextlib
+import enum
 import errno
 import hashlib
 import json
@@ -28,9 +29,15 @@ from django.conf import settings
 
 from comfyhub.library import index, sources
 from comfyhub.library.models import Download
-from comfyhub.library.paths import BadInput, check_url
+from comfyhub.library.paths import (
+    BadInput,
+    check_url,
+    open_own_file,
+    open_unfollowed,
+    refuse_planted,
+)
 from recovery.errors import Defer, JobError
-from recovery.models import Job
+from recovery.models import Category, Job
 
 # sha256 states of .part prefixes this process has already hashed, so a retry in the same
 # process resumes without re-reading a 20 GB prefix. Trusted only while the file's size
@@ -47,6 +54,10 @@ RESTARTS = 3
 
 def fetch(job: Job) -> None:
     download = Download.objects.get(job=job)
+    # Requests from a launcher file or an old row were never checked: a bad URL or name
+    # fails here, plainly and at once (BadInput is a validation error).
+    check_url(download.source_url)
+    download.hold_dest()
     if finish_if_present(download, job):
         return
     acquire_slot(download)
@@ -88,7 +99,7 @@ def acquire_slot(download: Download) -> None:
 
 def resolve_into(download: Download, client: httpx.Client) -> None:
     resolved = sources.resolve(download.source_url, client)
-    download.url = resolved.url
+    download.url = check_url(resolved.url)  # an API's answer is input like any other
     download.expected_sha256 = download.expected_sha256 or resolved.sha256
     download.total_bytes = download.expected_size or resolved.size_hint
     download.save(update_fields=["url", "expected_sha256", "total_bytes"])
@@ -98,30 +109,45 @@ def stream(client: httpx.Client, transfer: "Transfer") -> None:
     transfer.check_space()  # before the first request when the size is known already
     for _ in range(RESTARTS):
         with contextlib.closing(open_response(client, transfer)) as response:
-            if accept(response, transfer):
+            answer = accept(response, transfer)
+            if answer == Answer.BODY:
                 transfer.check_space()
                 pump(response, transfer)
+            if answer != Answer.AGAIN:
                 return
     raise JobError(
         f"{transfer.download.host} kept answering with parts that do not fit together; "
         "retrying from the start.",
-        category="server",
+        category=Category.SERVER,
     )
 
 
 def open_response(client: httpx.Client, transfer: "Transfer") -> httpx.Response:
     """GET with Range/If-Range, following redirects by hand so a token never leaves its
     own host."""
-    url = transfer.download.url
+    visited = [transfer.download.url]
     for _ in range(REDIRECTS):
+        url = visited[-1]
         headers = {**transfer.range_headers(), **sources.auth_headers(url)}
         headers["Accept-Encoding"] = "identity"
         response = client.send(client.build_request("GET", url, headers=headers), stream=True)
         if not response.is_redirect:
             return response
         response.close()
-        url = follow(url, response.headers.get("location", ""))
-    raise JobError(f"{transfer.download.host} redirected too many times.", category="server")
+        visited.append(follow(url, response.headers.get("location", "")))
+    raise redirect_loop(transfer.download, visited)
+
+
+def redirect_loop(download: Download, visited: list[str]) -> JobError:
+    """Retrying a loop only repeats it: fail at once, with the chain in the detail."""
+    looped = len(set(visited)) < len(visited)
+    what = "redirects in a loop" if looped else f"redirected more than {REDIRECTS} times"
+    return JobError(
+        f"The link on {download.host} {what}, so the file cannot be reached there. Open it "
+        "in a browser to check it, or use another link.",
+        category=Category.NOT_FOUND,
+        detail="Redirects followed:\n" + "\n".join(visited),
+    )
 
 
 def follow(url: str, location: str) -> str:
@@ -129,26 +155,34 @@ def follow(url: str, location: str) -> str:
         return check_url(urljoin(url, location))
     except BadInput as exc:
         raise JobError(
-            f"The server redirected to an address that cannot be used: {exc}", category="validation"
+            f"The server redirected to an address that cannot be used: {exc}",
+            category=Category.VALIDATION,
         ) from None
 
 
-def accept(response: httpx.Response, transfer: "Transfer") -> bool:
-    """Decide what the answer means for the bytes we have; False means ask again."""
+class Answer(enum.Enum):
+    """What a response means for the .part."""
+
+    BODY = "body"  # its body continues (206) or replaces (200) the .part
+    COMPLETE = "complete"  # 416 for a whole .part: its body (often an HTML page) is no data
+    AGAIN = "again"  # the .part was reset; ask again
+
+
+def accept(response: httpx.Response, transfer: "Transfer") -> Answer:
     status = response.status_code
     if status == 206:
-        return transfer.continue_from(response)
+        return Answer.BODY if transfer.continue_from(response) else Answer.AGAIN
     if status == 200:
         transfer.restart(response)
-        return True
+        return Answer.BODY
     if status == 416:
-        return transfer.check_complete(response)
+        return Answer.COMPLETE if transfer.check_complete(response) else Answer.AGAIN
     if status in (401, 403):
         raise auth_error(transfer.download, status)
     response.read()
     response.raise_for_status()
     raise JobError(
-        f"Unexpected answer HTTP {status} from {transfer.download.host}.", category="server"
+        f"Unexpected answer HTTP {status} from {transfer.download.host}.", category=Category.SERVER
     )
 
 
@@ -156,9 +190,16 @@ def auth_error(download: Download, status: int) -> JobError:
     setting, _ = sources.token_for(download.url)
     if setting:
         fix = f"Set {setting} in Settings to a token that may download this file, then retry."
+    elif sources.endpoint_over_https(download.url):
+        fix = (
+            "Use the https:// link instead: your access token is never sent over plain "
+            "http, where anyone on the way could read it."
+        )
     else:
         fix = "This file needs an access you do not have; check the link."
-    return JobError(f"{download.host} refused the download (HTTP {status}). {fix}", category="auth")
+    return JobError(
+        f"{download.host} refused the download (HTTP {status}). {fix}", category=Category.AUTH
+    )
 
 
 def pump(response: httpx.Response, transfer: "Transfer") -> None:
@@ -176,7 +217,7 @@ def pump(response: httpx.Response, transfer: "Transfer") -> None:
         raise JobError(
             f"The connection to {transfer.download.host} closed after {transfer.offset:,} of "
             f"{transfer.total:,} bytes; resuming from there.",
-            category="network",
+            category=Category.NETWORK,
         )
 
 
@@ -205,8 +246,10 @@ class Sink:
 
     def __init__(self, transfer: "Transfer"):
         self.transfer = transfer
-        # Unbuffered: blocks are large, and a failed write must surface here, not at close.
-        self.file = open(transfer.part, "ab", buffering=0)  # noqa: SIM115  (see __exit__)
+        # A raw descriptor: blocks are large, and a failed write must surface here, not at
+        # close. Appending to what prepare() kept.
+        self.fd = open_own_file(transfer.part)
+        os.lseek(self.fd, 0, os.SEEK_END)
         self.queue: queue.Queue = queue.Queue(maxsize=QUEUE_DEPTH)
         self.error: OSError | None = None
         self.unsynced = 0
@@ -230,7 +273,7 @@ class Sink:
             block = b"".join(pieces)
             if self.error is None:
                 try:
-                    write_all(self.file, block)
+                    write_all(self.fd, block)
                     self.transfer.hasher.update(block)
                 except OSError as exc:
                     self.error = exc
@@ -247,7 +290,7 @@ class Sink:
             self.sync_wanted.clear()
             # Best effort: the final fsync in __exit__ is the one whose error counts.
             with contextlib.suppress(OSError):
-                os.fdatasync(self.file.fileno())
+                os.fdatasync(self.fd)
 
     def __exit__(self, *exc_info) -> None:
         self.queue.put(None)
@@ -257,9 +300,9 @@ class Sink:
         self.syncer.join()
         try:
             if self.error is None:
-                os.fsync(self.file.fileno())
+                os.fsync(self.fd)
         finally:
-            self.file.close()
+            os.close(self.fd)
         if self.error:
             raise self.error
 
@@ -283,16 +326,20 @@ class Transfer:
         return self.download.part_path
 
     def prepare(self) -> None:
-        """Keep the .part only if the sidecar says it came from this URL; re-hash it."""
-        state = read_sidecar(self.download)
-        if self.part.exists() and state.get("url") == self.download.url:
+        """Keep the .part only if the sidecar says it came from this URL; re-hash it.
+
+        Links planted at the .part or its sidecars are refused before anything is read."""
+        download = self.download
+        refuse_planted(*download.working_paths)
+        state = read_sidecar(download)
+        if self.part.exists() and state.get("url") == download.url:
             self.offset = self.part.stat().st_size
             self.hasher = self.prefix_hash()
             self.validator = state.get("validator", "")
         else:
-            self.download.discard_partial()
+            download.discard_partial()
             self.part.parent.mkdir(parents=True, exist_ok=True)
-            self.part.touch()
+            os.close(open_own_file(self.part))
         self.reported_bytes = self.offset
         self.total = self.download.expected_size or self.download.total_bytes
         self.save_sidecar()
@@ -348,8 +395,11 @@ class Transfer:
     def reset(self) -> None:
         self.offset, self.validator, self.hasher = 0, "", hashlib.sha256()
         self.reported_bytes = 0
-        with open(self.part, "wb"):
-            pass
+        fd = open_own_file(self.part)
+        try:
+            os.ftruncate(fd, 0)
+        finally:
+            os.close(fd)
 
     def save_sidecar(self) -> None:
         data = {
@@ -358,8 +408,14 @@ class Transfer:
             "expected_sha256": self.download.expected_sha256,
             "total": self.total,
         }
-        tmp = self.download.sidecar_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(data))
+        tmp = self.download.sidecar_tmp_path
+        fd = open_own_file(tmp)
+        try:
+            os.ftruncate(fd, 0)
+            write_all(fd, json.dumps(data).encode())
+        finally:
+            os.close(fd)
+        # A link planted at the sidecar itself is replaced, never written through.
         os.replace(tmp, self.download.sidecar_path)
 
     def check_space(self) -> None:
@@ -376,7 +432,7 @@ class Transfer:
             f"Not enough disk space in {folder}: this download needs {human(needed)} more and "
             f"{human(free)} is free. Free some space, then press Retry; it resumes where it "
             "stopped.",
-            category="disk_full",
+            category=Category.DISK_FULL,
         )
 
     def record_progress(self) -> None:
@@ -411,6 +467,9 @@ class Transfer:
             self.reject(f"it has {size:,} bytes, expected {self.download.expected_size:,}")
         target = self.download.path
         PREFIX_HASHES.pop(str(self.part), None)
+        # Checked again just before the rename: a link swapped in while the bytes flowed
+        # must not become the destination.
+        refuse_planted(self.part)
         os.replace(self.part, target)
         fsync_dir(target.parent)
         self.download.sidecar_path.unlink(missing_ok=True)
@@ -422,15 +481,15 @@ class Transfer:
             f"The file from {self.download.host} failed verification: {why}. It was "
             "discarded and is downloaded again once; if that fails too, the source file "
             "is probably different from the one expected.",
-            category="integrity",
+            category=Category.INTEGRITY,
         )
 
 
-def write_all(file, chunk: bytes) -> None:
-    """An unbuffered write may be partial (e.g. just before the disk fills)."""
+def write_all(fd: int, chunk: bytes) -> None:
+    """A raw write may be partial (e.g. just before the disk fills)."""
     view = memoryview(chunk)
     while view:
-        view = view[file.write(view) :]
+        view = view[os.write(fd, view) :]
 
 
 def read_sidecar(download: Download) -> dict:
@@ -462,7 +521,7 @@ def content_range(header: str) -> tuple[int | None, int | None]:
 
 
 def hash_into(path, length: int, hasher) -> None:
-    with open(path, "rb") as fh:
+    with open(open_unfollowed(path), "rb") as fh:
         remaining = length
         while remaining and (block := fh.read(min(CHUNK * 4, remaining))):
             hasher.update(block)

@@ -125,8 +125,6 @@ def consult(source: str, ask, query: Query, remote: Remote | None, status: dict)
         status[source] = f"unavailable: {reason}"
         logger.warning("Finder source %s is unavailable: %s", source, reason)
         return []
-    if remote:
-        remote.success()
     status[source] = "ok"
     return found
 

@@ -24,8 +24,8 @@ from comfyhub.library import manager_data, sources
 from comfyhub.library.models import FinderAnswer, LocalModel
 from comfyhub.library.paths import BadInput, check_url
 from recovery.classify import classify
-from recovery.errors import JobError
-from recovery.models import Category, CircuitBreaker, process_name
+from recovery.errors import BreakerOpen, JobError
+from recovery.models import Category, CircuitBreaker
 
 MODEL_SUFFIXES = (".safetensors", ".sft", ".ckpt", ".pt", ".pth", ".bin", ".gguf", ".onnx")
 SEPARATORS = re.compile(r"[-_.\s]+")
@@ -170,59 +170,39 @@ class Candidate:
 # --- Remote access: cache, breaker, failures -------------------------------------------
 
 
-class BreakerOpen(Exception):
-    def __init__(self, retry_at):
-        when = timezone.localtime(retry_at)
-        self.reason = f"it failed repeatedly; next try after {when:%H:%M:%S %Z}"
-        super().__init__(self.reason)
-
-
 class Remote:
     """One remote source during one search. A GET is answered from the cache while fresh;
-    the first one that needs the network asks the source's breaker (`finder:<source>`),
-    and the outcome is recorded there: transient failures count towards opening it."""
+    one that needs the network runs behind the source's breaker (`finder:<source>`),
+    which records how it went: a transient failure counts towards opening it, any answer
+    (a 404 too) closes it (CircuitBreaker.guard)."""
 
     def __init__(self, source: str, client: httpx.Client, now):
         self.source, self.client, self.now = source, client, now
         self.breaker = f"finder:{source}"
-        self.allowed = self.failed = False
 
     def get_json(self, url: str):
         """The JSON body at `url`, or None when the source says there is nothing there."""
         cached = FinderAnswer.objects.fresh(url, self.now)
         if cached is not None:
             return cached.payload
-        response = self.request(url)
-        payload = None
-        if response.status_code not in (404, 410):
-            response.raise_for_status()
-            payload = response.json()
+        with CircuitBreaker.guard(self.breaker):
+            payload = self.request(url)
         FinderAnswer.objects.remember(self.source, url, payload, self.now)
         return payload
 
-    def request(self, url: str) -> httpx.Response:
-        if not self.allowed:
-            allowed, retry_at = CircuitBreaker.allow(self.breaker, process_name(), timezone.now())
-            if not allowed:
-                raise BreakerOpen(retry_at)
-            self.allowed = True
-        return self.client.get(url, headers=sources.auth_headers(url))
+    def request(self, url: str):
+        response = self.client.get(url, headers=sources.auth_headers(url))
+        if response.status_code in (404, 410):
+            return None
+        response.raise_for_status()
+        return response.json()
 
     def failure(self, exc: Exception) -> str:
-        """Record `exc` with the breaker; returns the plain reason to show."""
+        """The plain reason to show for `exc`, which made this source unavailable."""
         if isinstance(exc, BreakerOpen):
-            return exc.reason
-        failure = classify(exc)
-        if failure.transient:
-            self.failed = True
-            CircuitBreaker.record_failure(self.breaker, timezone.now())
-        elif self.allowed:
-            self.success()  # it answered, just not usefully: the host itself is up
-        return plain(failure.message)
-
-    def success(self) -> None:
-        if self.allowed and not self.failed:
-            CircuitBreaker.record_success(self.breaker, timezone.now())
+            when = timezone.localtime(exc.retry_at)
+            return f"it failed repeatedly; next try after {when:%H:%M:%S %Z}"
+        return plain(classify(exc).message)
 
 
 def plain(message: str) -> str:

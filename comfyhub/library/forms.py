@@ -4,7 +4,13 @@ from django import forms
 from django.conf import settings
 
 from comfyhub.library.models import StoredToken, TokenName, mask
-from comfyhub.library.paths import BadInput, check_sha256, check_url, models_path
+from comfyhub.library.paths import (
+    BadInput,
+    check_destination,
+    check_sha256,
+    check_size,
+    check_url,
+)
 from recovery.models import Status
 
 
@@ -14,17 +20,21 @@ class DownloadForm(forms.Form):
         max_length=500, label="Save as", help_text="DIR/NAME in the models folder"
     )
     sha256 = forms.CharField(max_length=64, required=False, label="sha256 (optional)")
+    size = forms.IntegerField(required=False, label="Size in bytes (optional)")
 
     def clean_url(self) -> str:
         return checked(check_url, self.cleaned_data["url"])
 
     def clean_dest(self) -> str:
         dest = self.cleaned_data["dest"].strip()
-        checked(models_path, dest, settings.MODELS_DIR)
+        checked(check_destination, dest, settings.MODELS_DIR)
         return dest
 
     def clean_sha256(self) -> str:
         return checked(check_sha256, self.cleaned_data["sha256"])
+
+    def clean_size(self) -> int | None:
+        return checked(check_size, self.cleaned_data["size"])
 
 
 def checked(check, *args):

@@ -11,6 +11,7 @@ from django.conf import settings
 from django.utils import timezone
 
 from comfyhub.library.models import LocalModel
+from comfyhub.library.paths import BadInput, models_path
 
 IGNORED_SUFFIXES = (".part", ".part.json", ".tmp")
 
@@ -41,7 +42,7 @@ def scan() -> int:
     root = settings.MODELS_DIR.resolve()
     seen = set()
     for path in root.glob("*/**/*"):
-        if path.is_file() and not path.name.endswith(IGNORED_SUFFIXES):
+        if inside(path, root) and not path.name.endswith(IGNORED_SUFFIXES):
             seen.add(record(path).pk)
     LocalModel.objects.exclude(pk__in=seen).delete()
     return len(seen)
@@ -52,11 +53,19 @@ def is_present(directory: str, name: str, sha256: str = "") -> bool:
     hash is known, it matches), or any local file is known to have that sha256."""
     if sha256 and LocalModel.objects.filter(sha256=sha256.lower()).exists():
         return True
-    path = settings.MODELS_DIR / directory / name
+    try:
+        path = models_path(f"{directory}/{name}", settings.MODELS_DIR)
+    except BadInput:  # e.g. a link to a file outside the models folder: not ours to use
+        return False
     if not path.is_file():
         return False
     known = LocalModel.objects.filter(directory=directory, name=name).exclude(sha256="").first()
     return not (sha256 and known and known.sha256 != sha256.lower())
+
+
+def inside(path: Path, root: Path) -> bool:
+    """A file that is in the models folder, also once links are followed."""
+    return path.is_file() and path.resolve().is_relative_to(root)
 
 
 def find_by_sha256(sha256: str) -> LocalModel | None:

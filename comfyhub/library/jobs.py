@@ -1,14 +1,15 @@
 from comfyhub.library.fetch import fetch
 from comfyhub.library.models import Download
 from comfyhub.live.consumers import card_context
-from recovery.engine import recoverable
-from recovery.models import Job
+from recovery.models import Category, Job
+from recovery.registry import recoverable
 
 
 def discard_partial(job: Job) -> None:
-    """Cancelling a download deletes its .part; pausing keeps it."""
+    """Cancelling a download deletes its .part; pausing keeps it. A .part that a newer
+    download of the same file holds now is that one's, and stays."""
     download = Download.objects.filter(job=job).first()
-    if download:
+    if download and not download.taken_by_another():
         download.discard_partial()
 
 
@@ -22,6 +23,10 @@ def download_card(job: Job) -> dict:
     return {"download": Download.objects.filter(job=job).first()}
 
 
-@recoverable("download", on_cancel=discard_partial, policies={"network": QUICK, "timeout": QUICK})
+@recoverable(
+    "download",
+    on_cancel=discard_partial,
+    policies={Category.NETWORK: QUICK, Category.TIMEOUT: QUICK},
+)
 def download(job: Job) -> None:
     fetch(job)

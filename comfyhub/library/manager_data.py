@@ -1,11 +1,12 @@
 """ComfyUI-Manager's data files (extension-node-map.json, custom-node-list.json,
 model-list.json, …), for the node map and the model finder alike.
 
-The installed `comfyui-manager` package's copy comes first. Without the package, a file is
-downloaded from `settings.MANAGER_DATA_URL` into DATA_DIR/cache and revalidated by ETag
-once it is older than the caller's `max_age`. Each request waits at most FINDER_TIMEOUT
-seconds. While the site cannot be reached, or the caller's circuit breaker is open, the
-cached copy answers however old it is: stale data beats none.
+The installed `comfyui-manager` package's copy comes first (unless MANAGER_DATA_PACKAGE is
+off). Without it, a file is downloaded from `settings.MANAGER_DATA_URL` into DATA_DIR/cache
+and revalidated by ETag once it is older than the caller's `max_age`. Each request waits at
+most FINDER_TIMEOUT seconds. While the site cannot be reached, or the caller's circuit
+breaker is open, the cached copy answers however old it is: stale data beats none. With no
+copy at all the failure reaches the caller, who degrades (see `nodemap.default`).
 """
 
 import importlib.util
@@ -22,8 +23,8 @@ from django.conf import settings
 from django.utils import timezone
 
 from recovery.classify import classify
-from recovery.errors import JobError
-from recovery.models import Category, CircuitBreaker, process_name
+from recovery.errors import BreakerOpen, JobError
+from recovery.models import Category, CircuitBreaker
 
 logger = logging.getLogger(__name__)
 
@@ -35,9 +36,9 @@ def manager_file(
     name: str, base_url: str | None = None, *, max_age: float = 0, breaker: str | None = None
 ) -> Path:
     """Path to ComfyUI-Manager's data file `name`: the installed package's copy, else (and
-    always when `base_url` is given) a download from `base_url` or MANAGER_DATA_URL, kept
-    in DATA_DIR/cache as `cached_download` describes."""
-    package = package_dir(PACKAGE)
+    always when `base_url` is given or MANAGER_DATA_PACKAGE is off) a download from
+    `base_url` or MANAGER_DATA_URL, kept in DATA_DIR/cache as `cached_download` describes."""
+    package = package_dir(PACKAGE) if settings.MANAGER_DATA_PACKAGE else None
     if base_url is None and package and (package / name).is_file():
         return package / name
     url = urljoin((base_url or settings.MANAGER_DATA_URL).rstrip("/") + "/", name)
@@ -73,22 +74,13 @@ def cached_download(
 
 
 def fetch(url: str, path: Path, breaker: str | None) -> None:
-    if breaker is None:
-        return download(url, path)
-    allowed, retry_at = CircuitBreaker.allow(breaker, process_name(), timezone.now())
-    if not allowed:
-        raise breaker_open(url, retry_at)
+    """download() behind the breaker `breaker` (none when it is None): a 404 or a broken
+    file is an answer too, so only a failure that can pass on its own counts against it."""
     try:
-        download(url, path)
-    except Exception as exc:
-        # A 404 or a broken file is an answer too: only a failure that can pass on its own
-        # counts against the site (and a half-open probe must be released either way).
-        if classify(exc).transient:
-            CircuitBreaker.record_failure(breaker, timezone.now())
-        else:
-            CircuitBreaker.record_success(breaker, timezone.now())
-        raise
-    CircuitBreaker.record_success(breaker, timezone.now())
+        with CircuitBreaker.guard(breaker or ""):
+            download(url, path)
+    except BreakerOpen as exc:
+        raise breaker_open(url, exc.retry_at) from None
 
 
 def breaker_open(url: str, retry_at) -> JobError:

@@ -1,47 +1,82 @@
+import contextlib
 import hashlib
 import math
 from datetime import timedelta
 from pathlib import Path
-from urllib.parse import urlsplit
 
 from django.conf import settings
-from django.db import models, transaction
+from django.db import IntegrityError, models, transaction
+from django.db.models import F
 from django.utils import timezone
 
-from comfyhub.library.paths import models_path
-from recovery.models import ACTIVE, Job, Status
+from comfyhub.library import sealing
+from comfyhub.library.paths import (
+    DEST_MAX,
+    PART,
+    SIDECAR,
+    SIDECAR_TMP,
+    WORKING_SUFFIXES,
+    beside,
+    canonical,
+    host_of,
+    models_path,
+)
+from recovery.errors import JobError
+from recovery.models import TERMINAL, Category, Job, Status
 
-UNFINISHED = (*ACTIVE, Status.PAUSED)
+# A request that keeps meeting other processes' rows gives up after this many looks.
+JOIN_TRIES = 3
 
 
 class DownloadQuerySet(models.QuerySet):
-    def unfinished(self):
-        return self.filter(job__status__in=UNFINISHED)
-
     def running_on(self, host: str | None = None):
         running = self.filter(job__status=Status.RUNNING)
         return running.filter(host=host) if host else running
 
     def request(self, url: str, dest: str, sha256: str = "", size: int | None = None):
-        """(download, created): one download per destination; a second request joins it.
+        """(download, created): one active download per destination; a second request
+        joins it.
 
-        Inputs must already be checked (paths.check_url, models_path, check_sha256).
+        The database decides, not a look before the insert: `active_dest` is unique, so of
+        two processes racing for one destination exactly one insert succeeds and the other
+        joins that row. Inputs must already be checked (paths.check_url, models_path,
+        check_sha256, check_size).
         """
+        dest = canonical(dest)
+        for _ in range(JOIN_TRIES):
+            holder = self.filter(active_dest=dest).select_related("job").first()
+            if holder and not holder.job.is_terminal:
+                return holder, False
+            if holder:
+                self.release_stale(dest)
+                continue
+            try:
+                return self.start(url, dest, sha256, size), True
+            except IntegrityError:
+                continue  # another process inserted first: the next look finds its row
+        raise JobError(
+            f"Other requests for {dest} kept racing with this one; try again.",
+            category=Category.UNKNOWN,
+        )
+
+    def start(self, url: str, dest: str, sha256: str, size: int | None) -> "Download":
+        host = host_of(url)  # never the user:password@ a URL may carry
         with transaction.atomic():
-            existing = self.unfinished().filter(dest=dest).select_related("job").first()
-            if existing:
-                return existing, False
-            host = urlsplit(url).netloc.lower()
             job = Job.objects.create(kind="download", params={"dest": dest}, breaker_key=host)
-            download = self.create(
+            return self.create(
                 job=job,
                 source_url=url,
                 dest=dest,
+                active_dest=dest,
                 host=host,
                 expected_sha256=sha256,
                 expected_size=size,
             )
-        return download, True
+
+    def release_stale(self, dest: str) -> int:
+        """Free `dest` from a download whose job ended but that still holds it (the process
+        died between the job's last write and the hand-back)."""
+        return self.filter(active_dest=dest, job__status__in=TERMINAL).update(active_dest=None)
 
     def queue(self, url: str, dest: str, sha256: str = "", size: int | None = None):
         """request() for the worker: a new download is handed to the cluster."""
@@ -57,7 +92,13 @@ class Download(models.Model):
     job = models.OneToOneField(Job, on_delete=models.CASCADE, related_name="download")
     source_url = models.URLField(max_length=2000)
     url = models.URLField(max_length=2000, blank=True)  # the file URL after resolution
-    dest = models.CharField(max_length=500, db_index=True)  # DIR/NAME in the models folder
+    dest = models.CharField(max_length=DEST_MAX, db_index=True)  # DIR/NAME in the models folder
+    # `dest` while the download is unfinished, NULL once its job ended: the unique index
+    # is what keeps one active download per destination (NULLs never collide, on SQLite
+    # and PostgreSQL alike). follow_job() keeps it in step with the job's status.
+    active_dest = models.CharField(
+        max_length=DEST_MAX, null=True, blank=True, unique=True, editable=False
+    )
     host = models.CharField(max_length=255, db_index=True)
     expected_size = models.BigIntegerField(null=True, blank=True)
     expected_sha256 = models.CharField(max_length=64, blank=True)
@@ -99,11 +140,20 @@ class Download(models.Model):
 
     @property
     def part_path(self) -> Path:
-        return self.path.with_name(self.path.name + ".part")
+        return beside(self.path, PART)
 
     @property
     def sidecar_path(self) -> Path:
-        return self.path.with_name(self.path.name + ".part.json")
+        return beside(self.path, SIDECAR)
+
+    @property
+    def sidecar_tmp_path(self) -> Path:
+        """Where the sidecar is written before it is renamed into place."""
+        return beside(self.path, SIDECAR_TMP)
+
+    @property
+    def working_paths(self) -> list[Path]:
+        return [beside(self.path, suffix) for suffix in WORKING_SUFFIXES]
 
     def report(self, done: int, total: int | None, speed: float, eta: float | None) -> None:
         self.bytes_done, self.total_bytes, self.speed, self.eta_seconds = done, total, speed, eta
@@ -111,9 +161,48 @@ class Download(models.Model):
         self.save(update_fields=["bytes_done", "total_bytes", "speed", "eta_seconds", "updated_at"])
 
     def discard_partial(self) -> None:
-        """Forget the bytes so far (.part and its sidecar); never touches the destination."""
-        self.part_path.unlink(missing_ok=True)
-        self.sidecar_path.unlink(missing_ok=True)
+        """Forget the bytes so far (.part and its sidecars); never touches the destination."""
+        for path in self.working_paths:
+            path.unlink(missing_ok=True)
+
+    def hold_dest(self) -> None:
+        """Be the one active download of `dest` before writing a byte there, or refuse.
+
+        A download retried after it failed or was cancelled may find a newer one saving
+        the same file: the two must never write the same .part.
+        """
+        Download.objects.release_stale(self.dest)
+        try:
+            with transaction.atomic():
+                mine = Download.objects.filter(pk=self.pk, active_dest__isnull=True)
+                mine.update(active_dest=self.dest)
+        except IntegrityError:
+            raise JobError(
+                f"Another download is already saving {self.dest}; this one stopped so the two "
+                "never write the same file. Follow that one on the Downloads page.",
+                category=Category.VALIDATION,
+            ) from None
+
+    def taken_by_another(self) -> bool:
+        return Download.objects.filter(active_dest=self.dest).exclude(pk=self.pk).exists()
+
+
+def follow_job(sender, job: Job, **kwargs) -> None:
+    """Keep `active_dest` in step with the download's job (connected to job_changed).
+
+    An ended job lets its destination go; a job queued again (Retry after a failure or
+    a cancel) takes it back if it is free. If a newer download holds it, the retried one
+    is refused when it starts (Download.hold_dest).
+    """
+    if job.kind != "download":
+        return
+    if job.status in TERMINAL:
+        Download.objects.filter(job_id=job.pk, active_dest__isnull=False).update(active_dest=None)
+    elif job.status == Status.QUEUED:
+        with contextlib.suppress(IntegrityError), transaction.atomic():
+            Download.objects.filter(job_id=job.pk, active_dest__isnull=True).update(
+                active_dest=F("dest")
+            )
 
 
 class LocalModel(models.Model):
@@ -188,28 +277,67 @@ class TokenName(models.TextChoices):
 
 class StoredTokenQuerySet(models.QuerySet):
     def value_of(self, name: str) -> str:
-        return self.filter(name=name).values_list("value", flat=True).first() or ""
+        """The stored token, or "" when there is none or no key opens it."""
+        token = self.filter(name=name).first()
+        return (token and token.value) or ""
 
     def store(self, name: str, value: str) -> None:
-        self.update_or_create(name=name, defaults={"value": value, "updated_at": timezone.now()})
+        # Sealed inside the write transaction: on SQLite that holds the write lock, so a
+        # key rotation (one transaction) reseals this row, or ran first and left its new
+        # key in the file this seal reads.
+        with transaction.atomic():
+            defaults = {"sealed": sealing.seal(value), "updated_at": timezone.now()}
+            self.update_or_create(name=name, defaults=defaults)
+
+    def reseal(self) -> tuple[int, int]:
+        """Seal every token again under the first key: (resealed, unreadable)."""
+        resealed = 0
+        with transaction.atomic():
+            tokens = list(self.select_for_update())
+            for token in tokens:
+                fresh = sealing.reseal(token.sealed)
+                if fresh:
+                    resealed += self.filter(pk=token.pk).update(sealed=fresh)
+        return resealed, len(tokens) - resealed
+
+    def rotate_key(self) -> tuple[int, int]:
+        """Seal every token under a new key, then drop the old keys: (resealed, unreadable).
+
+        The new key is in the file before any row changes and the old ones leave only after
+        the last, so every process opens every token throughout. With the keys in the
+        environment the tokens are resealed under its first key; dropping the others from
+        COMFYHUB_TOKEN_KEY is the user's step.
+        """
+        if sealing.keys_in_file():
+            sealing.add_key()
+        counts = self.reseal()
+        if sealing.keys_in_file():
+            sealing.drop_old_keys()
+        return counts
 
 
 class StoredToken(models.Model):
     """An access token saved on the Settings page; it wins over the environment variable
     of the same name, so a user can fix an `auth` failure without a restart.
 
-    Write-only as far as pages go: nothing renders `value`, only `mask(value)`; it reaches
-    the network solely as an Authorization header to its own host (sources.auth_headers).
+    Sealed at rest (sealing.py): the row, a dump and the admin hold only `sealed`. Pages
+    render only `mask(value)`; the token reaches the network solely as an Authorization
+    header to its own host (sources.auth_headers).
     """
 
     name = models.CharField(max_length=32, choices=TokenName.choices, unique=True)
-    value = models.TextField()
+    sealed = models.TextField()  # the token sealed with the token key, never the token
     updated_at = models.DateTimeField(default=timezone.now)
 
     objects = StoredTokenQuerySet.as_manager()
 
     def __str__(self) -> str:
         return f"{self.name} (stored)"
+
+    @property
+    def value(self) -> str | None:
+        """The token, or None when no key opens it (the key that sealed it was lost)."""
+        return sealing.unseal(self.sealed)
 
 
 def mask(token: str) -> str:

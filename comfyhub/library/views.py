@@ -5,8 +5,8 @@ from django.views.decorators.http import require_http_methods, require_POST
 
 from comfyhub.library.forms import DownloadFilter, DownloadForm
 from comfyhub.library.models import Download
-from comfyhub.views import act_on
 from recovery.models import Status
+from recovery.views import act_on
 
 # Newest first; beyond this the page says so and the filters narrow it down.
 LISTED = 500

@@ -8,8 +8,8 @@ from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 from django.conf import settings
 
-from recovery.engine import recoverable
 from recovery.models import Job
+from recovery.registry import recoverable
 
 
 def check_database(current: Job) -> None:

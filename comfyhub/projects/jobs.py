@@ -9,9 +9,9 @@ from comfyhub.live.consumers import card_context
 from comfyhub.projects import restore, runtime
 from comfyhub.projects.install import STEP_LABELS, run_steps
 from comfyhub.projects.models import INSTALL_STATUS, Project, RestorePoint, RunState
-from recovery.engine import recoverable
 from recovery.errors import JobError
 from recovery.models import Category, Job, Status
+from recovery.registry import recoverable
 
 STEP_STATE = {Status.RUNNING: "current", Status.FAILED: "failed", Status.CANCELLED: "failed"}
 

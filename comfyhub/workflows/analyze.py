@@ -125,6 +125,9 @@ class Requirements:
     custom_nodes: list[CustomNodePack]
     unknown_node_types: list[str]
     comfyui_commit: str = ""  # pinned by a launcher.json snapshot
+    # Why custom nodes were resolved without ComfyUI-Manager's node map ("" when they were
+    # not): only cnr_id/aux_id placed packs, every other non-core type is in `unknown`.
+    custom_nodes_unavailable: str = ""
 
     def as_json(self) -> dict:
         return {
@@ -132,6 +135,7 @@ class Requirements:
             "models": [model.as_json() for model in self.models],
             "custom_nodes": [pack.as_json() for pack in self.custom_nodes],
             "unknown_node_types": self.unknown_node_types,
+            "custom_nodes_unavailable": self.custom_nodes_unavailable or None,
         }
 
 
@@ -143,13 +147,17 @@ def analyze(
     workflow: Workflow, *, node_map: nodemap.NodeMap | None = None, check_presence: bool = True
 ) -> Requirements:
     """Everything `workflow` needs. `present` is looked up in the local model index unless
-    `check_presence` is False (no database needed then)."""
+    `check_presence` is False (no database needed then). Without ComfyUI-Manager's data the
+    analysis still succeeds, with `custom_nodes_unavailable` saying why."""
     models = required_models(workflow)
     if check_presence:
         for model in models:
             model.present = is_present(model.directory, model.name, model.sha256)
-    packs, unknown = required_nodes(workflow, node_map or nodemap.default())
-    return Requirements(workflow.format, models, packs, unknown, workflow.comfyui_commit)
+    node_map = node_map or nodemap.default()
+    packs, unknown = required_nodes(workflow, node_map)
+    return Requirements(
+        workflow.format, models, packs, unknown, workflow.comfyui_commit, node_map.unavailable
+    )
 
 
 # --- models -------------------------------------------------------------------------------

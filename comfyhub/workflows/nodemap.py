@@ -9,19 +9,25 @@ then its `nodename_pattern` regexes. Anything else is unknown and reported, not 
 
 The map comes from ComfyUI-Manager's data files through `comfyhub.library.manager_data`:
 the installed `comfyui-manager` package's copy, else a download cached in `DATA_DIR/cache`,
-revalidated by ETag on every load.
+revalidated by ETag on every load. When neither can be had, the map degrades to the core
+types alone and says why in `unavailable`: the models of a workflow are still worth
+reporting, and `cnr_id`/`aux_id` still name packs.
 """
 
-import functools
 import json
+import logging
+import math
 import re
+import time
 from dataclasses import dataclass
 
+from comfyhub.library.finder_sources import plain
 from comfyhub.library.manager_data import manager_file
-
-# Re-exported: templates.py finds its packages with it.
+from recovery.classify import classify
 from recovery.errors import JobError
 from recovery.models import Category
+
+logger = logging.getLogger(__name__)
 
 CORE = "https://github.com/comfyanonymous/ComfyUI"
 CORE_CNR_ID = "comfy-core"
@@ -30,6 +36,12 @@ LIST_FILE = "custom-node-list.json"
 # Drawn and run by the frontend only; no Python package provides them.
 FRONTEND_ONLY = frozenset({"Note", "MarkdownNote", "Reroute", "PrimitiveNode"})
 GITHUB_REPO = re.compile(r"^[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+$")
+# One breaker for ComfyUI-Manager's site, shared by every process: offline, each run asks
+# once (then the process keeps its answer) and an open breaker spares even that.
+BREAKER = "manager-data"
+# A degraded map is kept this long: a server process must pick the data up once the site is
+# back, a command analysing a folder must not ask once per workflow.
+RETRY_SECONDS = 60.0
 
 
 @dataclass(frozen=True)
@@ -38,6 +50,12 @@ class NodeMap:
     exact: dict[str, str]  # node type -> repository
     patterns: tuple[tuple[re.Pattern, str], ...]
     registry: dict[str, str]  # Comfy registry id -> repository, only when unambiguous
+    unavailable: str = ""  # why ComfyUI-Manager's data is missing from this map, if it is
+
+    @classmethod
+    def core_only(cls, core_types, why: str) -> "NodeMap":
+        """The map without ComfyUI-Manager's data: `core_types` and nothing else."""
+        return cls(frozenset(core_types), {}, (), {}, unavailable=why)
 
     @classmethod
     def from_data(cls, node_map: object, node_list: object = None, also_core=()) -> "NodeMap":
@@ -131,21 +149,48 @@ def clean_url(url: str) -> str:
 # --- where the data comes from ----------------------------------------------------------
 
 
-@functools.cache
-def default() -> NodeMap:
+class _Current:
+    """The process's node map and when it expires (never, once loaded)."""
+
+    node_map: NodeMap | None = None
+    expires = 0.0
+
+
+def default(clock=time.monotonic) -> NodeMap:
     """The node map this process uses, loaded once. Node types of the official templates
-    count as core too: ComfyUI-Manager's list of core nodes lags behind ComfyUI."""
+    count as core too: ComfyUI-Manager's list of core nodes lags behind ComfyUI. When the
+    data cannot be had the core-only map answers, and is asked for again only after
+    RETRY_SECONDS."""
+    now = clock()
+    if _Current.node_map is None or now >= _Current.expires:
+        _Current.node_map, _Current.expires = _load_default(now)
+    return _Current.node_map
+
+
+def _load_default(now: float) -> tuple[NodeMap, float]:
     # Imported here: the templates module uses the analyzer, which uses this module.
     from comfyhub.workflows.templates import node_types
 
-    return load(also_core=node_types())
+    try:
+        return load(also_core=node_types(), breaker=BREAKER), math.inf
+    except Exception as exc:  # a missing source degrades the analysis, it never fails it
+        why = unavailable_because(exc)
+        logger.warning("Custom-node resolution is unavailable: %s", why)
+        return NodeMap.core_only(node_types(), why), now + RETRY_SECONDS
 
 
-def load(base_url: str | None = None, also_core=()) -> NodeMap:
+def unavailable_because(exc: Exception) -> str:
+    """Why the node map is missing, in plain words, for an "unavailable: <why>" status."""
+    reason = plain(classify(exc).message)
+    return f"ComfyUI-Manager's node list could not be fetched: {reason[:1].lower()}{reason[1:]}"
+
+
+def load(base_url: str | None = None, also_core=(), breaker: str | None = None) -> NodeMap:
     """Read the map from the installed package, or (given `base_url`, or without the
-    package) from `base_url`/`settings.MANAGER_DATA_URL` through the ETag cache. The cached
-    copy is revalidated on every call: `default` calls once per process, and a node map
-    should not lag a day behind a pack just added to ComfyUI-Manager."""
-    node_map = json.loads(manager_file(MAP_FILE, base_url).read_bytes())
-    node_list = json.loads(manager_file(LIST_FILE, base_url).read_bytes())
+    package) from `base_url`/`settings.MANAGER_DATA_URL` through the ETag cache, asking the
+    site only when `breaker` (a CircuitBreaker key) allows it. The cached copy is
+    revalidated on every call: `default` calls once per process, and a node map should not
+    lag a day behind a pack just added to ComfyUI-Manager."""
+    node_map = json.loads(manager_file(MAP_FILE, base_url, breaker=breaker).read_bytes())
+    node_list = json.loads(manager_file(LIST_FILE, base_url, breaker=breaker).read_bytes())
     return NodeMap.from_data(node_map, node_list, also_core)

@@ -18,6 +18,7 @@ from pathlib import Path, PurePosixPath
 
 from django.db import models
 
+from comfyhub.library.paths import check_size
 from recovery.errors import JobError
 from recovery.models import Category
 
@@ -307,7 +308,7 @@ def _file(entry: object, where: str) -> dict | None:
         "name": name,
         "url": url or "",
         "sha256": (sha or "").lower(),
-        "size": size if isinstance(size, int) and size >= 0 else None,
+        "size": check_size(size, f"{where}.size") if isinstance(size, int) else None,
     }
 
 

@@ -6,7 +6,13 @@ from django.core.management.base import BaseCommand, CommandError
 
 from comfyhub.library.fetch import human
 from comfyhub.library.models import Download
-from comfyhub.library.paths import BadInput, check_sha256, check_url, models_path
+from comfyhub.library.paths import (
+    BadInput,
+    check_destination,
+    check_sha256,
+    check_size,
+    check_url,
+)
 from recovery.engine import run_foreground
 from recovery.models import Category, Job, Status
 from recovery.signals import job_changed
@@ -20,6 +26,17 @@ RETRYABLE = {
     Category.INTEGRITY,
     Category.UNKNOWN,
 }
+
+
+def say_why_waiting(job: Job, seconds: float) -> None:
+    """A foreground download that waits (a retry, an open breaker, a busy slot) says
+    how long and why, on stderr, so a silent terminal never looks hung. A dropped
+    connection resumes within a second: no line for that."""
+    if seconds < 1:
+        return
+    why = job.error_message or "waiting for its next try."
+    sys.stderr.write(f"\nwaiting {seconds:.0f} s: {why}\n")
+    sys.stderr.flush()
 
 
 class Command(BaseCommand):
@@ -40,13 +57,12 @@ class Command(BaseCommand):
     def handle(self, *args, **options) -> None:
         try:
             url = check_url(options["url"])
-            models_path(options["dest"], settings.MODELS_DIR)
+            check_destination(options["dest"], settings.MODELS_DIR)
             sha256 = check_sha256(options["sha256"])
-            if options["size"] is not None and options["size"] < 0:
-                raise BadInput("--size must be 0 or more.")
+            size = check_size(options["size"], "--size")
         except BadInput as exc:
             raise CommandError(str(exc), returncode=2) from None
-        download, _ = Download.objects.request(url, options["dest"], sha256, options["size"])
+        download, _ = Download.objects.request(url, options["dest"], sha256, size)
         if download.job.status == Status.PAUSED:
             download.job.retry_now()
         job = self.run(download, bar=sys.stderr.isatty() and not options["json"])
@@ -64,7 +80,7 @@ class Command(BaseCommand):
         if bar:
             job_changed.connect(show, dispatch_uid="download-bar")
         try:
-            return run_foreground(download.job_id)
+            return run_foreground(download.job_id, on_wait=say_why_waiting)
         finally:
             if bar:
                 job_changed.disconnect(dispatch_uid="download-bar")

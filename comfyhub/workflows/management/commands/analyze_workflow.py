@@ -8,7 +8,13 @@ from comfyhub.workflows.analyze import analyze_file
 from comfyhub.workflows.parse import Format
 from recovery.classify import classify
 
-NOTHING = {"format": None, "models": [], "custom_nodes": [], "unknown_node_types": []}
+NOTHING = {
+    "format": None,
+    "models": [],
+    "custom_nodes": [],
+    "unknown_node_types": [],
+    "custom_nodes_unavailable": None,
+}
 
 
 class Command(BaseCommand):
@@ -17,7 +23,10 @@ class Command(BaseCommand):
         "models folder), custom node packs (with pinned commits when known) and node types "
         "nobody provides. PATH is a workflow, API prompt or launcher.json, or a folder "
         "(every *.json below it, except index*.json catalogs). With --json, one JSON object "
-        "per workflow per line. Exit 0 when every workflow was read, 1 when any had an "
+        "per workflow per line. Without ComfyUI-Manager's node map (package missing, its "
+        "site unreachable) models are still reported and custom-node resolution is marked "
+        '"unavailable: <why>" ("custom_nodes_unavailable" in JSON, null when available); '
+        "that is not an error. Exit 0 when every workflow was read, 1 when any had an "
         "error, 2 when a PATH does not exist."
     )
 
@@ -61,6 +70,8 @@ def summary(report: dict) -> str:
     lines = [f"{report['file']} ({Format(report['format']).label})"]
     lines += [_model_line(model) for model in report["models"]] or ["  no model files"]
     lines += [_pack_line(pack) for pack in report["custom_nodes"]]
+    if report["custom_nodes_unavailable"]:
+        lines.append(f"  custom nodes: unavailable: {report['custom_nodes_unavailable']}")
     if report["unknown_node_types"]:
         lines.append(f"  unknown node types: {', '.join(report['unknown_node_types'])}")
     return "\n".join(lines)
