@@ -31,6 +31,9 @@ def copy_lines(source: BinaryIO, log: BinaryIO) -> None:
 
 
 def run(log_path: str, cwd: str, command: list[str]) -> int:
+    # The secrets to mask come from Django's settings: load them before ComfyUI prints,
+    # and never start it when they cannot be (its lines would go unredacted).
+    redact("")
     child = subprocess.Popen(
         command, cwd=cwd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
     )

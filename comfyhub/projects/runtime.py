@@ -54,13 +54,16 @@ def start(project: Project) -> subprocess.Popen:
     The pump's pid is the project's: its command line names main.py and the port, and it
     exits with ComfyUI's status."""
     pump = [sys.executable, "-m", "comfyhub.projects.logpump", str(project.run_log)]
-    return subprocess.Popen(
-        [*pump, str(project.comfyui_dir), "--", *command(project)],
-        cwd=settings.BASE_DIR,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},  # lines as printed, not 8 KB blocks
-        stdin=subprocess.DEVNULL,
-        start_new_session=True,
-    )
+    with project.run_log.open("ab") as own_errors:  # the pump's, if it cannot start
+        return subprocess.Popen(
+            [*pump, str(project.comfyui_dir), "--", *command(project)],
+            cwd=settings.BASE_DIR,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},  # lines as printed, not 8 KB blocks
+            stdin=subprocess.DEVNULL,
+            stdout=own_errors,
+            stderr=own_errors,
+            start_new_session=True,
+        )
 
 
 def command(project: Project) -> list[str]:

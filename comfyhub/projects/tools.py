@@ -68,16 +68,15 @@ def run(args: list[str], log: Path, cwd: Path | None = None, timeout: float = GI
     env["PYTHONUNBUFFERED"] = "1"
     with log.open("a") as out:
         write_line(out, f"$ {' '.join(args)}")
-        child = subprocess.Popen(
+        with subprocess.Popen(
             args, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=PIPE, stderr=PIPE
-        )
-        try:
-            stdout, stderr = relay(child, out, time.monotonic() + timeout)
-        except TimeoutError:
-            child.kill()
-            child.wait()
-            write_line(out, f"(stopped after {timeout:g} s)")
-            raise timed_out(args, timeout, log) from None
+        ) as child:
+            try:
+                stdout, stderr = relay(child, out, time.monotonic() + timeout)
+            except TimeoutError:
+                child.kill()
+                write_line(out, f"(stopped after {timeout:g} s)")
+                raise timed_out(args, timeout, log) from None
     if child.returncode:
         raise subprocess.CalledProcessError(child.returncode, args, stdout, stderr)
     return stdout
@@ -102,8 +101,6 @@ def relay(child: subprocess.Popen, out: TextIO, deadline: float) -> tuple[str, s
                     selector.unregister(key.fd)
                 for line in pipes[key.fd].feed(chunk):
                     write_line(out, line)
-    child.stdout.close()
-    child.stderr.close()
     try:
         child.wait(max(0.0, deadline - time.monotonic()))
     except subprocess.TimeoutExpired:  # it closed its output but kept running
