@@ -4,7 +4,7 @@ import subprocess
 from pathlib import Path
 
 MAIN_PY = """\
-import argparse, json, os, sys
+import argparse, json, os, sys, time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 parser = argparse.ArgumentParser()
@@ -35,6 +35,11 @@ class Handler(BaseHTTPRequestHandler):
         pass
 
 
+# Not flushed: it reaches the log while ComfyUI runs only if its output is unbuffered.
+print(os.environ.get("FAKE_COMFY_SAY", "Starting server"))
+gate = os.environ.get("FAKE_COMFY_GATE")  # a slow start: no answer until this file exists
+while gate and not os.path.exists(gate):
+    time.sleep(0.05)
 print(f"To see the GUI go to: http://{args.listen}:{args.port}", flush=True)
 ThreadingHTTPServer((args.listen, args.port), Handler).serve_forever()
 """
@@ -46,6 +51,7 @@ if os.environ.get("FAKE_NODE_TRACE"):
     with open(os.environ["FAKE_NODE_TRACE"], "a") as fh:
         fh.write("install.py\\n")
 gate = os.environ.get("FAKE_NODE_GATE")
+print("installing the fake nodes")  # not flushed: it shows only if output is unbuffered
 while gate and not pathlib.Path(gate).exists():
     time.sleep(0.05)
 """

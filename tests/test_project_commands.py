@@ -61,7 +61,7 @@ def test_a_workflow_becomes_a_ready_project_that_launches_and_stops(setup):
     assert (setup / "models/checkpoints/tiny.safetensors").read_bytes() == data
     launched = run("launch_project", "tiny-flow")
     assert launched["status"] == "running" and launched["url"].endswith(f":{launched['port']}/")
-    call_command("stop_project", "tiny-flow", stdout=StringIO())
+    assert run("stop_project", "tiny-flow") == {"status": "stopped", "slug": "tiny-flow"}
     assert Project.objects.get(slug="tiny-flow").run_state == "stopped"
 
 
@@ -114,3 +114,36 @@ def test_an_unknown_project_or_template_exits_2():
         with pytest.raises(CommandError) as error:
             call_command(*args)
         assert error.value.returncode == 2
+
+
+def test_a_name_of_10000_characters_exits_2_before_anything_is_installed(setup):
+    (setup / "wf.json").write_text(json.dumps({"nodes": [], "links": []}))
+    with pytest.raises(CommandError) as error:
+        call_command("create_project", "x" * 10_000, "--workflow", str(setup / "wf.json"))
+    assert error.value.returncode == 2
+    assert "at most 100 characters (this one has 10000)" in str(error.value)
+    assert not Project.objects.exists()
+
+
+def test_stop_and_export_answer_in_json():
+    Project.objects.create(name="Idle", slug="idle", spec={"models": []})
+    assert run("stop_project", "idle") == {"status": "stopped", "slug": "idle"}
+    assert run("export_project", "idle")["format"] == "comfyui_launcher"
+
+
+def test_export_to_a_file_reports_where_in_json(setup):
+    Project.objects.create(name="Idle", slug="idle", spec={"models": []})
+    report = run("export_project", "idle", "--output", str(setup / "idle.json"))
+    assert report == {"status": "ok", "slug": "idle", "path": str(setup / "idle.json")}
+    assert json.loads((setup / "idle.json").read_text())["format"] == "comfyui_launcher"
+
+
+def test_a_launch_that_fails_answers_in_json_and_exits_1():
+    Project.objects.create(name="Half", slug="half")  # still installing
+    out = StringIO()
+    with pytest.raises(SystemExit) as exit_:
+        call_command("launch_project", "half", "--json", stdout=out)
+    report = json.loads(out.getvalue())
+    assert exit_.value.code == 1 and report["status"] == "stopped"
+    assert report["error"]["category"] == "validation"
+    assert "not installed yet" in report["error"]["message"]

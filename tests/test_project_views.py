@@ -1,6 +1,7 @@
 """The projects pages: list, new from a template, import, the project page and its actions."""
 
 import json
+import re
 import subprocess
 import sys
 
@@ -14,7 +15,8 @@ from comfyhub.projects import install
 from comfyhub.projects.models import Project, ProjectStatus, RestorePoint, RunState
 from comfyhub.workflows import templates
 from recovery.engine import run_foreground
-from recovery.models import Job, Status
+from recovery.errors import JobError
+from recovery.models import Category, Job, Status
 from tests.conftest import ROOT, free_port
 from tests.fileserver import FileServer
 
@@ -150,6 +152,14 @@ def test_create_from_a_template_queues_the_install_and_lands_on_the_project(clie
     # The install, and each missing model's download started right away.
     downloads = Download.objects.count()
     assert downloads and project.install_job.status == Status.QUEUED and sent == 1 + downloads
+
+
+def test_a_10000_character_name_is_refused_at_once_saying_the_limit(client):
+    data = {"template": a_template_with_models().name, "name": "x" * 10_000}
+    response = client.post("/projects/new/", data)
+    assert response.status_code == 400
+    assert b"A project name is at most 100 characters (this one has 10000)" in response.content
+    assert not Project.objects.exists() and not Download.objects.exists()
 
 
 def test_an_unknown_template_is_refused_with_a_message(client):
@@ -433,7 +443,9 @@ def test_delete_needs_confirmation_and_keeps_shared_models(client, folders):
     assert Job.objects.get(pk=project.install_job_id).status == Status.CANCELLED
 
 
-@pytest.mark.parametrize("action", ["launch", "stop", "retry", "rollback", "delete"])
+@pytest.mark.parametrize(
+    "action", ["launch", "stop", "retry", "rollback", "delete", "models/skip", "models/download"]
+)
 def test_actions_refuse_get_and_posts_without_csrf(client, action):
     project = make(status=ProjectStatus.READY)
     assert client.get(f"/projects/{project.slug}/{action}/").status_code == 405
@@ -470,3 +482,102 @@ def test_the_live_launch_card_says_it_is_starting_then_offers_launch_again():
     Job.objects.filter(pk=job.pk).update(status=Status.FAILED, error_message="exited with 1")
     _, html, terminal = consumer.load(job.pk)
     assert terminal and "Launch failed:" in html and "Launch again" in html
+
+
+# --- A cancelled model download ----------------------------------------------------------
+
+KEY = "checkpoints/a.safetensors"
+
+
+def cancelled(status: str = Status.FAILED) -> Project:
+    """A project whose install stopped (`status`) after its model's download was cancelled."""
+    project = make(status=ProjectStatus.FAILED)
+    Download.objects.get().job.cancel()
+    Job.objects.filter(pk=project.install_job_id).update(status=status)
+    return project
+
+
+def test_a_cancelled_download_is_shown_with_its_two_ways_forward(client):
+    project = cancelled()
+    html = client.get(f"/projects/{project.slug}/").content.decode()
+    assert "download cancelled" in html and f'value="{KEY}"' in html
+    assert f'action="/projects/{project.slug}/models/download/"' in html
+    assert f'action="/projects/{project.slug}/models/skip/"' in html
+    # Retry would stop at the same model again: the card points at the choice instead.
+    assert f'action="/projects/{project.slug}/retry/"' not in html and "Choose for" in html
+
+
+def test_going_without_a_cancelled_model_records_it_and_resumes_the_install(client, dispatch):
+    project = cancelled()
+    url = f"/projects/{project.slug}/models/skip/"
+    response, sent = dispatch(lambda: client.post(url, {"model": KEY}))
+    project.refresh_from_db()
+    assert response.status_code == 302 and project.models_skipped == [KEY]
+    assert project.install_job.status == Status.QUEUED and sent == 1
+    assert project.status == ProjectStatus.INSTALLING and not project.cancelled_models()
+
+
+def test_downloading_a_cancelled_model_again_queues_it_and_resumes_the_install(client, dispatch):
+    project = cancelled()
+    url = f"/projects/{project.slug}/models/download/"
+    response, sent = dispatch(lambda: client.post(url, {"model": KEY}))
+    newest = Download.objects.order_by("id").last()
+    assert response.status_code == 302 and Download.objects.count() == 2
+    assert newest.dest == KEY and newest.job.status == Status.QUEUED and sent == 2
+    assert Job.objects.get(pk=project.install_job_id).status == Status.QUEUED
+
+
+def test_a_model_the_project_does_not_need_is_refused(client):
+    project = cancelled()
+    response = client.post(f"/projects/{project.slug}/models/skip/", {"model": "../etc/passwd"})
+    assert response.status_code == 400 and b"needs no model ../etc/passwd" in response.content
+    assert Project.objects.get().models_skipped == []
+
+
+def test_a_model_without_a_link_can_only_be_gone_without(client):
+    project = install.create("Linkless", {**SPEC, "models": [{**MODEL, "url": ""}]})
+    html = client.get(f"/projects/{project.slug}/").content.decode()
+    assert "/models/skip/" in html and "/models/download/" not in html
+    response = client.post(f"/projects/{project.slug}/models/download/", {"model": KEY})
+    assert response.status_code == 400 and b"No download link is known" in response.content
+
+
+def test_the_models_step_never_restarts_a_download_the_user_cancelled():
+    model = {**MODEL, "url": f"http://127.0.0.1:{free_port()}/a.safetensors"}
+    project = install.create("Held", {**SPEC, "models": [model]})
+    Download.objects.get().job.cancel()
+    with pytest.raises(JobError) as error:
+        install.models(project, project.install_job)
+    assert error.value.category == Category.NOT_FOUND
+    assert f"You cancelled the download of {KEY}" in error.value.message
+    assert Download.objects.count() == 1
+
+
+def test_a_cancelled_install_leaves_the_project_failed_not_installing():
+    project = make()
+    project.install_job.cancel()
+    assert Project.objects.get().status == ProjectStatus.FAILED
+
+
+@pytest.mark.parametrize("status", [Status.FAILED, Status.WAITING, Status.PAUSED, Status.CANCELLED])
+def test_every_retry_the_install_card_shows_runs_the_install_again(client, dispatch, status):
+    # Cancelled relies on Job.retry_now taking cancelled jobs (the recovery branch).
+    project = make(status=ProjectStatus.FAILED)
+    Job.objects.filter(pk=project.install_job_id).update(status=status)
+    html = client.get(f"/projects/{project.slug}/").content.decode()
+    assert f'action="/projects/{project.slug}/retry/"' in html
+    _, sent = dispatch(lambda: client.post(f"/projects/{project.slug}/retry/"))
+    assert Job.objects.get(pk=project.install_job_id).status == Status.QUEUED and sent == 1
+
+
+def test_the_live_install_card_carries_the_header_status_badge(client):
+    project = make()
+    badge = f'id="project-status-{project.pk}"'
+    assert badge in client.get(f"/projects/{project.slug}/").content.decode()
+    # The job's row is written first; the badge must not wait for the project's to follow.
+    Job.objects.filter(pk=project.install_job_id).update(status=Status.SUCCEEDED)
+    consumer = JobConsumer()
+    consumer.scope = {"cookies": {}}
+    html = consumer.load(project.install_job_id)[1]
+    sent = re.search(rf"<span {badge}[^>]*>([^<]*)</span>", html)
+    assert sent and 'hx-swap-oob="true"' in sent.group(0) and sent.group(1) == "Ready"

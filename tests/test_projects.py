@@ -3,17 +3,22 @@
 import hashlib
 import os
 import signal
+import threading
+import time
 from datetime import timedelta
 
 import httpx
 import pytest
+from django.db import connection
 
+from comfyhub.library.models import Download
 from comfyhub.projects import install, restore, runtime, specs, tools
 from comfyhub.projects.export import launcher_json
 from comfyhub.projects.models import Project, ProjectStatus, RunState
 from recovery.engine import run_foreground
 from recovery.errors import JobError
 from recovery.models import Job, Status
+from tests.conftest import wait_until
 from tests.fakecomfy import comfyui_repo, node_repo
 from tests.fileserver import FileServer
 
@@ -219,15 +224,79 @@ def test_a_reinstall_records_a_restore_point_and_runs_every_step_again(repos):
     assert steps_run(Project.objects.get(pk=project.pk)).count("clone_comfyui") == 2
 
 
-def test_a_crashed_project_that_asked_for_it_is_restarted_by_the_worker_tick(repos):
+def test_the_worker_tick_queues_one_restart_and_never_waits_for_comfyui(
+    repos, tmp_path, monkeypatch
+):
     project = runtime.launch(build("Phoenix", spec(repos)), timeout=30)
     project.touch(auto_restart=True)
     os.killpg(project.pid, signal.SIGKILL)
     os.waitpid(project.pid, 0)
-    runtime.watch()
-    project.refresh_from_db()
-    assert project.run_state == RunState.CRASHED
-    runtime.watch(now=project.updated_at + timedelta(seconds=2))
-    project.refresh_from_db()
-    assert project.run_state == RunState.RUNNING and project.restarts == 1
+    runtime.watch()  # notices the crash
+    monkeypatch.setenv("FAKE_COMFY_GATE", str(tmp_path / "gate"))  # a start that takes long
+    due = Project.objects.get(pk=project.pk).updated_at + timedelta(seconds=2)
+    started = time.monotonic()
+    runtime.watch(now=due)
+    runtime.watch(now=due + timedelta(minutes=10))
+    assert time.monotonic() - started < 5  # the tick did not wait for ComfyUI
+    launch = Job.objects.get(kind="project_launch")  # one, however many ticks saw the crash
+    assert launch.status == Status.QUEUED and Project.objects.get(pk=project.pk).restarts == 1
+    (tmp_path / "gate").touch()
+    assert run_foreground(launch.pk).status == Status.SUCCEEDED
+    runtime.stop(Project.objects.get(pk=project.pk))
+
+
+def test_comfyui_output_reaches_its_log_while_it_starts_with_secrets_redacted(
+    repos, tmp_path, monkeypatch
+):
+    project = build("Chatty", spec(repos))
+    monkeypatch.setenv("FAKE_COMFY_SAY", "fetching https://user:hunter2@example.org/x.bin")
+    monkeypatch.setenv("FAKE_COMFY_GATE", str(tmp_path / "gate"))
+    launcher = threading.Thread(target=in_thread(runtime.launch), args=(project, 60))
+    launcher.start()
+    try:
+        wait_until(lambda: "fetching" in project.log_tail("comfyui"), timeout=30, what="a line")
+    finally:
+        (tmp_path / "gate").touch()
+        launcher.join()
+    log = project.log_tail("comfyui")
+    assert "hunter2" not in log and "https://user:[redacted]@example.org/x.bin" in log
     runtime.stop(project)
+
+
+def test_cancelling_a_models_download_mid_install_stops_at_models_until_the_user_chooses(repos):
+    data = os.urandom(2_000_000)
+    with FileServer() as files:
+        model = {"directory": "checkpoints", "name": "big.bin", "url": files.add("/b", data)}
+        files.add("/b", data, rate=10_000)  # minutes, even over 8 connections
+        project = install.create("Big", spec(repos, models=[model]))
+        download = Download.objects.get()  # queued at once, joined by the models step
+        canceller = threading.Thread(target=in_thread(cancel_once_moving), args=(download.job_id,))
+        canceller.start()
+        job = run_foreground(project.install_job_id)
+        canceller.join()
+        project.refresh_from_db()
+        assert job.status == Status.FAILED and project.status == ProjectStatus.FAILED
+        assert job.checkpoint_data["current"] == "models"
+        assert "You cancelled the download of checkpoints/big.bin" in job.error_message
+        files.add("/b", data)  # full speed again
+        project.download_again(model)
+        assert run_foreground(project.install_job_id).status == Status.SUCCEEDED
+    assert Project.objects.get(pk=project.pk).status == ProjectStatus.READY
+
+
+def cancel_once_moving(pk: int) -> None:
+    moving = Job.objects.filter(pk=pk, status=Status.RUNNING, progress_done__gt=0)
+    wait_until(moving.exists, what="the download to move")
+    assert Job.objects.get(pk=pk).cancel()
+
+
+def in_thread(func):
+    """`func` for a thread: its database connection closed when it ends."""
+
+    def run(*args):
+        try:
+            func(*args)
+        finally:
+            connection.close()
+
+    return run

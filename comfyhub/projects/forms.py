@@ -10,7 +10,7 @@ from comfyhub.library import finder
 from comfyhub.library.fetch import human
 from comfyhub.library.paths import BadInput, check_url
 from comfyhub.projects import specs
-from comfyhub.projects.models import RestorePoint, model_key
+from comfyhub.projects.models import MAX_NAME, RestorePoint, model_key
 from comfyhub.workflows import parse, templates
 from comfyhub.workflows.analyze import ModelRequirement, analyze
 from recovery.errors import JobError
@@ -65,9 +65,17 @@ def searchable(template: templates.Template) -> str:
     return " ".join((template.name, template.title, template.description, *template.tags)).lower()
 
 
+def name_field() -> forms.CharField:
+    """A project's name: refused at once when too long (its install would fail late)."""
+    too_long = f"A project name is at most {MAX_NAME} characters (this one has %(show_value)d)."
+    return forms.CharField(
+        max_length=MAX_NAME, label="Project name", error_messages={"max_length": too_long}
+    )
+
+
 class NewProjectForm(forms.Form):
     template = forms.CharField(max_length=200)
-    name = forms.CharField(max_length=100, label="Project name")
+    name = name_field()
 
     def clean_template(self) -> dict:
         """The project spec the template makes."""
@@ -201,7 +209,7 @@ def candidates_for(model: ModelRequirement) -> list[dict]:
 class ResolveForm(forms.Form):
     """For each missing model: a finder candidate, a pasted link, or going without."""
 
-    name = forms.CharField(max_length=100, label="Project name")
+    name = name_field()
 
     def __init__(self, missing: list[dict], candidates: list[list[dict]], *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -312,3 +320,30 @@ class DeleteForm(forms.Form):
         label="Yes, delete this project's folder (shared models stay)",
         error_messages={"required": "Tick the box to confirm: deleting cannot be undone."},
     )
+
+
+class ChosenModelForm(forms.Form):
+    """One model of the project's spec, named by its DIR/NAME; cleans to the spec entry."""
+
+    model = forms.ChoiceField(
+        error_messages={"invalid_choice": "This project needs no model %(value)s."}
+    )
+
+    def __init__(self, project, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.models = {model_key(m): m for m in project.spec.get("models", [])}
+        self.fields["model"].choices = [(key, key) for key in self.models]
+
+    def clean_model(self) -> dict:
+        return self.models[self.cleaned_data["model"]]
+
+
+class DownloadAgainForm(ChosenModelForm):
+    def clean_model(self) -> dict:
+        model = super().clean_model()
+        if not model.get("url"):
+            raise forms.ValidationError(
+                f"No download link is known for {model_key(model)}: put the file in the "
+                "models folder, or go without it."
+            )
+        return model

@@ -12,13 +12,22 @@ import time
 from django.conf import settings
 from django.db import transaction
 
-from comfyhub.library import index
 from comfyhub.library.models import Download
 from comfyhub.projects import tools
-from comfyhub.projects.models import Project, ProjectStatus, model_key, unique_slug
+from comfyhub.projects.models import (
+    MAX_NAME,
+    Project,
+    ProjectStatus,
+    check_name,
+    model_key,
+    present,
+    unique_slug,
+)
 from recovery.engine import run_foreground
 from recovery.errors import Defer, JobError
-from recovery.models import Job, Status
+from recovery.models import Category, Job, Status
+
+PAUSED_RECHECK = 30.0  # seconds between two looks at a model download the user paused
 
 MODEL_FOLDERS = [
     "checkpoints",
@@ -51,6 +60,7 @@ def create(name: str, spec: dict, skipped: list[str] | None = None) -> Project:
     Missing models are queued for download at once, so they arrive while ComfyUI is being
     cloned and installed; the install's models step joins those downloads.
     """
+    name = check_name(name)
     with transaction.atomic():
         project = Project.objects.create(
             name=name, slug=unique_slug(name), spec=spec, models_skipped=skipped or []
@@ -65,13 +75,8 @@ def create(name: str, spec: dict, skipped: list[str] | None = None) -> Project:
     return project
 
 
-def present(model: dict) -> bool:
-    return index.is_present(model["directory"], model["name"], model.get("sha256", ""))
-
-
 def note(project: Project, line: str) -> None:
-    with project.install_log.open("a") as log:
-        log.write(f"== {line}\n")
+    tools.append(project.install_log, f"== {line}")
 
 
 def clone_comfyui(project: Project, job: Job) -> None:
@@ -129,7 +134,9 @@ def node_folder(node: dict) -> str:
     raw = node.get("name") or node["repository"].rstrip("/").rsplit("/", 1)[-1]
     name = re.sub(r"[^A-Za-z0-9._-]", "-", raw.removesuffix(".git")).lstrip(".-")
     if not name:
-        raise JobError(f"No usable folder name for {node['repository']!r}.", category="validation")
+        raise JobError(
+            f"No usable folder name for {node['repository']!r}.", category=Category.VALIDATION
+        )
     return name
 
 
@@ -145,9 +152,20 @@ def model_paths(project: Project, job: Job) -> None:
 
 
 def models(project: Project, job: Job) -> None:
+    """Join (or start) each missing model's download; a download the user cancelled is
+    never restarted behind their back: the step stops and asks (download it again, or go
+    without it)."""
+    cancelled = project.cancelled_models()
     for model in project.required_models():
-        if not present(model):
+        if model_key(model) not in cancelled and not present(model):
             fetch_model(model)
+    project.refresh_from_db(fields=["models_skipped"])  # chosen while this step ran
+    if cancelled := project.cancelled_models():
+        raise JobError(
+            f"You cancelled the download of {', '.join(cancelled)}. Download it again, or "
+            "go without it (under Models on the project page).",
+            category=Category.NOT_FOUND,
+        )
 
 
 def fetch_model(model: dict) -> None:
@@ -156,16 +174,20 @@ def fetch_model(model: dict) -> None:
         raise JobError(
             f"{key} is needed and not in the models folder, and no download link is known. "
             f"Put the file there, or choose to go without it, then press Retry.",
-            category="not_found",
+            category=Category.NOT_FOUND,
         )
     download, _ = Download.objects.request(
         model["url"], key, model.get("sha256", ""), model.get("size")
     )
     child = run_foreground(download.job_id, sleep=defer_long_waits(key))
-    if child.status != Status.SUCCEEDED:
+    if child.status == Status.PAUSED:
+        # The user paused it: the install goes on by itself once they resume it.
+        raise Defer(f"Waiting for the download of {key}: it is paused.", seconds=PAUSED_RECHECK)
+    # Cancelled: the step's end reports it with the ways forward.
+    if child.status not in (Status.SUCCEEDED, Status.CANCELLED):
         raise JobError(
             f"Model {key}: {child.error_message or child.status}",
-            category=child.error_category or "unknown",
+            category=child.error_category or Category.UNKNOWN,
         )
 
 
@@ -184,7 +206,8 @@ def defer_long_waits(key: str):
 def workflow(project: Project, job: Job) -> None:
     if not project.spec.get("workflow"):
         return
-    name = re.sub(r"[^A-Za-z0-9 ._-]", "_", project.spec.get("workflow_name") or project.slug)
+    raw = project.spec.get("workflow_name") or project.slug
+    name = re.sub(r"[^A-Za-z0-9 ._-]", "_", raw)[:MAX_NAME]
     folder = project.comfyui_dir / "user" / "default" / "workflows"
     folder.mkdir(parents=True, exist_ok=True)
     (folder / f"{name}.json").write_text(json.dumps(project.spec["workflow"], indent=2))
@@ -194,7 +217,8 @@ def finish(project: Project, job: Job) -> None:
     missing = [model_key(m) for m in project.required_models() if not present(m)]
     if missing:
         raise JobError(
-            f"Still missing: {', '.join(missing)}. Retry to download them.", category="not_found"
+            f"Still missing: {', '.join(missing)}. Retry to download them.",
+            category=Category.NOT_FOUND,
         )
     project.touch(status=ProjectStatus.READY)
 

@@ -8,10 +8,9 @@ templates/live/project_<kind>.html with the context registered here.
 from comfyhub.live.consumers import card_context
 from comfyhub.projects import restore, runtime
 from comfyhub.projects.install import STEP_LABELS, run_steps
-from comfyhub.projects.models import Project, RestorePoint, RunState
-from recovery.engine import enqueue
+from comfyhub.projects.models import INSTALL_STATUS, Project, RestorePoint, RunState
 from recovery.errors import JobError
-from recovery.models import Job, Status
+from recovery.models import Category, Job, Status
 from recovery.registry import recoverable
 
 STEP_STATE = {Status.RUNNING: "current", Status.FAILED: "failed", Status.CANCELLED: "failed"}
@@ -23,12 +22,12 @@ def install(job: Job) -> None:
 
 
 # A launch that timed out already waited minutes for the health check: say so at once.
-@recoverable("project_launch", policies={"timeout": {"max_attempts": 1}})
+@recoverable("project_launch", policies={Category.TIMEOUT: {"max_attempts": 1}})
 def launch(job: Job) -> None:
     project = job_project(job)
     if project.run_state == RunState.STARTING:
         runtime.stop(project)  # a killed attempt's half-started ComfyUI holds the port
-    runtime.launch(project)
+    runtime.launch(project, timeout=job.params.get("timeout", runtime.HEALTH_TIMEOUT))
 
 
 @recoverable("project_rollback")
@@ -36,7 +35,7 @@ def rollback(job: Job) -> None:
     project = job_project(job)
     point = project.restore_points.filter(pk=job.params.get("point")).first()
     if point is None:
-        raise JobError("That restore point no longer exists.", category="not_found")
+        raise JobError("That restore point no longer exists.", category=Category.NOT_FOUND)
     runtime.stop(project)
     restore.rollback(project, point)
 
@@ -44,27 +43,18 @@ def rollback(job: Job) -> None:
 def job_project(job: Job) -> Project:
     project = Project.objects.filter(pk=job.params.get("project")).first()
     if project is None:
-        raise JobError("The project was deleted.", category="not_found")
+        raise JobError("The project was deleted.", category=Category.NOT_FOUND)
     return project
 
 
 def queue_launch(project: Project) -> Job:
     """The launch under way, else a new launch job handed to the worker."""
-    return active_job(project, "project_launch") or enqueue(
-        "project_launch", {"project": project.pk}
-    )
+    return project.queue_job("project_launch")
 
 
 def queue_rollback(project: Project, point: RestorePoint) -> Job:
     """The rollback under way, else a new one to `point` handed to the worker."""
-    return active_job(project, "project_rollback") or enqueue(
-        "project_rollback", {"project": project.pk, "point": point.pk}
-    )
-
-
-def active_job(project: Project, kind: str) -> Job | None:
-    job = project.latest_job(kind)
-    return job if job and not job.is_terminal else None
+    return project.queue_job("project_rollback", point=point.pk)
 
 
 def install_steps(job: Job | None) -> list[dict]:
@@ -87,7 +77,13 @@ def step_state(job: Job | None, done: bool, current: bool) -> str:
 
 @card_context("project_install")
 def install_card(job: Job) -> dict:
-    return {"project": Project.objects.filter(install_job=job).first(), "steps": install_steps(job)}
+    project = Project.objects.filter(install_job=job).first()
+    return {
+        "project": project,
+        "steps": install_steps(job),
+        "status": INSTALL_STATUS[job.status],
+        "cancelled": project.cancelled_models() if project else [],
+    }
 
 
 @card_context("project_launch")

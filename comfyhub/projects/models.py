@@ -1,15 +1,18 @@
 from pathlib import Path
 
 from django.conf import settings
-from django.db import models
+from django.db import models, transaction
+from django.db.models import F
 from django.utils import timezone
 from django.utils.text import slugify
 
 from comfyhub.library import index
 from comfyhub.library.models import Download
-from recovery.models import Job
+from recovery.errors import JobError
+from recovery.models import TERMINAL, Category, Job, Status
 
 LOG_TAIL_BYTES = 64 * 1024
+MAX_NAME = 100  # characters of a project name (its workflow file is named after it)
 
 
 class ProjectStatus(models.TextChoices):
@@ -25,8 +28,33 @@ class RunState(models.TextChoices):
     CRASHED = "crashed", "Crashed"
 
 
+# What a project is while its install job is in each state. The page's live badge reads
+# it from the job, whose row is written before the project's follows it.
+INSTALL_STATUS = {
+    Status.QUEUED: ProjectStatus.INSTALLING,
+    Status.RUNNING: ProjectStatus.INSTALLING,
+    Status.WAITING: ProjectStatus.INSTALLING,
+    Status.PAUSED: ProjectStatus.INSTALLING,
+    Status.SUCCEEDED: ProjectStatus.READY,
+    Status.FAILED: ProjectStatus.FAILED,
+    Status.CANCELLED: ProjectStatus.FAILED,
+}
+
 # Slugs that would collide with the pages under /projects/.
 RESERVED_SLUGS = frozenset({"new", "import"})
+
+
+def check_name(name: str) -> str:
+    """A project name as given, trimmed; JobError (validation) when empty or too long."""
+    name = name.strip()
+    if not name:
+        raise JobError("A project needs a name.", category=Category.VALIDATION)
+    if len(name) > MAX_NAME:
+        raise JobError(
+            f"A project name is at most {MAX_NAME} characters (this one has {len(name)}).",
+            category=Category.VALIDATION,
+        )
+    return name
 
 
 def unique_slug(name: str) -> str:
@@ -46,7 +74,7 @@ class Project(models.Model):
     installed are recorded in comfyui_commit / node_pins.
     """
 
-    name = models.CharField(max_length=100)
+    name = models.CharField(max_length=MAX_NAME)
     slug = models.SlugField(max_length=60, unique=True)
     status = models.CharField(
         max_length=16, choices=ProjectStatus.choices, default=ProjectStatus.INSTALLING
@@ -123,23 +151,70 @@ class Project(models.Model):
         return "\n".join(text.splitlines()[-lines:])
 
     def model_rows(self) -> list[dict]:
-        """Each model of the spec: present, skipped (on purpose) or neither, and its newest
-        download if there is one."""
+        """Each model of the spec: present, skipped (on purpose) or neither, its newest
+        download if there is one, and whether the user must choose how to go on."""
         models = self.spec.get("models", [])
         downloads = newest_downloads([model_key(m) for m in models])
+        return [model_row(m, downloads.get(model_key(m)), self.models_skipped) for m in models]
+
+    def cancelled_models(self) -> list[str]:
+        """Needed models, not in the models folder, whose newest download was cancelled:
+        the install waits for the user to download each again or go without it."""
+        wanted = {model_key(m): m for m in self.required_models()}
+        newest = newest_downloads(list(wanted))
         return [
-            {
-                "key": model_key(m),
-                "skipped": model_key(m) in self.models_skipped,
-                "present": index.is_present(m["directory"], m["name"], m.get("sha256") or ""),
-                "download": downloads.get(model_key(m)),
-            }
-            for m in models
+            key
+            for key, download in newest.items()
+            if download.job.status == Status.CANCELLED and not present(wanted[key])
         ]
+
+    def go_without(self, key: str) -> None:
+        """Leave model `key` out (the user chose to), then let the install go on."""
+        with transaction.atomic():
+            # Under the row's lock: two choices made at once both land.
+            mine = Project.objects.select_for_update().filter(pk=self.pk)
+            skipped = mine.values_list("models_skipped", flat=True).get()
+            if key not in skipped:
+                self.touch(models_skipped=[*skipped, key])
+        self.retry_install()
+
+    def download_again(self, model: dict) -> Download:
+        """A new download of a model of the spec (one already under way is joined), then
+        the install goes on."""
+        download, _ = Download.objects.queue(
+            model["url"], model_key(model), model.get("sha256") or "", model.get("size")
+        )
+        self.retry_install()
+        return download
 
     def latest_job(self, kind: str) -> Job | None:
         """The newest job of `kind` (e.g. project_launch) that names this project."""
         return Job.objects.filter(kind=kind, params__project=self.pk).first()
+
+    def active_job(self, kind: str) -> Job | None:
+        """The unfinished job of `kind` for this project, if any."""
+        mine = Job.objects.filter(kind=kind, params__project=self.pk)
+        return mine.exclude(status__in=TERMINAL).first()
+
+    def queue_job(self, kind: str, dispatch: bool = True, **params) -> Job:
+        """The job of `kind` under way for this project, else a new one (handed to the
+        worker unless `dispatch` is False). Never two at once: the look and the insert
+        happen under the project row's lock."""
+        with transaction.atomic():
+            Project.objects.select_for_update().filter(pk=self.pk).first()
+            job = self.active_job(kind)
+            if job is None:
+                job = Job.objects.create(kind=kind, params={"project": self.pk, **params})
+                if dispatch:
+                    job.dispatch()
+        return job
+
+    def claim_restart(self, now) -> bool:
+        """Compare-and-set: of the worker ticks that see this crash, one counts a restart."""
+        crashed = Project.objects.filter(
+            pk=self.pk, run_state=RunState.CRASHED, restarts=self.restarts
+        )
+        return bool(crashed.update(restarts=F("restarts") + 1, updated_at=now))
 
     def retry_install(self) -> bool:
         """Run the install again from where it stopped (a pruned job: from the start)."""
@@ -155,6 +230,28 @@ class Project(models.Model):
         for name, value in fields.items():
             setattr(self, name, value)
         self.save(update_fields=list(fields))
+
+
+def present(model: dict) -> bool:
+    return index.is_present(model["directory"], model["name"], model.get("sha256") or "")
+
+
+def model_row(model: dict, download: Download | None, skipped: list[str]) -> dict:
+    """A model as the project page lists it. `choose`: the install cannot get it on its
+    own (its download was cancelled or failed, or no link is known), so the page offers
+    the ways forward."""
+    status = download.job.status if download else None
+    row = {
+        "key": model_key(model),
+        "url": model.get("url") or "",
+        "skipped": model_key(model) in skipped,
+        "present": present(model),
+        "download": download,
+        "cancelled": status == Status.CANCELLED,
+    }
+    stuck = status in (Status.CANCELLED, Status.FAILED) or not (download or row["url"])
+    row["choose"] = stuck and not (row["present"] or row["skipped"])
+    return row
 
 
 def model_key(model: dict) -> str:
@@ -184,16 +281,10 @@ class RestorePoint(models.Model):
 
 
 def follow_install_job(sender, job: Job, **kwargs) -> None:
-    """A project's status follows its install job: ready or failed with it, installing
-    while it runs (again)."""
+    """A project's status follows its install job (INSTALL_STATUS): a cancelled install
+    never leaves it "installing"."""
     if job.kind != "project_install":
         return
-    projects = Project.objects.filter(install_job=job)
-    if job.status == "succeeded":
-        projects.update(status=ProjectStatus.READY, updated_at=timezone.now())
-    elif job.status == "failed":
-        projects.update(status=ProjectStatus.FAILED, updated_at=timezone.now())
-    elif job.status in ("queued", "running", "waiting"):
-        projects.exclude(status=ProjectStatus.INSTALLING).update(
-            status=ProjectStatus.INSTALLING, updated_at=timezone.now()
-        )
+    status = INSTALL_STATUS[job.status]
+    projects = Project.objects.filter(install_job=job).exclude(status=status)
+    projects.update(status=status, updated_at=timezone.now())

@@ -1,8 +1,9 @@
 """Running a project's ComfyUI: a free port, a child process, a health check, a clean stop.
 
-The process runs in its own session (it outlives the command that launched it); its pid
-and port are stored on the project, and its state is always re-derived from the process
-table, so a restart of ComfyHub never shows a dead ComfyUI as running.
+ComfyUI runs under its log pump in a session of their own (they outlive the command that
+launched them); the pump's pid and the port are stored on the project, and its state is
+always re-derived from the process table, so a restart of ComfyHub never shows a dead
+ComfyUI as running.
 """
 
 import contextlib
@@ -12,6 +13,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 from datetime import timedelta
 
@@ -20,8 +22,10 @@ from django.conf import settings
 from django.db import IntegrityError
 from django.utils import timezone
 
+from comfyhub.projects import tools
 from comfyhub.projects.models import Project, ProjectStatus, RunState
 from recovery.errors import JobError
+from recovery.models import Category
 
 HEALTH_TIMEOUT = 120.0
 STOP_GRACE = 10.0
@@ -36,20 +40,30 @@ def launch(project: Project, timeout: float = HEALTH_TIMEOUT) -> Project:
     if project.status != ProjectStatus.READY:
         raise JobError(
             f"{project.name} is not installed yet ({project.get_status_display()}).",
-            category="validation",
+            category=Category.VALIDATION,
         )
     assign_port(project)
-    with project.run_log.open("ab") as log:
-        child = subprocess.Popen(
-            command(project),
-            cwd=project.comfyui_dir,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    child = start(project)
     project.touch(pid=child.pid, run_state=RunState.STARTING, run_message="")
     wait_healthy(project, child, timeout)
     return project
+
+
+def start(project: Project) -> subprocess.Popen:
+    """ComfyUI under its log pump (comfyhub.projects.logpump), in a session of their own.
+    The pump's pid is the project's: its command line names main.py and the port, and it
+    exits with ComfyUI's status."""
+    pump = [sys.executable, "-m", "comfyhub.projects.logpump", str(project.run_log)]
+    with project.run_log.open("ab") as own_errors:  # the pump's, if it cannot start
+        return subprocess.Popen(
+            [*pump, str(project.comfyui_dir), "--", *command(project)],
+            cwd=settings.BASE_DIR,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},  # lines as printed, not 8 KB blocks
+            stdin=subprocess.DEVNULL,
+            stdout=own_errors,
+            stderr=own_errors,
+            start_new_session=True,
+        )
 
 
 def command(project: Project) -> list[str]:
@@ -87,7 +101,7 @@ def assign_port(project: Project) -> None:
             return
     raise JobError(
         f"No free port in {low}-{high}; stop a project or widen COMFYHUB_PORT_RANGE.",
-        category="validation",
+        category=Category.VALIDATION,
     )
 
 
@@ -106,7 +120,7 @@ def wait_healthy(project: Project, child: subprocess.Popen, timeout: float) -> N
     while time.monotonic() < deadline:
         if child.poll() is not None:
             crashed(project, f"ComfyUI exited with code {child.returncode} while starting.")
-            raise JobError(project.run_message, category="dependency")
+            raise JobError(project.run_message, category=Category.DEPENDENCY)
         if answers(project):
             project.touch(run_state=RunState.RUNNING)
             return
@@ -118,7 +132,7 @@ def wait_healthy(project: Project, child: subprocess.Popen, timeout: float) -> N
         run_state=RunState.CRASHED,
         run_message=f"ComfyUI did not answer within {timeout:.0f} s.\n{log_tail(project)}",
     )
-    raise JobError(project.run_message, category="timeout")
+    raise JobError(project.run_message, category=Category.TIMEOUT)
 
 
 def exited_within(pid: int, timeout: float) -> bool:
@@ -191,21 +205,22 @@ def log_tail(project: Project, lines: int = LOG_TAIL) -> str:
 
 def delete(project: Project) -> None:
     """Stop it, remove its folder and its row. Shared models are never touched."""
-    from comfyhub.projects.tools import remove_tree
-
     stop(project)
     if project.folder.exists():
-        remove_tree(project.folder)
+        tools.remove_tree(project.folder)
     project.delete()
 
 
 def watch(now=None) -> None:
-    """Worker tick: notice crashes; restart those that asked for it, with backoff."""
+    """Worker tick: notice crashes; queue a launch job for each crashed project that asked
+    to be restarted, with backoff. Never launches here: ComfyUI may take minutes to answer,
+    and the tick carries the heartbeat, the reaper and dispatch."""
     now = now or timezone.now()
     for project in Project.objects.filter(run_state__in=[RunState.RUNNING, RunState.STARTING]):
         refresh(project)
     for project in Project.objects.filter(run_state=RunState.CRASHED, auto_restart=True):
-        if now >= project.updated_at + timedelta(seconds=min(2**project.restarts, 300)):
-            project.touch(restarts=project.restarts + 1)
-            with contextlib.suppress(JobError):
-                launch(project)
+        due = project.updated_at + timedelta(seconds=min(2**project.restarts, 300))
+        if now < due or project.active_job("project_launch"):
+            continue
+        if project.claim_restart(now):
+            project.queue_job("project_launch")

@@ -1,31 +1,39 @@
 """Subprocesses a project needs (git, venv, pip), run safely.
 
-Argument lists only, never a shell; every call has a timeout and appends its output to the
-project's log; repository URLs and commits are checked before git ever sees them.
+Argument lists only, never a shell; every call has a timeout and streams its output into
+the project's log line by line while it runs (each line redacted: a repository URL may
+carry a password); repository URLs and commits are checked before git ever sees them.
 """
 
 import os
 import re
+import selectors
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
+from subprocess import PIPE
+from typing import TextIO
 from urllib.parse import urlsplit
 
 from django.conf import settings
 
 from recovery.errors import JobError
+from recovery.models import Category
+from recovery.redact import redact
 
 HEX = re.compile(r"^[0-9a-f]{7,40}$")
 GIT_TIMEOUT = 600
 PIP_TIMEOUT = 1800
+CHUNK = 65536
 
 
 def check_repo(url: str) -> str:
     """https URLs; local paths and file:// only with COMFYHUB_ALLOW_LOCAL_REPOS."""
     url = url.strip()
     if not url or url.startswith("-"):
-        raise JobError(f"{url!r} is not a repository address.", category="validation")
+        raise JobError(f"{url!r} is not a repository address.", category=Category.VALIDATION)
     scheme = urlsplit(url).scheme
     if scheme == "https":
         return url
@@ -37,29 +45,107 @@ def check_repo(url: str) -> str:
         f"Repository {url!r} must be an https:// URL"
         + ("" if settings.ALLOW_LOCAL_REPOS else " (local paths need COMFYHUB_ALLOW_LOCAL_REPOS)")
         + ".",
-        category="validation",
+        category=Category.VALIDATION,
     )
 
 
 def check_commit(commit: str) -> str:
     if not HEX.match(commit or ""):
-        raise JobError(f"{commit!r} is not a commit (7-40 hex characters).", category="validation")
+        raise JobError(
+            f"{commit!r} is not a commit (7-40 hex characters).", category=Category.VALIDATION
+        )
     return commit
 
 
 def run(args: list[str], log: Path, cwd: Path | None = None, timeout: float = GIT_TIMEOUT) -> str:
-    """Run, append stdout+stderr to `log`, return stdout; CalledProcessError on failure."""
+    """Run; copy its stdout and stderr into `log` line by line as it prints; return stdout.
+
+    CalledProcessError on a non-zero exit. At `timeout` the command is killed and a
+    JobError (timeout) names it; what it printed until then stays in the log.
+    """
     env = {**os.environ, "GIT_TERMINAL_PROMPT": "0", "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
+    # Python children (pip, install.py) print at once instead of in 8 KB blocks.
+    env["PYTHONUNBUFFERED"] = "1"
     with log.open("a") as out:
-        out.write(f"$ {' '.join(args)}\n")
-        out.flush()
-        result = subprocess.run(
-            args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout, check=False
-        )
-        out.write(result.stdout + result.stderr)
-    if result.returncode:
-        raise subprocess.CalledProcessError(result.returncode, args, result.stdout, result.stderr)
-    return result.stdout
+        write_line(out, f"$ {' '.join(args)}")
+        with subprocess.Popen(
+            args, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=PIPE, stderr=PIPE
+        ) as child:
+            try:
+                stdout, stderr = relay(child, out, time.monotonic() + timeout)
+            except TimeoutError:
+                child.kill()
+                write_line(out, f"(stopped after {timeout:g} s)")
+                raise timed_out(args, timeout, log) from None
+    if child.returncode:
+        raise subprocess.CalledProcessError(child.returncode, args, stdout, stderr)
+    return stdout
+
+
+def relay(child: subprocess.Popen, out: TextIO, deadline: float) -> tuple[str, str]:
+    """Copy the child's output into `out` until it exits; its (stdout, stderr).
+
+    TimeoutError at `deadline`.
+    """
+    pipes = {child.stdout.fileno(): Lines(), child.stderr.fileno(): Lines()}
+    with selectors.DefaultSelector() as selector:
+        for fd in pipes:
+            selector.register(fd, selectors.EVENT_READ)
+        while selector.get_map():
+            ready = selector.select(max(0.0, deadline - time.monotonic()))
+            if not ready:
+                raise TimeoutError
+            for key, _ in ready:
+                chunk = os.read(key.fd, CHUNK)
+                if not chunk:
+                    selector.unregister(key.fd)
+                for line in pipes[key.fd].feed(chunk):
+                    write_line(out, line)
+    try:
+        child.wait(max(0.0, deadline - time.monotonic()))
+    except subprocess.TimeoutExpired:  # it closed its output but kept running
+        raise TimeoutError from None
+    return tuple(lines.text() for lines in pipes.values())
+
+
+class Lines:
+    """One output stream, cut into whole lines as its bytes arrive (b"" = the end)."""
+
+    def __init__(self) -> None:
+        self.data = bytearray()
+        self.start = 0  # where the line not yet complete begins
+
+    def feed(self, chunk: bytes) -> list[str]:
+        self.data += chunk
+        end = len(self.data) if not chunk else self.data.rfind(b"\n", self.start) + 1
+        if end <= self.start:
+            return []
+        done, self.start = self.data[self.start : end], end
+        return done.decode(errors="replace").splitlines()
+
+    def text(self) -> str:
+        return self.data.decode(errors="replace")
+
+
+def write_line(out: TextIO, line: str) -> None:
+    """One line into a log, secrets removed, on disk at once (a page shows its tail)."""
+    out.write(redact(line) + "\n")
+    out.flush()
+
+
+def append(log: Path, line: str) -> None:
+    with log.open("a") as out:
+        write_line(out, line)
+
+
+def timed_out(args: list[str], timeout: float, log: Path) -> JobError:
+    command = redact(" ".join([Path(args[0]).name, *args[1:]]))
+    return JobError(
+        f"{command} did not finish within {timeout:g} seconds and was stopped; what it "
+        f"printed until then is in {log.name}. This is retried automatically.",
+        category=Category.TIMEOUT,
+        detail=f"Command: {command}\nTimeout: {timeout:g} s",
+    )
 
 
 def git(log: Path, *args: str, cwd: Path | None = None) -> str:
@@ -81,7 +167,7 @@ def checkout(repo: Path, commit: str, log: Path) -> None:
         raise JobError(
             f"Commit {commit} is not in {repo.name}'s repository. Fix the pinned commit, "
             "then press Retry.",
-            category="not_found",
+            category=Category.NOT_FOUND,
             detail=exc.stderr[-2000:],
         ) from None
 
@@ -110,6 +196,6 @@ def remove_tree(path: Path) -> None:
     resolved = path.resolve()
     if resolved == root or not resolved.is_relative_to(root):
         raise JobError(
-            f"Refusing to delete {path}: it is not inside {root}.", category="permission"
+            f"Refusing to delete {path}: it is not inside {root}.", category=Category.PERMISSION
         )
     shutil.rmtree(resolved)

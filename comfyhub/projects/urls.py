@@ -11,6 +11,10 @@ urlpatterns = [
     path("projects/<slug:slug>/launch/", views.launch, name="project-launch"),
     path("projects/<slug:slug>/stop/", views.stop, name="project-stop"),
     path("projects/<slug:slug>/retry/", views.retry, name="project-retry"),
+    path(
+        "projects/<slug:slug>/models/download/", views.download_model, name="project-model-download"
+    ),
+    path("projects/<slug:slug>/models/skip/", views.skip_model, name="project-model-skip"),
     path("projects/<slug:slug>/rollback/", views.rollback, name="project-rollback"),
     path("projects/<slug:slug>/delete/", views.delete, name="project-delete"),
     path("projects/<slug:slug>/export/", views.export, name="project-export"),

@@ -18,14 +18,16 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 from comfyhub.projects import install, jobs, runtime
 from comfyhub.projects.export import launcher_json
 from comfyhub.projects.forms import (
+    ChosenModelForm,
     DeleteForm,
+    DownloadAgainForm,
     GalleryForm,
     ImportForm,
     NewProjectForm,
     ResolveForm,
     RollbackForm,
 )
-from comfyhub.projects.models import Project, ProjectStatus
+from comfyhub.projects.models import Project, ProjectStatus, model_key
 
 PER_PAGE = 48
 IMPORTS = "project_imports"
@@ -44,6 +46,8 @@ def card(project: Project) -> dict:
     launch = project.latest_job("project_launch")
     return {
         "project": project,
+        "status": ProjectStatus(project.status),
+        "cancelled": project.cancelled_models(),
         "job": project.install_job,
         "steps": jobs.install_steps(project.install_job),
         "launch": launch,
@@ -175,6 +179,28 @@ def stop(request: HttpRequest, slug: str) -> HttpResponse:
 def retry(request: HttpRequest, slug: str) -> HttpResponse:
     project = project_or_404(slug)
     project.retry_install()  # no-op if it is already running again: a double click
+    return back(request, project)
+
+
+@require_POST
+def download_model(request: HttpRequest, slug: str) -> HttpResponse:
+    """Download a model again (its download was cancelled); the install goes on."""
+    project = project_or_404(slug)
+    form = DownloadAgainForm(project, request.POST)
+    if not form.is_valid():
+        return problem(request, project, " ".join(form.errors["model"]))
+    project.download_again(form.cleaned_data["model"])
+    return back(request, project)
+
+
+@require_POST
+def skip_model(request: HttpRequest, slug: str) -> HttpResponse:
+    """Go without a model; the install goes on."""
+    project = project_or_404(slug)
+    form = ChosenModelForm(project, request.POST)
+    if not form.is_valid():
+        return problem(request, project, " ".join(form.errors["model"]))
+    project.go_without(model_key(form.cleaned_data["model"]))
     return back(request, project)
 
 

@@ -3,7 +3,7 @@ import json
 from django.core.management.base import BaseCommand, CommandError
 
 from comfyhub.projects import install, specs
-from comfyhub.projects.models import Project, ProjectStatus
+from comfyhub.projects.models import MAX_NAME, Project, ProjectStatus, check_name
 from recovery.engine import run_foreground
 from recovery.errors import JobError
 
@@ -12,7 +12,8 @@ class Command(BaseCommand):
     help = (
         "Create a project from a workflow file, an official template or a launcher.json, "
         "and install it here (same job as the worker: re-running after a kill resumes). "
-        "Prints {status, slug, error} with --json. Exit 0 ready, 1 failed, 2 bad input."
+        "Prints {status, slug, error} with --json. Exit 0 ready, 1 failed, 2 bad input "
+        f"(e.g. a name longer than {MAX_NAME} characters)."
     )
 
     def add_arguments(self, parser) -> None:
@@ -32,10 +33,11 @@ class Command(BaseCommand):
 
     def handle(self, *args, **options) -> None:
         try:
+            name = check_name(options["name"])
             spec = self.spec(options)
         except JobError as exc:
             raise CommandError(exc.message, returncode=2) from None
-        project = install.create(options["name"], spec, skipped=options["without"])
+        project = install.create(name, spec, skipped=options["without"])
         job = run_foreground(project.install_job_id)
         project.refresh_from_db()
         self.report(project, job, options["json"])
