@@ -212,7 +212,9 @@ def test_an_imported_workflow_downloads_both_models_live_through_drops(page, ser
     page.wait_for_url(re.compile(r"/projects/two-models/$"))
     for dest in ("checkpoints/sure.safetensors", "loras/flaky.safetensors"):
         wait_progress(page, dest, 100)
-    assert page.locator('.badge[data-status="succeeded"]').count() >= 2
+    # A bar reaches 100 % before the file is verified and renamed: wait for the badges.
+    succeeded = """document.querySelectorAll('.badge[data-status="succeeded"]').length >= 2"""
+    page.wait_for_function(succeeded, timeout=30_000)
     assert len([r for r in files.requests if r["path"] == "/flaky.safetensors"]) >= 3
     page.locator('#main .badge[data-status="succeeded"]').first.wait_for(timeout=60_000)
     shoot(page, "project-two-models")
