@@ -139,3 +139,10 @@ def test_offline_the_import_page_still_lists_the_missing_model(offline, client):
     assert response.status_code == 302, response.content.decode()
     html = client.get(response["Location"]).content.decode()
     assert "checkpoints/dreamy.safetensors" in html and "IPAdapterAdvanced" in html
+
+
+def test_offline_the_import_page_says_node_lookup_is_unavailable_and_why(offline, client):
+    offline.HF_ENDPOINT = offline.CIVITAI_ENDPOINT = offline.MANAGER_DATA_URL
+    response = client.post("/projects/import/", {"text": json.dumps(CUSTOM)})
+    html = client.get(response["Location"]).content.decode()
+    assert "could not be looked up: ComfyUI-Manager" in html and "connection refused" in html
