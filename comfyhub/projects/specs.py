@@ -7,13 +7,14 @@ from django.conf import settings
 from comfyhub.workflows import parse, templates
 from comfyhub.workflows.analyze import Requirements, analyze
 from recovery.errors import JobError
+from recovery.models import Category
 
 
 def read_json(path: Path) -> object:
     """A user's file as JSON, with the workflow parser's size and depth limits."""
     path = Path(path)
     if not path.is_file():
-        raise JobError(f"There is no file {path}.", category="not_found")
+        raise JobError(f"There is no file {path}.", category=Category.NOT_FOUND)
     if path.stat().st_size > parse.MAX_BYTES:
         raise parse.invalid(f"{path.name} is larger than {parse.MAX_BYTES // 2**20} MB.")
     return parse.loads(path.read_bytes())
@@ -27,7 +28,8 @@ def from_template(template_id: str) -> dict:
     try:
         data = templates.load_template(template_id)
     except (LookupError, OSError) as exc:
-        raise JobError(f"No official template {template_id!r}.", category="not_found") from exc
+        missing = f"No official template {template_id!r}."
+        raise JobError(missing, category=Category.NOT_FOUND) from exc
     return from_workflow(data, template_id)
 
 
