@@ -11,6 +11,7 @@ processes multiprocessing forks. Linux only, as the rest of the process handling
 
 import ctypes
 import os
+import select
 import signal
 
 PR_SET_PDEATHSIG = 1
@@ -48,3 +49,15 @@ def note_forking_pid() -> None:
 
 def die_with_forking_parent() -> None:
     die_with_parent(forking_pid)
+
+
+def exited_within(pid: int, timeout: float) -> bool:
+    """Wait (without polling) until `pid` has exited or `timeout` passed."""
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return True
+    try:
+        return bool(select.select([fd], [], [], timeout)[0])
+    finally:
+        os.close(fd)

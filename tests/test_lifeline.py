@@ -2,12 +2,12 @@
 
 import contextlib
 import os
-import select
 import signal
 import subprocess
 import sys
 from pathlib import Path
 
+from recovery.lifeline import exited_within
 from tests.conftest import ROOT, wait_until
 
 # Forks a child that forks a grandchild (as django-q2's cluster and sentinel do), prints
@@ -46,23 +46,12 @@ def wait_for_children(pid: int) -> list[int]:
     return [int(p) for p in found]
 
 
-def exited(pid: int, timeout: float) -> bool:
-    try:
-        fd = os.pidfd_open(pid)
-    except ProcessLookupError:
-        return True
-    try:
-        return bool(select.select([fd], [], [], timeout)[0])
-    finally:
-        os.close(fd)
-
-
 def test_forks_of_forks_die_when_the_top_process_is_sigkilled():
     top, descendants = start_tree()
     top.kill()
     top.wait()
     try:
-        assert all(exited(pid, 10) for pid in descendants)
+        assert all(exited_within(pid, 10) for pid in descendants)
     finally:
         for pid in descendants:
             with contextlib.suppress(ProcessLookupError):

@@ -8,7 +8,6 @@ ComfyUI as running.
 
 import contextlib
 import os
-import select
 import shutil
 import signal
 import socket
@@ -25,6 +24,7 @@ from django.utils import timezone
 from comfyhub.projects import tools
 from comfyhub.projects.models import Project, ProjectStatus, RunState
 from recovery.errors import JobError
+from recovery.lifeline import exited_within
 from recovery.models import Category
 
 HEALTH_TIMEOUT = 120.0
@@ -133,18 +133,6 @@ def wait_healthy(project: Project, child: subprocess.Popen, timeout: float) -> N
         run_message=f"ComfyUI did not answer within {timeout:.0f} s.\n{log_tail(project)}",
     )
     raise JobError(project.run_message, category=Category.TIMEOUT)
-
-
-def exited_within(pid: int, timeout: float) -> bool:
-    """Wait (without polling) until `pid` has exited or `timeout` passed."""
-    try:
-        fd = os.pidfd_open(pid)
-    except ProcessLookupError:
-        return True
-    try:
-        return bool(select.select([fd], [], [], timeout)[0])
-    finally:
-        os.close(fd)
 
 
 def answers(project: Project) -> bool:
