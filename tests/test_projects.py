@@ -284,6 +284,31 @@ def test_cancelling_a_models_download_mid_install_stops_at_models_until_the_user
     assert Project.objects.get(pk=project.pk).status == ProjectStatus.READY
 
 
+def test_a_model_downloaded_again_while_the_models_step_is_busy_is_joined_before_it_ends(repos):
+    slow, other = os.urandom(2_000_000), os.urandom(600_000)
+    with FileServer() as files:
+        a = {"directory": "checkpoints", "name": "a.bin", "url": files.add("/a", slow, rate=10_000)}
+        b = {"directory": "loras", "name": "b.bin", "url": files.add("/b", other, rate=100_000)}
+        project = install.create("Busy", spec(repos, models=[a, b]))
+        first_a, first_b = (
+            Download.objects.get(dest=m["directory"] + "/" + m["name"]) for m in (a, b)
+        )
+
+        def user():
+            cancel_once_moving(first_a.job_id)
+            moving = Job.objects.filter(pk=first_b.job_id, progress_done__gt=0)
+            wait_until(moving.exists, what="the models step to move on to b")
+            files.add("/a", slow)  # full speed for the new try
+            project.download_again(a)
+
+        clicker = threading.Thread(target=in_thread(user))
+        clicker.start()
+        job = run_foreground(project.install_job_id)
+        clicker.join()
+    assert job.status == Status.SUCCEEDED, job.error_message
+    assert Project.objects.get(pk=project.pk).status == ProjectStatus.READY
+
+
 def cancel_once_moving(pk: int) -> None:
     moving = Job.objects.filter(pk=pk, status=Status.RUNNING, progress_done__gt=0)
     wait_until(moving.exists, what="the download to move")

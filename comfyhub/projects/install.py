@@ -155,11 +155,14 @@ def models(project: Project, job: Job) -> None:
     """Join (or start) each missing model's download; a download the user cancelled is
     never restarted behind their back: the step stops and asks (download it again, or go
     without it)."""
-    cancelled = project.cancelled_models()
-    for model in project.required_models():
-        if model_key(model) not in cancelled and not present(model):
-            fetch_model(model)
-    project.refresh_from_db(fields=["models_skipped"])  # chosen while this step ran
+    fetched: set[str] = set()
+    # Pass after pass: while this step waits on one download, the user may download a
+    # cancelled model again (or go without one); the step ends only when no model is left
+    # that it has not seen through.
+    while pending := still_to_fetch(project, fetched):
+        for model in pending:
+            if fetch_model(model) == Status.SUCCEEDED:
+                fetched.add(model_key(model))
     if cancelled := project.cancelled_models():
         raise JobError(
             f"You cancelled the download of {', '.join(cancelled)}. Download it again, or "
@@ -168,7 +171,19 @@ def models(project: Project, job: Job) -> None:
         )
 
 
-def fetch_model(model: dict) -> None:
+def still_to_fetch(project: Project, fetched: set[str]) -> list[dict]:
+    project.refresh_from_db(fields=["models_skipped"])  # chosen while this step ran
+    seen = fetched | set(project.cancelled_models())
+    return [
+        model
+        for model in project.required_models()
+        if model_key(model) not in seen and not present(model)
+    ]
+
+
+def fetch_model(model: dict) -> str:
+    """Join (or start) the model's download until it succeeds (its status) or the user
+    cancels it (Status.CANCELLED); raises for anything else."""
     key = model_key(model)
     if not model.get("url"):
         raise JobError(
@@ -189,6 +204,7 @@ def fetch_model(model: dict) -> None:
             f"Model {key}: {child.error_message or child.status}",
             category=child.error_category or Category.UNKNOWN,
         )
+    return child.status
 
 
 def defer_long_waits(key: str):
