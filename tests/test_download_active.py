@@ -166,3 +166,12 @@ def test_two_spellings_of_one_destination_are_one_download():
     second, created = Download.objects.request("http://127.0.0.1:9/a", "vae//./a.bin")
     third, _ = Download.objects.request("http://127.0.0.1:9/a", "vae\\a.bin")
     assert not created and first.pk == second.pk == third.pk
+
+
+@pytest.mark.django_db
+def test_two_folders_that_are_one_folder_through_a_link_are_one_download(models_dir):
+    (models_dir / "diffusion_models").mkdir(parents=True)
+    (models_dir / "unet").symlink_to(models_dir / "diffusion_models")
+    first, created = Download.objects.request("http://h/x", "diffusion_models/x.bin")
+    joined, again = Download.objects.request("http://h/x", "unet/x.bin")
+    assert (created, again, joined.pk) == (True, False, first.pk)

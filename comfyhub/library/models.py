@@ -6,7 +6,6 @@ from pathlib import Path
 
 from django.conf import settings
 from django.db import IntegrityError, models, transaction
-from django.db.models import F
 from django.utils import timezone
 
 from comfyhub.library import sealing
@@ -18,6 +17,7 @@ from comfyhub.library.paths import (
     WORKING_SUFFIXES,
     beside,
     canonical,
+    file_key,
     host_of,
     models_path,
 )
@@ -43,12 +43,13 @@ class DownloadQuerySet(models.QuerySet):
         check_sha256, check_size).
         """
         dest = canonical(dest)
+        key = file_key(dest, settings.MODELS_DIR)
         for _ in range(JOIN_TRIES):
-            holder = self.filter(active_dest=dest).select_related("job").first()
+            holder = self.filter(active_dest=key).select_related("job").first()
             if holder and not holder.job.is_terminal:
                 return holder, False
             if holder:
-                self.release_stale(dest)
+                self.release_stale(key)
                 continue
             try:
                 return self.start(url, dest, sha256, size), True
@@ -67,16 +68,16 @@ class DownloadQuerySet(models.QuerySet):
                 job=job,
                 source_url=url,
                 dest=dest,
-                active_dest=dest,
+                active_dest=file_key(dest, settings.MODELS_DIR),
                 host=host,
                 expected_sha256=sha256,
                 expected_size=size,
             )
 
-    def release_stale(self, dest: str) -> int:
-        """Free `dest` from a download whose job ended but that still holds it (the process
-        died between the job's last write and the hand-back)."""
-        return self.filter(active_dest=dest, job__status__in=TERMINAL).update(active_dest=None)
+    def release_stale(self, key: str) -> int:
+        """Free the file `key` (paths.file_key) from a download whose job ended but that
+        still holds it (the process died between the job's last write and the hand-back)."""
+        return self.filter(active_dest=key, job__status__in=TERMINAL).update(active_dest=None)
 
     def queue(self, url: str, dest: str, sha256: str = "", size: int | None = None):
         """request() for the worker: a new download is handed to the cluster."""
@@ -171,11 +172,11 @@ class Download(models.Model):
         A download retried after it failed or was cancelled may find a newer one saving
         the same file: the two must never write the same .part.
         """
-        Download.objects.release_stale(self.dest)
+        Download.objects.release_stale(self.real_dest)
         try:
             with transaction.atomic():
                 mine = Download.objects.filter(pk=self.pk, active_dest__isnull=True)
-                mine.update(active_dest=self.dest)
+                mine.update(active_dest=self.real_dest)
         except IntegrityError:
             raise JobError(
                 f"Another download is already saving {self.dest}; this one stopped so the two "
@@ -184,7 +185,11 @@ class Download(models.Model):
             ) from None
 
     def taken_by_another(self) -> bool:
-        return Download.objects.filter(active_dest=self.dest).exclude(pk=self.pk).exists()
+        return Download.objects.filter(active_dest=self.real_dest).exclude(pk=self.pk).exists()
+
+    @property
+    def real_dest(self) -> str:
+        return file_key(self.dest, settings.MODELS_DIR)
 
 
 def follow_job(sender, job: Job, **kwargs) -> None:
@@ -199,10 +204,12 @@ def follow_job(sender, job: Job, **kwargs) -> None:
     if job.status in TERMINAL:
         Download.objects.filter(job_id=job.pk, active_dest__isnull=False).update(active_dest=None)
     elif job.status == Status.QUEUED:
+        freed = Download.objects.filter(job_id=job.pk, active_dest__isnull=True).first()
         with contextlib.suppress(IntegrityError), transaction.atomic():
-            Download.objects.filter(job_id=job.pk, active_dest__isnull=True).update(
-                active_dest=F("dest")
-            )
+            if freed:
+                Download.objects.filter(pk=freed.pk, active_dest__isnull=True).update(
+                    active_dest=freed.real_dest
+                )
 
 
 class LocalModel(models.Model):

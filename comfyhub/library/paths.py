@@ -67,6 +67,18 @@ def canonical(dest: str) -> str:
     return PurePosixPath(dest.replace("\\", "/")).as_posix()
 
 
+def file_key(dest: str, root: Path) -> str:
+    """The file `dest` really names, relative to `root`: `unet/x.safetensors` when
+    `unet` is a link to `diffusion_models` is `diffusion_models/x.safetensors`, so two
+    spellings of one file are one download (ComfyUI setups often link folders)."""
+    relative = PurePosixPath(canonical(dest))
+    root = root.resolve()
+    folder = (root / relative.parent).resolve()
+    if not folder.is_relative_to(root):
+        return relative.as_posix()  # models_path refuses it before a byte is written
+    return (folder / relative.name).relative_to(root).as_posix()
+
+
 def check_destination(dest: str, root: Path) -> Path:
     """models_path(), and no link already planted where the download will write."""
     target = models_path(dest, root)
