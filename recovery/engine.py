@@ -315,7 +315,9 @@ def lost_line(attempt: Attempt, now: datetime) -> str:
 
 def close_lost_attempts(job: Job, now: datetime) -> None:
     message = "The worker running this stopped (killed or crashed) before it finished."
-    job.attempts.filter(outcome=Outcome.RUNNING).update(
+    # Only tries up to the one read before the take-back: a duplicate queue message may
+    # already have claimed the job again, and its fresh attempt is not lost.
+    job.attempts.filter(outcome=Outcome.RUNNING, number__lte=job.attempt).update(
         outcome=Outcome.LOST, finished_at=now, message=message, progress_to=job.progress_done
     )
     job.refresh_from_db()

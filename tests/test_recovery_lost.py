@@ -13,7 +13,7 @@ import pytest
 from django.utils import timezone
 
 import tests.jobkinds  # noqa: F401 (registers the test job kinds)
-from recovery.engine import execute, reap_after_restart, reap_expired
+from recovery.engine import close_lost_attempts, execute, reap_after_restart, reap_expired
 from recovery.models import Attempt, Category, Job, Outcome, Status
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -145,3 +145,15 @@ def test_after_a_restart_the_run_of_a_live_process_is_left_alone():
     Job.objects.claim(job.pk, f"{socket.gethostname()}:{os.getpid()}", now)
     assert reap_after_restart(now) == []
     assert Job.objects.get(pk=job.pk).status == Status.RUNNING
+
+
+def test_a_try_claimed_between_the_take_back_and_the_bookkeeping_is_not_marked_lost():
+    job, now = Job.objects.create(kind="test.noop"), timezone.now()
+    gone = Job.objects.claim(job.pk, "box:1", now)
+    Attempt.objects.create(job=gone, number=gone.attempt, owner="box:1", started_at=now)
+    assert gone.take_back({"status": Status.QUEUED}, now)
+    fresh = Job.objects.claim(job.pk, "box:2", now)  # a duplicate message, right then
+    Attempt.objects.create(job=fresh, number=fresh.attempt, owner="box:2", started_at=now)
+    close_lost_attempts(gone, now)
+    outcomes = dict(job.attempts.values_list("owner", "outcome"))
+    assert outcomes == {"box:1": Outcome.LOST, "box:2": Outcome.RUNNING}
