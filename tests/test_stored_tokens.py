@@ -58,7 +58,11 @@ def test_the_database_row_holds_the_token_only_sealed(key_file):
     assert StoredToken.objects.value_of("HF_TOKEN") == SECRET
 
 
-@pytest.mark.skipif(not SQLITE, reason="reads the SQLite file; this run uses PostgreSQL")
+@pytest.mark.skipif(
+    not SQLITE,
+    reason="reads the SQLite database file's bytes; on PostgreSQL "
+    "test_the_database_row_holds_the_token_only_sealed checks the stored column",
+)
 @pytest.mark.django_db(transaction=True)
 def test_the_sqlite_file_and_its_wal_never_hold_a_token(key_file):
     unique = f"hf_{secrets.token_hex(16)}"  # no other test can have left it in a free page
