@@ -10,6 +10,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.fileserver import FileServer
+
 ROOT = Path(__file__).resolve().parent.parent
 REDIS_URL = os.environ.get("COMFYHUB_REDIS_URL") or "redis://127.0.0.1:6379/0"
 
@@ -205,6 +207,13 @@ def wait_until(predicate, timeout: float = 60, what: str = "condition"):
             return value
         time.sleep(0.05)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+@pytest.fixture
+def file_server():
+    """A loopback file server (tests/fileserver.py) for the test, stopped after it."""
+    with FileServer() as running:
+        yield running
 
 
 @pytest.fixture

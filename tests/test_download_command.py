@@ -15,23 +15,11 @@ from django.utils import timezone
 
 from recovery.models import BreakerState, CircuitBreaker
 from tests.conftest import ROOT, subprocess_env, wait_until
-from tests.fileserver import FileServer
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("models_dir")]
 
 DATA = os.urandom(2 * 1024 * 1024)
 SHA = hashlib.sha256(DATA).hexdigest()
-
-
-@pytest.fixture(autouse=True)
-def _models(models_dir):
-    return models_dir
-
-
-@pytest.fixture
-def server():
-    with FileServer() as running:
-        yield running
 
 
 def download(*args: str) -> dict:
@@ -97,8 +85,8 @@ def test_a_refused_url_never_echoes_its_password():
     assert "ftp://me:[redacted]@h/x" in str(error.value)
 
 
-def test_json_reports_a_verified_download(server, models_dir):
-    report = download(server.add("/m.bin", DATA), "--dest", "vae/m.bin", "--sha256", SHA)
+def test_json_reports_a_verified_download(file_server, models_dir):
+    report = download(file_server.add("/m.bin", DATA), "--dest", "vae/m.bin", "--sha256", SHA)
     assert report == {
         "status": "succeeded",
         "path": str(models_dir.resolve() / "vae/m.bin"),
@@ -109,12 +97,12 @@ def test_json_reports_a_verified_download(server, models_dir):
     }
 
 
-def test_a_failed_download_exits_1_and_explains(server, capsys):
+def test_a_failed_download_exits_1_and_explains(file_server, capsys):
     out = StringIO()
     with pytest.raises(SystemExit) as exit_info:
         call_command(
             "download",
-            server.add("/m.bin", DATA, script=["status:404"]),
+            file_server.add("/m.bin", DATA, script=["status:404"]),
             "--dest",
             "vae/m.bin",
             "--json",
@@ -127,10 +115,10 @@ def test_a_failed_download_exits_1_and_explains(server, capsys):
 
 
 @pytest.mark.e2e
-def test_a_killed_download_resumes_its_part_when_run_again(server, tmp_path, models_dir):
+def test_a_killed_download_resumes_its_part_when_run_again(file_server, tmp_path, models_dir):
     size = 12 * 1024 * 1024
     data = os.urandom(size)
-    url = server.add("/big.bin", data, rate=4 * 1024 * 1024)
+    url = file_server.add("/big.bin", data, rate=4 * 1024 * 1024)
     env = subprocess_env(tmp_path, COMFYHUB_MODELS_DIR=str(models_dir))
     sha = hashlib.sha256(data).hexdigest()
     command = [
@@ -149,21 +137,21 @@ def test_a_killed_download_resumes_its_part_when_run_again(server, tmp_path, mod
     wait_until(lambda: part.exists() and part.stat().st_size >= 3 * 1024 * 1024, what="3 MiB")
     first.send_signal(signal.SIGKILL)
     first.wait()
-    server.release_stalls()
+    file_server.release_stalls()
     second = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert second.returncode == 0, second.stderr
     assert json.loads(second.stdout)["sha256"] == sha
-    assert server.requests[-1]["headers"]["range"].startswith("bytes=")
-    assert server.bytes_sent() <= size + 16 * 1024 * 1024
+    assert file_server.requests[-1]["headers"]["range"].startswith("bytes=")
+    assert file_server.bytes_sent() <= size + 16 * 1024 * 1024
 
 
-def test_a_download_waiting_on_an_open_breaker_says_so_and_for_how_long(server, capsys):
-    server.add("/m.bin", DATA)
-    host = server.url("/m.bin").split("/")[2]
+def test_a_download_waiting_on_an_open_breaker_says_so_and_for_how_long(file_server, capsys):
+    file_server.add("/m.bin", DATA)
+    host = file_server.url("/m.bin").split("/")[2]
     CircuitBreaker.objects.create(
         key=host, state=BreakerState.OPEN, opened_at=timezone.now(), cooldown_seconds=1.5
     )
-    result = download(server.url("/m.bin"), "--dest", "checkpoints/m.bin")
+    result = download(file_server.url("/m.bin"), "--dest", "checkpoints/m.bin")
     waited = capsys.readouterr().err
     assert result["status"] == "succeeded"
     assert re.search(r"waiting [12] s: .*failed several times in a row", waited), waited

@@ -15,23 +15,11 @@ from recovery.errors import JobError
 from recovery.models import Category, Status
 from recovery.redact import redact
 from tests.conftest import ROOT
-from tests.fileserver import FileServer
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("models_dir")]
 
 DATA = os.urandom(256 * 1024)
 SHA = hashlib.sha256(DATA).hexdigest()
-
-
-@pytest.fixture(autouse=True)
-def _models(models_dir):
-    return models_dir
-
-
-@pytest.fixture
-def server():
-    with FileServer() as running:
-        yield running
 
 
 @pytest.fixture
@@ -53,9 +41,9 @@ def started(url: str, dest: str = "checkpoints/m.bin") -> Download:
 
 @pytest.mark.parametrize("planted", [".part.tmp", ".part", ".part.json"])
 def test_a_link_planted_beside_a_download_is_refused_and_its_target_untouched(
-    server, outside, planted
+    file_server, outside, planted
 ):
-    download = started(server.add("/m.bin", DATA))
+    download = started(file_server.add("/m.bin", DATA))
     if planted != ".part.json":
         download.sidecar_path.write_text(f'{{"url": "{download.url}", "validator": ""}}')
     download.path.with_name(download.path.name + planted).symlink_to(outside)
@@ -65,22 +53,22 @@ def test_a_link_planted_beside_a_download_is_refused_and_its_target_untouched(
     assert outside.read_text() == "precious" and not download.path.exists()
 
 
-def test_a_hard_link_planted_at_the_part_is_refused(server, outside):
-    download = started(server.add("/m.bin", DATA))
+def test_a_hard_link_planted_at_the_part_is_refused(file_server, outside):
+    download = started(file_server.add("/m.bin", DATA))
     download.sidecar_path.write_text(f'{{"url": "{download.url}", "validator": ""}}')
     os.link(outside, download.part_path)
     job = run_foreground(download.job_id)
     assert job.error_category == Category.VALIDATION and outside.read_text() == "precious"
 
 
-def test_a_destination_linked_outside_is_refused_and_left_alone(server, outside, models_dir):
+def test_a_destination_linked_outside_is_refused_and_left_alone(file_server, outside, models_dir):
     (models_dir / "checkpoints").mkdir()
     (models_dir / "checkpoints/m.bin").symlink_to(outside)
-    download, _ = Download.objects.request(server.add("/m.bin", DATA), "checkpoints/m.bin")
+    download, _ = Download.objects.request(file_server.add("/m.bin", DATA), "checkpoints/m.bin")
     job = run_foreground(download.job_id)
     assert job.status == Status.FAILED and job.error_category == Category.VALIDATION
     assert "leads outside the models folder" in job.error_message
-    assert outside.read_text() == "precious" and server.requests == []
+    assert outside.read_text() == "precious" and file_server.requests == []
 
 
 def test_a_model_linked_from_outside_is_not_present(models_dir, outside):
@@ -90,12 +78,12 @@ def test_a_model_linked_from_outside_is_not_present(models_dir, outside):
     assert index.scan() == 0
 
 
-def test_a_url_password_never_reaches_host_breaker_or_messages(server):
-    url = server.add("/m.bin", DATA, auth="Bearer right").replace("://", "://me:hunter2@pw@")
+def test_a_url_password_never_reaches_host_breaker_or_messages(file_server):
+    url = file_server.add("/m.bin", DATA, auth="Bearer right").replace("://", "://me:hunter2@pw@")
     download, _ = Download.objects.request(url, "checkpoints/m.bin")
     job = run_foreground(download.job_id)
     download.refresh_from_db()
-    assert job.error_category == Category.AUTH and download.host == server.base[7:]
+    assert job.error_category == Category.AUTH and download.host == file_server.base[7:]
     shown = [download.host, job.breaker_key, job.error_message, job.error_detail]
     shown += [a.message + a.detail for a in job.attempts.all()]
     assert not [text for text in shown if "hunter2" in text]
@@ -121,11 +109,11 @@ def test_a_url_with_a_line_break_fails_at_once_as_validation():
     assert job.attempt == 1 and "line break" in job.error_message
 
 
-def test_a_redirect_loop_gives_up_at_once_and_says_so(server):
-    url = server.add("/a.bin", DATA, script=["redirect:/b.bin"] * 20)
-    server.add("/b.bin", DATA, script=["redirect:/a.bin"] * 20)
+def test_a_redirect_loop_gives_up_at_once_and_says_so(file_server):
+    url = file_server.add("/a.bin", DATA, script=["redirect:/b.bin"] * 20)
+    file_server.add("/b.bin", DATA, script=["redirect:/a.bin"] * 20)
     download, _ = Download.objects.request(url, "vae/m.bin")
     job = run_foreground(download.job_id)
     assert job.status == Status.FAILED and job.attempt == 1
     assert "redirects in a loop" in job.error_message and "/b.bin" in job.error_detail
-    assert len(server.requests) <= 10
+    assert len(file_server.requests) <= 10
