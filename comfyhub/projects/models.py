@@ -168,8 +168,9 @@ class Project(models.Model):
             if download.job.status == Status.CANCELLED and not present(wanted[key])
         ]
 
-    def go_without(self, key: str) -> None:
-        """Leave model `key` out (the user chose to), then let the install go on."""
+    def go_without(self, model: dict) -> None:
+        """Leave `model` (a spec entry) out (the user chose to), then let the install go on."""
+        key = model_key(model)
         with transaction.atomic():
             # Under the row's lock: two choices made at once both land.
             mine = Project.objects.select_for_update().filter(pk=self.pk)

@@ -27,7 +27,7 @@ from comfyhub.projects.forms import (
     ResolveForm,
     RollbackForm,
 )
-from comfyhub.projects.models import Project, ProjectStatus, model_key
+from comfyhub.projects.models import Project, ProjectStatus
 
 PER_PAGE = 48
 IMPORTS = "project_imports"
@@ -185,22 +185,22 @@ def retry(request: HttpRequest, slug: str) -> HttpResponse:
 @require_POST
 def download_model(request: HttpRequest, slug: str) -> HttpResponse:
     """Download a model again (its download was cancelled); the install goes on."""
-    project = project_or_404(slug)
-    form = DownloadAgainForm(project, request.POST)
-    if not form.is_valid():
-        return problem(request, project, " ".join(form.errors["model"]))
-    project.download_again(form.cleaned_data["model"])
-    return back(request, project)
+    return choose_model(request, slug, DownloadAgainForm, Project.download_again)
 
 
 @require_POST
 def skip_model(request: HttpRequest, slug: str) -> HttpResponse:
     """Go without a model; the install goes on."""
+    return choose_model(request, slug, ChosenModelForm, Project.go_without)
+
+
+def choose_model(request: HttpRequest, slug: str, form_class, choice) -> HttpResponse:
+    """The user's way forward for one model of the spec: `choice(project, model)`."""
     project = project_or_404(slug)
-    form = ChosenModelForm(project, request.POST)
+    form = form_class(project, request.POST)
     if not form.is_valid():
         return problem(request, project, " ".join(form.errors["model"]))
-    project.go_without(model_key(form.cleaned_data["model"]))
+    choice(project, form.cleaned_data["model"])
     return back(request, project)
 
 
