@@ -53,6 +53,9 @@ OVERRIDDEN = {
 }
 
 
+# Where a cancel takes effect at once (a running job stops at its next checkpoint).
+CANCELLABLE = [Status.QUEUED, Status.WAITING, Status.PAUSED]
+
 ENDED_BY_USER = {
     Requested.PAUSE: {
         "status": Status.PAUSED,
@@ -341,7 +344,7 @@ class Job(models.Model):
 
     def cancel(self) -> bool:
         """Cancel at once, or, when running, as for pause; the kind's on_cancel cleans up."""
-        return self.ask(Requested.CANCEL, [Status.QUEUED, Status.WAITING, Status.PAUSED])
+        return self.ask(Requested.CANCEL, CANCELLABLE)
 
     def ask(self, requested: str, stoppable: list[str]) -> bool:
         """Record the request on the row, then carry it out at once if the job is in a
@@ -370,18 +373,7 @@ class Job(models.Model):
             run_cancel_hook(self)
 
     def resume(self) -> bool:
-        moved = self.transition(
-            [Status.PAUSED],
-            status=Status.QUEUED,
-            next_attempt_at=None,
-            transient_failures=0,
-            lost_attempts=0,
-            requested=Requested.NOTHING,
-            dispatched_at=None,
-        )
-        if moved:
-            self.dispatch()
-        return moved
+        return self.requeue([Status.PAUSED])
 
     def dismiss(self) -> bool:
         """Put a failed job away (failed → cancelled, with the cancel cleanup): the user
@@ -399,20 +391,33 @@ class Job(models.Model):
     def retry_now(self) -> bool:
         """Run a waiting, paused, failed or cancelled job at once, with fresh failure
         counts (a cancelled one starts over from what its cancel cleanup left)."""
-        moved = self.transition(
-            [Status.WAITING, Status.PAUSED, Status.FAILED, Status.CANCELLED],
+        stopped = [Status.WAITING, Status.PAUSED, Status.FAILED, Status.CANCELLED]
+        return self.requeue(stopped, integrity_restarts=0, finished_at=None)
+
+    def requeue(self, from_statuses, **fields) -> bool:
+        """Queue the job again, with fresh failure counts, and hand it to the cluster.
+
+        A cancel recorded on the row a moment earlier (asked, not yet carried out: see
+        `ask`) wins over this later click: it is carried out instead, never dropped."""
+        now = timezone.now()
+        rows = Job.objects.filter(pk=self.pk, status__in=from_statuses)
+        moved = rows.exclude(requested=Requested.CANCEL).update(
             status=Status.QUEUED,
             next_attempt_at=None,
             transient_failures=0,
-            integrity_restarts=0,
             lost_attempts=0,
             requested=Requested.NOTHING,
-            finished_at=None,
             dispatched_at=None,
+            updated_at=now,
+            **fields,
         )
+        self.refresh_from_db()
         if moved:
+            job_changed.send(sender=Job, job=self)
             self.dispatch()
-        return moved
+        elif self.requested == Requested.CANCEL:
+            self.stop_as_asked(Requested.CANCEL, CANCELLABLE)
+        return bool(moved)
 
     def dispatch(self) -> None:
         """Hand the job to the worker cluster once the current transaction commits."""

@@ -86,3 +86,14 @@ def test_retry_now_runs_a_cancelled_job_again():
     job = Job.objects.create(kind="test.noop", status=Status.CANCELLED, finished_at=timezone.now())
     assert job.retry_now() and job.status == Status.QUEUED and job.finished_at is None
     assert execute(job.pk) == Status.SUCCEEDED
+
+
+@pytest.mark.parametrize("click", ["resume", "retry_now"])
+def test_a_resume_landing_between_a_cancel_and_its_carrying_out_loses_to_the_cancel(click):
+    job = Job.objects.create(kind="test.deferring", status=Status.PAUSED)
+    # Cancel recorded its request; a Resume from another tab lands before it stops the job.
+    Job.objects.filter(pk=job.pk).update(requested=Requested.CANCEL)
+    assert getattr(Job.objects.get(pk=job.pk), click)() is False
+    job.refresh_from_db()
+    assert (job.status, job.requested) == (Status.CANCELLED, Requested.NOTHING)
+    assert job.pk in tests.jobkinds.CANCELLED_JOBS
