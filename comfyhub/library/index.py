@@ -11,9 +11,10 @@ from django.conf import settings
 from django.utils import timezone
 
 from comfyhub.library.models import LocalModel
-from comfyhub.library.paths import BadInput, models_path
+from comfyhub.library.paths import WORKING_SUFFIXES, BadInput, models_path
 
-IGNORED_SUFFIXES = (".part", ".part.json", ".tmp")
+# A download's working files, and any other half-written temporary file.
+IGNORED_SUFFIXES = (*WORKING_SUFFIXES, ".tmp")
 
 
 def split(path: Path, root: Path | None = None) -> tuple[str, str]:
