@@ -1,6 +1,5 @@
 import contextlib
 import hashlib
-import math
 from datetime import timedelta
 from pathlib import Path
 
@@ -126,14 +125,6 @@ class Download(models.Model):
         if not self.total_bytes:
             return None
         return min(100, int(self.bytes_done * 100 / self.total_bytes))
-
-    @property
-    def retry_in(self) -> int | None:
-        """Whole seconds until a waiting download tries again; what the card counts down."""
-        due = self.job.next_attempt_at
-        if self.job.status != Status.WAITING or due is None:
-            return None
-        return max(0, math.ceil((due - timezone.now()).total_seconds()))
 
     @property
     def path(self) -> Path:
