@@ -31,14 +31,13 @@ import httpx
 from django.conf import settings
 from django.utils import timezone
 
-from comfyhub.library import finder_sources
+from comfyhub.library import finder_sources, folders
 from comfyhub.library.finder_sources import (
     MODEL_SUFFIXES,
     Candidate,
     Query,
     Remote,
     extension,
-    folder,
     normalise,
 )
 from comfyhub.library.models import FinderAnswer
@@ -192,4 +191,4 @@ def name_points(have: str, want: str) -> int:
 def folder_points(have: str, want: str) -> int:
     if not (have and want):
         return 0
-    return SAME_FOLDER if folder(have) == folder(want) else OTHER_FOLDER
+    return SAME_FOLDER if folders.canonical(have) == folders.canonical(want) else OTHER_FOLDER

@@ -20,7 +20,7 @@ from django.conf import settings
 from django.db.models import Q
 from django.utils import timezone
 
-from comfyhub.library import manager_data, sources
+from comfyhub.library import folders, manager_data, sources
 from comfyhub.library.models import FinderAnswer, LocalModel
 from comfyhub.library.paths import BadInput, check_url
 from recovery.classify import classify
@@ -34,68 +34,6 @@ HF_SEARCHES = 3  # ever shorter search terms tried until one finds repos
 HF_TREES = 4  # repos whose file tree is read
 CIVITAI_SEARCHES = 2
 CIVITAI_VERSIONS = 3  # newest versions of each model found
-
-# ComfyUI's models folders, and the legacy folder names and model types (CivitAI's,
-# ComfyUI-Manager's) that mean one of them.
-FOLDERS = frozenset(
-    {
-        "checkpoints",
-        "loras",
-        "vae",
-        "vae_approx",
-        "controlnet",
-        "upscale_models",
-        "embeddings",
-        "text_encoders",
-        "diffusion_models",
-        "clip_vision",
-        "style_models",
-        "hypernetworks",
-        "gligen",
-        "photomaker",
-        "audio_encoders",
-        "model_patches",
-        "latent_upscale_models",
-        "ipadapter",
-        "animatediff_models",
-        "animatediff_motion_lora",
-    }
-)
-ALIASES = {
-    "unet": "diffusion_models",
-    "diffusion_model": "diffusion_models",
-    "clip": "text_encoders",
-    "text_encoder": "text_encoders",
-    "checkpoint": "checkpoints",
-    "unclip": "checkpoints",
-    "lora": "loras",
-    "locon": "loras",
-    "dora": "loras",
-    "embedding": "embeddings",
-    "textualinversion": "embeddings",
-    "hypernetwork": "hypernetworks",
-    "upscale": "upscale_models",
-    "upscaler": "upscale_models",
-    "t2i-adapter": "controlnet",
-    "t2i-style": "controlnet",
-    "ip-adapter": "ipadapter",
-    "taesd": "vae_approx",
-    "motionmodule": "animatediff_models",
-    "animatediff": "animatediff_models",
-    "motion lora": "animatediff_motion_lora",
-}
-
-
-def folder(name: str) -> str:
-    """The ComfyUI models folder that a folder path, a legacy folder name or a model type
-    means ("unet/x" -> "diffusion_models", "LORA" -> "loras"); unknown names stay as they are."""
-    key = name.replace("\\", "/").strip("/").split("/")[0].lower()
-    return ALIASES.get(key, key)
-
-
-def known_folder(name: str) -> str:
-    found = folder(name)
-    return found if found in FOLDERS else ""
 
 
 def strip_extension(filename: str) -> str:
@@ -294,11 +232,11 @@ def model_list_candidate(entry: dict) -> Candidate | None:
         filename = unquote(PurePosixPath(urlsplit(url).path).name)
     save_path = str(entry.get("save_path") or "default")
     if save_path == "default":
-        directory = known_folder(str(entry.get("type", ""))) or "etc"
+        directory = folders.known(str(entry.get("type", ""))) or "etc"
     elif save_path.startswith("custom_nodes") or ".." in save_path:
         directory = ""
     else:
-        directory = folder(save_path)
+        directory = folders.canonical(save_path)
     return Candidate("model-list", url, filename, directory, label=str(entry.get("name", "")))
 
 
@@ -326,7 +264,7 @@ def hf_files(remote: Remote, base: str, repo: str) -> list[Candidate]:
 def hf_candidate(base: str, repo: str, entry: dict) -> Candidate:
     path = PurePosixPath(entry["path"])
     # Comfy-Org's repos say where a file goes: split_files/text_encoders/clip_l.safetensors
-    directory = next((known_folder(part) for part in path.parts[:-1] if known_folder(part)), "")
+    directory = next((folders.known(part) for part in path.parts[:-1] if folders.known(part)), "")
     return Candidate(
         "huggingface",
         f"{base}/{quote(repo)}/resolve/main/{quote(str(path))}",
@@ -366,7 +304,7 @@ def civitai_files(version: dict, model: dict) -> list[Candidate]:
         if not url or not name:
             continue
         size_kb = file.get("sizeKB")
-        directory = "vae" if file.get("type") == "VAE" else known_folder(model.get("type", ""))
+        directory = "vae" if file.get("type") == "VAE" else folders.known(model.get("type", ""))
         candidates.append(
             Candidate(
                 "civitai",

@@ -12,6 +12,7 @@ import time
 from django.conf import settings
 from django.db import transaction
 
+from comfyhub.library import folders
 from comfyhub.library.models import Download
 from comfyhub.projects import tools
 from comfyhub.projects.models import (
@@ -28,30 +29,6 @@ from recovery.errors import Defer, JobError
 from recovery.models import Category, Job, Status
 
 PAUSED_RECHECK = 30.0  # seconds between two looks at a model download the user paused
-
-MODEL_FOLDERS = [
-    "checkpoints",
-    "clip",
-    "clip_vision",
-    "configs",
-    "controlnet",
-    "diffusers",
-    "diffusion_models",
-    "embeddings",
-    "gligen",
-    "hypernetworks",
-    "loras",
-    "photomaker",
-    "style_models",
-    "text_encoders",
-    "unet",
-    "upscale_models",
-    "vae",
-    "vae_approx",
-    "audio_encoders",
-    "model_patches",
-    "latent_upscale_models",
-]
 
 
 def create(name: str, spec: dict, skipped: list[str] | None = None) -> Project:
@@ -147,7 +124,8 @@ def pins_without(project: Project, repository: str) -> list[dict]:
 def model_paths(project: Project, job: Job) -> None:
     """Point ComfyUI at the shared models folder (never a copy: models are shared)."""
     lines = ["comfyhub:", f"    base_path: {settings.MODELS_DIR.resolve()}"]
-    lines += [f"    {folder}: {folder}/" for folder in MODEL_FOLDERS]
+    named = [model["directory"] for model in project.spec.get("models", [])]
+    lines += [f"    {folder}: {folder}/" for folder in folders.folders_for(named)]
     (project.comfyui_dir / "extra_model_paths.yaml").write_text("\n".join(lines) + "\n")
 
 
