@@ -60,3 +60,10 @@ def test_a_changed_file_forgets_its_old_hash(models_dir):
     index.record(path, "0" * 64)
     path.write_bytes(b"different and longer")
     assert index.record(path).sha256 == ""
+
+
+def test_files_under_a_hidden_top_level_folder_are_not_models(models_dir):
+    put(models_dir, ".downloads/registry/pack/1.0.0.zip")
+    put(models_dir, "checkpoints/a.safetensors")
+    assert index.scan() == 1
+    assert LocalModel.objects.get().directory == "checkpoints"

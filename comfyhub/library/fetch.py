@@ -543,7 +543,8 @@ def fsync_dir(path) -> None:
 
 
 def record_done(download: Download, job: Job, digest: str, size: int) -> None:
-    index.record(download.path, digest)
+    if index.is_model(download.path, settings.MODELS_DIR.resolve()):
+        index.record(download.path, digest)
     download.sha256 = digest
     download.report(size, size, download.speed, 0)
     download.save(update_fields=["sha256"])

@@ -41,6 +41,10 @@ COMFYUI = (
 LEGACY = {"clip": "text_encoders", "unet": "diffusion_models", "t2i_adapter": "controlnet"}
 PACKS = ("ipadapter", "animatediff_models", "animatediff_motion_lora")
 FOLDERS = COMFYUI + tuple(LEGACY) + PACKS
+# Downloads that are not models (a registry pack's zip, a launcher's input image) land
+# under this hidden folder of the models folder: the download engine (resume, verify,
+# breaker) serves them too, and the index never lists them as models.
+DOWNLOADS = ".downloads"
 
 # Model types (CivitAI's, ComfyUI-Manager's) and singular spellings that mean one folder.
 ALIASES = {

@@ -43,7 +43,7 @@ def scan() -> int:
     root = settings.MODELS_DIR.resolve()
     seen = set()
     for path in root.glob("*/**/*"):
-        if inside(path, root) and not path.name.endswith(IGNORED_SUFFIXES):
+        if is_model(path, root):
             seen.add(record(path).pk)
     LocalModel.objects.exclude(pk__in=seen).delete()
     return len(seen)
@@ -62,6 +62,15 @@ def is_present(directory: str, name: str, sha256: str = "") -> bool:
         return False
     known = LocalModel.objects.filter(directory=directory, name=name).exclude(sha256="").first()
     return not (sha256 and known and known.sha256 != sha256.lower())
+
+
+def is_model(path: Path, root: Path) -> bool:
+    """A finished file in a models folder: not a working file, not under a hidden top-level
+    folder (DOWNLOADS, where packs' zips and input files land)."""
+    top = path.relative_to(root).parts[0]
+    return (
+        not top.startswith(".") and inside(path, root) and not path.name.endswith(IGNORED_SUFFIXES)
+    )
 
 
 def inside(path: Path, root: Path) -> bool:
