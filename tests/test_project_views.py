@@ -13,7 +13,7 @@ from comfyhub.library.models import Download
 from comfyhub.live.consumers import JobConsumer
 from comfyhub.projects import install
 from comfyhub.projects.models import Project, ProjectStatus, RestorePoint, RunState
-from comfyhub.workflows import templates
+from comfyhub.workflows import catalog
 from recovery.engine import run_foreground
 from recovery.errors import JobError
 from recovery.models import Category, Job, Status
@@ -110,8 +110,8 @@ def test_the_list_refuses_post(client):
 # --- New from a template ------------------------------------------------------------------
 
 
-def a_template_with_models() -> templates.Template:
-    return next(t for group in templates.catalog() for t in group.templates if t.models and t.size)
+def a_template_with_models() -> catalog.Template:
+    return next(t for group in catalog.catalog() for t in group.templates if t.models and t.size)
 
 
 def test_the_gallery_shows_templates_by_category_with_their_models_and_size(client):
@@ -124,7 +124,7 @@ def test_the_gallery_shows_templates_by_category_with_their_models_and_size(clie
 
 def test_the_search_filters_server_side(client):
     template = a_template_with_models()
-    other = next(t for t in templates.catalog()[0].templates if t.name != template.name)
+    other = next(t for t in catalog.catalog()[0].templates if t.name != template.name)
     html = client.get("/projects/new/", {"q": template.name}).content.decode()
     assert f'value="{template.name}"' in html and f'value="{other.name}"' not in html
     nothing = client.get("/projects/new/", {"q": "zzzz-no-such-template"}).content.decode()

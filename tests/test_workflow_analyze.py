@@ -151,6 +151,8 @@ def test_presence_comes_from_the_models_folder_and_known_hashes(settings, tmp_pa
         node(3, "VAELoader", ["wanted.bin"], models=declared),
     ]
     result = analyze.analyze(parse.from_json({"nodes": nodes}))
+    assert {m.present for m in result.models} == {None}  # the analysis reads no database
+    index.mark_present(result.models)
     assert {m.name: m.present for m in result.models} == {
         "here.safetensors": True,
         "gone.safetensors": False,

@@ -5,22 +5,22 @@ import json
 
 import pytest
 
-from comfyhub.workflows import analyze, parse, templates
+from comfyhub.workflows import analyze, catalog, parse, templates
 from recovery.errors import JobError
 
 
 def test_the_catalog_follows_the_index_categories_and_titles():
     index = json.loads((templates.folder() / "index.json").read_text())
-    catalog = templates.catalog()
-    assert [c.title for c in catalog] == [group["title"] for group in index]
+    groups = catalog.catalog()
+    assert [c.title for c in groups] == [group["title"] for group in index]
     first = index[0]["templates"][0]
-    assert catalog[0].templates[0].title == first["title"]
-    assert catalog[0].templates[0].category == index[0]["title"]
-    assert sum(len(c.templates) for c in catalog) == len(templates.names())
+    assert groups[0].templates[0].title == first["title"]
+    assert groups[0].templates[0].category == index[0]["title"]
+    assert sum(len(c.templates) for c in groups) == len(templates.names())
 
 
 def test_each_template_lists_the_models_the_analyzer_finds_in_its_workflow():
-    flux2 = next(t for c in templates.catalog() for t in c.templates if t.name == "image_flux2")
+    flux2 = next(t for c in catalog.catalog() for t in c.templates if t.name == "image_flux2")
     expected = analyze.required_models(parse.read(templates.path("image_flux2")))
     assert [(m.directory, m.name, m.url) for m in flux2.models] == [
         (m.directory, m.name, m.url) for m in expected
@@ -35,14 +35,14 @@ def test_each_template_lists_the_models_the_analyzer_finds_in_its_workflow():
 
 
 def test_api_only_templates_need_no_model_files():
-    api = [t for c in templates.catalog() for t in c.templates if t.name.startswith("api_")]
+    api = [t for c in catalog.catalog() for t in c.templates if t.name.startswith("api_")]
     assert api
     assert all(t.models == () for t in api)
 
 
 def test_thumbnails_are_none_without_a_media_bundle():
-    installed = any(importlib.util.find_spec(name) for name in templates.MEDIA_PACKAGES)
-    thumbnails = {t.thumbnail for c in templates.catalog() for t in c.templates}
+    installed = any(importlib.util.find_spec(name) for name in catalog.MEDIA_PACKAGES)
+    thumbnails = {t.thumbnail for c in catalog.catalog() for t in c.templates}
     assert installed or thumbnails == {None}
 
 

@@ -59,7 +59,7 @@ def test_a_registry_name_two_repositories_share_is_not_guessed():
 
 def requirements(*nodes, **extra) -> analyze.Requirements:
     workflow = parse.from_json({"nodes": list(nodes), **extra})
-    return analyze.analyze(workflow, node_map=SMALL, check_presence=False)
+    return analyze.analyze(workflow, node_map=SMALL)
 
 
 def test_unknown_types_are_reported_and_frontend_nodes_and_subgraphs_are_not():

@@ -106,7 +106,7 @@ def test_template_nodes_marked_comfy_core_never_map_to_a_custom_repository():
     core_nodes = [
         node
         for name in NAMES
-        for node in analyze.all_nodes(parse.read(templates.path(name)))
+        for node in parse.all_nodes(parse.read(templates.path(name)))
         if (node.get("properties") or {}).get("cnr_id") == "comfy-core"
     ]
     wrong = {

@@ -73,6 +73,12 @@ def is_model(path: Path, root: Path) -> bool:
     )
 
 
+def mark_present(models) -> None:
+    """Set `present` on each model requirement (anything with directory, name, sha256)."""
+    for model in models:
+        model.present = is_present(model.directory, model.name, model.sha256)
+
+
 def inside(path: Path, root: Path) -> bool:
     """A file that is in the models folder, also once links are followed."""
     return path.is_file() and path.resolve().is_relative_to(root)

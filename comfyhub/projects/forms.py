@@ -6,12 +6,12 @@ from urllib.parse import unquote, urlsplit
 import httpx
 from django import forms
 
-from comfyhub.library import finder
+from comfyhub.library import finder, index
 from comfyhub.library.fetch import human
 from comfyhub.library.paths import BadInput, check_url
 from comfyhub.projects import specs
 from comfyhub.projects.models import MAX_NAME, RestorePoint, model_key
-from comfyhub.workflows import parse, templates
+from comfyhub.workflows import catalog, parse
 from comfyhub.workflows.analyze import ModelRequirement, analyze
 from recovery.errors import JobError
 
@@ -44,24 +44,24 @@ class GalleryForm(forms.Form):
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        titles = [group.title for group in templates.catalog()]
+        titles = [group.title for group in catalog.catalog()]
         self.fields["category"].choices = [("", "All categories"), *((t, t) for t in titles)]
 
-    def results(self) -> list[templates.Template]:
+    def results(self) -> list[catalog.Template]:
         """Templates of the chosen category whose name, title, description or tags hold
         every word searched for."""
         words = self.cleaned_data["q"].lower().split()
         category = self.cleaned_data["category"]
         return [
             template
-            for group in templates.catalog()
+            for group in catalog.catalog()
             if category in ("", group.title)
             for template in group.templates
             if all(word in searchable(template) for word in words)
         ]
 
 
-def searchable(template: templates.Template) -> str:
+def searchable(template: catalog.Template) -> str:
     return " ".join((template.name, template.title, template.description, *template.tags)).lower()
 
 
@@ -148,6 +148,7 @@ class ImportForm(forms.Form):
         """What the next step needs, kept on the server (session): the workflow, what it
         requires, and finder candidates for each missing model."""
         requirements = self.cleaned_data["requirements"]
+        index.mark_present(requirements.models)
         missing = [model for model in requirements.models if not model.present]
         return {
             "name": self.default_name(),

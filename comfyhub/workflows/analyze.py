@@ -14,12 +14,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from comfyhub.library.index import is_present
 from comfyhub.workflows import nodemap
 from comfyhub.workflows.parse import (
     HEX_COMMIT,
     SHA256,
     Workflow,
+    all_nodes,
     check_model_path,
     invalid,
     read,
@@ -143,16 +143,12 @@ def analyze_file(path: Path, **options) -> Requirements:
     return analyze(read(path), **options)
 
 
-def analyze(
-    workflow: Workflow, *, node_map: nodemap.NodeMap | None = None, check_presence: bool = True
-) -> Requirements:
-    """Everything `workflow` needs. `present` is looked up in the local model index unless
-    `check_presence` is False (no database needed then). Without ComfyUI-Manager's data the
-    analysis still succeeds, with `custom_nodes_unavailable` saying why."""
+def analyze(workflow: Workflow, *, node_map: nodemap.NodeMap | None = None) -> Requirements:
+    """Everything `workflow` needs, from the file alone (no database: a caller that wants
+    `present` asks the index, `comfyhub.library.index.mark_present`). Without
+    ComfyUI-Manager's data the analysis still succeeds, with `custom_nodes_unavailable`
+    saying why."""
     models = required_models(workflow)
-    if check_presence:
-        for model in models:
-            model.present = is_present(model.directory, model.name, model.sha256)
     node_map = node_map or nodemap.default()
     packs, unknown = required_nodes(workflow, node_map)
     return Requirements(
@@ -256,12 +252,6 @@ def required_nodes(
         pack = _pack(packs, nodemap.clean_url(repository))
         pack.commit = commit or pack.commit
     return [packs[key] for key in sorted(packs)], sorted(unknown)
-
-
-def all_nodes(workflow: Workflow) -> Iterator[dict]:
-    yield from workflow.nodes
-    for graph in (*workflow.subgraphs.values(), *workflow.group_nodes.values()):
-        yield from graph.get("nodes") or []
 
 
 def _needs_no_pack(node_type: str, workflow: Workflow) -> bool:

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 from comfyhub.library.finder_sources import plain
 from comfyhub.library.manager_data import manager_file
+from comfyhub.workflows.templates import node_types
 from recovery.classify import classify
 from recovery.errors import JobError
 from recovery.models import Category
@@ -168,9 +169,6 @@ def default(clock=time.monotonic) -> NodeMap:
 
 
 def _load_default(now: float) -> tuple[NodeMap, float]:
-    # Imported here: the templates module uses the analyzer, which uses this module.
-    from comfyhub.workflows.templates import node_types
-
     try:
         return load(also_core=node_types(), breaker=BREAKER), math.inf
     except Exception as exc:  # a missing source degrades the analysis, it never fails it

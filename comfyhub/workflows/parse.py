@@ -13,6 +13,7 @@ a dict keyed by input name, so the analyzer treats both formats alike.
 
 import json
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
@@ -48,6 +49,13 @@ class Workflow:
     comfyui_commit: str = ""
     snapshot_nodes: dict[str, str] = field(default_factory=dict)
     files: list[dict] = field(default_factory=list)
+
+
+def all_nodes(workflow: Workflow) -> Iterator[dict]:
+    """Every node of the file: the top graph's, each subgraph's and each group node's."""
+    yield from workflow.nodes
+    for graph in (*workflow.subgraphs.values(), *workflow.group_nodes.values()):
+        yield from graph.get("nodes") or []
 
 
 def invalid(message: str) -> JobError:

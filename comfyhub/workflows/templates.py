@@ -1,50 +1,21 @@
-"""The official ComfyUI workflow templates (PyPI `comfyui-workflow-templates-json`).
+"""The official ComfyUI workflow templates' files (PyPI `comfyui-workflow-templates-json`).
 
 `index.json` in the package lists categories and their templates; each template `NAME` is
 `NAME.json` beside it. The other `index*.json` files (translations, schema, logos) and
-files the index does not name are not templates. The models a template needs are
-computed by the analyzer from the workflow itself, not copied from the index's display
-names. Thumbnails exist only when a media bundle package (`comfyui-workflow-templates-
-media-*`) is installed; otherwise `thumbnail` is None.
+files the index does not name are not templates. This module needs only the parser (the
+node map reads it); the catalog with each template's models is `catalog.py`.
 """
 
 import functools
 import json
-from dataclasses import dataclass
 from pathlib import Path
 
 from comfyhub.library.manager_data import package_dir
-from comfyhub.workflows import analyze, parse
+from comfyhub.workflows import parse
 from recovery.errors import JobError
 from recovery.models import Category
 
 PACKAGE = "comfyui_workflow_templates_json"
-MEDIA_PACKAGES = tuple(
-    f"comfyui_workflow_templates_media_{part}"
-    for part in ("image", "video", "api", "other", "assets_01", "assets_02")
-)
-
-
-@dataclass(frozen=True)
-class Template:
-    name: str
-    title: str
-    description: str
-    category: str  # its category's title, e.g. "Image"
-    media_type: str
-    tags: tuple[str, ...]
-    models: tuple[analyze.ModelRequirement, ...]
-    size: int | None  # bytes of its models, when the index knows it
-    thumbnail: Path | None
-    tutorial_url: str
-
-
-@dataclass(frozen=True)
-class TemplateCategory:
-    title: str
-    group: str  # the index's "category": Foundation, Applied, …
-    type: str  # image, video, audio, 3d, llm, or ""
-    templates: tuple[Template, ...]
 
 
 def folder() -> Path | None:
@@ -54,7 +25,7 @@ def folder() -> Path | None:
 
 
 @functools.cache
-def _index() -> list[dict]:
+def index() -> list[dict]:
     root = folder()
     return json.loads((root / "index.json").read_bytes()) if root else []
 
@@ -62,7 +33,7 @@ def _index() -> list[dict]:
 @functools.cache
 def names() -> tuple[str, ...]:
     """Every template the index lists, in catalog order."""
-    return tuple(entry["name"] for group in _index() for entry in group["templates"])
+    return tuple(entry["name"] for group in index() for entry in group["templates"])
 
 
 def path(name: str) -> Path:
@@ -78,49 +49,6 @@ def load_template(name: str) -> dict:
 
 
 @functools.cache
-def catalog() -> tuple[TemplateCategory, ...]:
-    """All categories with their templates and the model files each needs (computed once
-    per process: the package does not change under a running process)."""
-    return tuple(_category(group) for group in _index())
-
-
-def _category(group: dict) -> TemplateCategory:
-    return TemplateCategory(
-        title=group.get("title", ""),
-        group=group.get("category", ""),
-        type=group.get("type", ""),
-        templates=tuple(_template(entry, group.get("title", "")) for entry in group["templates"]),
-    )
-
-
-def _template(entry: dict, category: str) -> Template:
-    workflow = parse.read(folder() / f"{entry['name']}.json")
-    return Template(
-        name=entry["name"],
-        title=entry.get("title", entry["name"]),
-        description=entry.get("description", ""),
-        category=category,
-        media_type=entry.get("mediaType", ""),
-        tags=tuple(entry.get("tags", ())),
-        models=tuple(analyze.required_models(workflow)),
-        size=entry.get("size") or None,
-        thumbnail=thumbnail(entry),
-        tutorial_url=entry.get("tutorialUrl", ""),
-    )
-
-
-def thumbnail(entry: dict) -> Path | None:
-    """The template's first thumbnail from an installed media bundle, named as ComfyUI's
-    frontend asks for it (`NAME-1.EXT`), or None."""
-    wanted = f"{entry['name']}-1.{entry.get('mediaSubtype', 'webp')}"
-    for package in filter(None, map(package_dir, MEDIA_PACKAGES)):
-        for candidate in (package / "templates" / wanted, package / wanted):
-            if candidate.is_file():
-                return candidate
-    return None
-
-
-@functools.cache
 def node_types() -> frozenset[str]:
     """Every node type the official templates use. They run on a plain ComfyUI, so all of
     these ship with it: the node map counts them as core, which ComfyUI-Manager's own
@@ -128,5 +56,5 @@ def node_types() -> frozenset[str]:
     found = set()
     for name in names():
         workflow = parse.read(folder() / f"{name}.json")
-        found.update(node["type"] for node in analyze.all_nodes(workflow))
+        found.update(node["type"] for node in parse.all_nodes(workflow))
     return frozenset(found)

@@ -4,6 +4,7 @@ from pathlib import Path
 
 from django.core.management.base import BaseCommand, CommandError
 
+from comfyhub.library import index
 from comfyhub.workflows.analyze import analyze_file
 from comfyhub.workflows.parse import Format
 from recovery.classify import classify
@@ -48,7 +49,9 @@ class Command(BaseCommand):
 
     def analyze(self, path: Path) -> dict:
         try:
-            return {"file": str(path), **analyze_file(path).as_json(), "error": None}
+            requirements = analyze_file(path)
+            index.mark_present(requirements.models)
+            return {"file": str(path), **requirements.as_json(), "error": None}
         except Exception as exc:  # each file gets its own verdict; the others still run
             failure = classify(exc)
             error = {"category": failure.category, "message": failure.message}
