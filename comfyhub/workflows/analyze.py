@@ -255,7 +255,7 @@ def _norm(name: str) -> str:
 def required_nodes(
     workflow: Workflow, node_map: nodemap.NodeMap
 ) -> tuple[list[CustomNodePack], list[str]]:
-    """(custom node packs, unknown node types), both sorted. What a node names itself
+    """(custom node packs, unknown node types), both sorted. What names a node's pack
     (snapshot, cnr_id, aux_id, preemption) is settled for every node first, so that "already
     chosen for this workflow" counts those packs wherever their nodes sit in the file."""
     nodes = [n for n in all_nodes(workflow) if not _needs_no_pack(n["type"], workflow)]
@@ -272,7 +272,9 @@ def required_nodes(
         else:
             later.append(node)
     unknown = set()
-    for node in later:
+    # A type only one pack provides forces that pack: settle those first, so that a shared
+    # type goes to a pack the workflow needs anyway, wherever its nodes sit in the file.
+    for node in sorted(later, key=lambda n: len(node_map.providers_of(n["type"]))):
         choice = node_map.choose_by_map(node["type"], set(packs))
         if choice:
             _add(packs, node, choice)
