@@ -97,6 +97,7 @@ def test_without_json_a_readable_summary_names_models_packs_and_presence(folder,
     assert "[present] checkpoints/opendalle_v11.safetensors" in text
     assert "[missing] ipadapter/ip-adapter-faceid_sdxl.bin" in text
     assert "custom nodes https://github.com/cubiq/ComfyUI_IPAdapter_plus @ 7d8adfa" in text
+    assert ": IPAdapterModelLoader (listed in the launcher's snapshot)" in text
 
 
 @pytest.mark.django_db(transaction=True)
