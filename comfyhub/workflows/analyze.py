@@ -300,13 +300,13 @@ def _needs_no_pack(node_type: str, workflow: Workflow) -> bool:
 
 
 def _add(packs: dict, node: dict, choice: nodemap.Choice) -> None:
-    key = choice.repository.lower() or "cnr:" + choice.cnr_id
-    pack = packs.setdefault(key, CustomNodePack(choice.repository, reason=choice.reason))
+    new = CustomNodePack(choice.repository, cnr_id=choice.cnr_id, reason=choice.reason)
+    pack = packs.setdefault(new.key, new)
     pack.node_types.add(node["type"])
     pack.commit = pack.commit or _pinned(node, choice.repository)
-    if choice.cnr_id and not pack.cnr_id:
+    if choice.cnr_id and not pack.version:
         pack.cnr_id, pack.version = choice.cnr_id, registry_version(_properties(node).get("ver"))
-    others = [url for url in choice.providers if url.lower() != key]
+    others = [url for url in choice.providers if url.lower() != pack.key]
     if others:
         pack.alternatives[node["type"]] = others
 
