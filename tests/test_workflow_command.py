@@ -55,7 +55,11 @@ def test_json_prints_one_object_per_workflow_in_the_documented_shape(folder):
     assert launcher["custom_nodes"][0] == {
         "repository": "https://github.com/cubiq/ComfyUI_IPAdapter_plus",
         "commit": "7d8adfa5a4d8a2c2f3c2e4d1a4b1e3f9c0d7a6b5",
+        "cnr_id": None,
+        "version": None,
+        "reason": "listed in the launcher's snapshot",
         "node_types": ["IPAdapterModelLoader"],
+        "alternatives": {},
     }
 
 
@@ -93,6 +97,7 @@ def test_without_json_a_readable_summary_names_models_packs_and_presence(folder,
     assert "[present] checkpoints/opendalle_v11.safetensors" in text
     assert "[missing] ipadapter/ip-adapter-faceid_sdxl.bin" in text
     assert "custom nodes https://github.com/cubiq/ComfyUI_IPAdapter_plus @ 7d8adfa" in text
+    assert ": IPAdapterModelLoader (listed in the launcher's snapshot)" in text
 
 
 @pytest.mark.django_db(transaction=True)

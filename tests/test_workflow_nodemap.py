@@ -19,6 +19,7 @@ MAP = {
     "https://github.com/e/broken": [[], {"nodename_pattern": "(unclosed"}],
 }
 LIST = {"custom_nodes": [{"reference": "https://github.com/d/ComfyUI-Dee"}]}
+STATS = {"https://github.com/a/pack-a": {"stars": 3}}
 SMALL = NodeMap.from_data(MAP, LIST)
 
 
@@ -39,7 +40,10 @@ def test_cnr_id_comes_before_aux_id_which_comes_before_the_map():
     assert (
         SMALL.repository("OnlyA", {"aux_id": "someone/fork"}) == "https://github.com/someone/fork"
     )
-    assert SMALL.repository("OnlyA", {"cnr_id": "not-registered"}) == "https://github.com/a/pack-a"
+    unplaced = {"cnr_id": "not-registered", "aux_id": "someone/fork"}
+    assert SMALL.repository("OnlyA", unplaced) == "https://github.com/someone/fork"
+    # The registry id alone still names the pack: the registry installs it by id.
+    assert SMALL.repository("OnlyA", {"cnr_id": "not-registered"}) == ""
 
 
 def test_the_map_prefers_preemptions_then_exact_lists_then_patterns():
@@ -54,7 +58,7 @@ def test_a_registry_name_two_repositories_share_is_not_guessed():
         "https://github.com/one/same-name": [["X"], {}],
         "https://github.com/two/same-name": [["Y"], {}],
     }
-    assert NodeMap.from_data(forks).repository("Z", {"cnr_id": "same-name"}) is None
+    assert NodeMap.from_data(forks).repository("Z", {"cnr_id": "same-name"}) == ""
 
 
 def requirements(*nodes, **extra) -> analyze.Requirements:
@@ -71,7 +75,15 @@ def test_unknown_types_are_reported_and_frontend_nodes_and_subgraphs_are_not():
     result = requirements(*nodes, definitions={"subgraphs": subgraphs})
     assert result.unknown_node_types == ["Mystery"]
     assert [p.as_json() for p in result.custom_nodes] == [
-        {"repository": "https://github.com/a/pack-a", "commit": None, "node_types": ["OnlyA"]}
+        {
+            "repository": "https://github.com/a/pack-a",
+            "commit": None,
+            "cnr_id": None,
+            "version": None,
+            "reason": "the only pack providing it",
+            "node_types": ["OnlyA"],
+            "alternatives": {},
+        }
     ]
 
 
@@ -122,7 +134,8 @@ class ManagerData(LoopbackServer):
 @pytest.fixture
 def manager_data(settings, tmp_path):
     settings.DATA_DIR = tmp_path
-    with ManagerData({nodemap.MAP_FILE: MAP, nodemap.LIST_FILE: LIST}) as server:
+    files = {nodemap.MAP_FILE: MAP, nodemap.LIST_FILE: LIST, nodemap.STATS_FILE: STATS}
+    with ManagerData(files) as server:
         yield server
 
 
@@ -130,7 +143,7 @@ def test_without_the_package_the_map_is_downloaded_then_revalidated_by_etag(mana
     assert nodemap.load(manager_data.base + "/").repository("Shared", {}).endswith("pack-b")
     again = nodemap.load(manager_data.base + "/")
     asked = [(r["headers"].get("if-none-match"), r["status"]) for r in manager_data.requests]
-    assert asked == [(None, 200), (None, 200), ('"v1"', 304), ('"v1"', 304)]
+    assert asked == [(None, 200)] * 3 + [('"v1"', 304)] * 3
     assert again.repository("Pat_X", {}) == "https://github.com/c/pattern-pack"
 
 
@@ -156,6 +169,8 @@ def test_a_broken_download_does_not_replace_the_cached_copy(manager_data, tmp_pa
         "custom-node-list.json.etag",
         "extension-node-map.json",
         "extension-node-map.json.etag",
+        "github-stats.json",
+        "github-stats.json.etag",
     ]
 
 

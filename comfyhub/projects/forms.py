@@ -208,11 +208,14 @@ def candidates_for(model: ModelRequirement) -> list[dict]:
 
 
 class ResolveForm(forms.Form):
-    """For each missing model: a finder candidate, a pasted link, or going without."""
+    """For each missing model: a finder candidate, a pasted link, or going without; for
+    each node type several packs provide (`packs`, the analysis' custom_nodes): which."""
 
     name = name_field()
 
-    def __init__(self, missing: list[dict], candidates: list[list[dict]], *args, **kwargs):
+    def __init__(
+        self, missing: list[dict], candidates: list[list[dict]], *args, packs=(), **kwargs
+    ):
         super().__init__(*args, **kwargs)
         self.missing, self.candidates = missing, candidates
         for i, (model, found) in enumerate(zip(missing, candidates, strict=True)):
@@ -220,6 +223,24 @@ class ResolveForm(forms.Form):
             self.fields[f"url_{i}"] = forms.CharField(
                 required=False, max_length=2000, label=f"Link for {model_key(model)}"
             )
+        self.packs = list(packs)
+        self.shared = [(p, t) for p in self.packs for t in sorted(p.get("alternatives") or {})]
+        for i, (pack, node_type) in enumerate(self.shared):
+            self.fields[f"node_{i}"] = provider_choice(node_type, pack)
+
+    def pack_rows(self) -> list[dict]:
+        """One row per pack, with a choice of provider for each of its shared node types."""
+        fields = [(p, self[f"node_{i}"]) for i, (p, _) in enumerate(self.shared)]
+        return [
+            {"pack": pack, "choices": [field for p, field in fields if p is pack]}
+            for pack in self.packs
+        ]
+
+    def picks(self) -> dict[str, str]:
+        """{node type: repository} where the user chose another provider."""
+        chosen = ((t, self.cleaned_data.get(f"node_{i}")) for i, (_, t) in enumerate(self.shared))
+        current = {t: pack_key(p) for p, t in self.shared}
+        return {t: url for t, url in chosen if url and url != current[t]}
 
     def rows(self) -> list[dict]:
         """One row per missing model, its radio buttons paired with their candidates."""
@@ -273,7 +294,26 @@ class ResolveForm(forms.Form):
         for model in spec["models"]:
             found = chosen.get(model_key(model), {})
             model.update({k: v for k, v in (found or {}).items() if v})
+        spec = specs.with_picks(spec, self.picks())
         return spec, [key for key, found in chosen.items() if found is None]
+
+
+def pack_key(pack: dict) -> str:
+    return pack["repository"] or "cnr:" + (pack.get("cnr_id") or "")
+
+
+def provider_choice(node_type: str, pack: dict) -> forms.ChoiceField:
+    """The pack chosen for `node_type` first, then the other providers: nothing else."""
+    chosen = pack["repository"] or f"the registry's {pack.get('cnr_id')}"
+    others = [url for url in pack["alternatives"][node_type] if url]
+    refused = f"%(value)s does not provide {node_type}; choose one of the packs listed."
+    return forms.ChoiceField(
+        choices=[(pack_key(pack), chosen), *((url, url) for url in others)],
+        initial=pack_key(pack),
+        required=False,
+        label=f"Pack for {node_type}",
+        error_messages={"invalid_choice": refused},
+    )
 
 
 def model_choice(key: str, found: list[dict]) -> forms.ChoiceField:

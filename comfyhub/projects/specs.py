@@ -5,7 +5,7 @@ from pathlib import Path
 from django.conf import settings
 
 from comfyhub.workflows import parse, templates
-from comfyhub.workflows.analyze import Requirements, analyze
+from comfyhub.workflows.analyze import CustomNodePack, Requirements, analyze
 from recovery.errors import JobError
 from recovery.models import Category
 
@@ -41,10 +41,7 @@ def from_launcher(data: object) -> dict:
 def spec_for(requirements: Requirements, workflow: object, name: str) -> dict:
     return {
         "comfyui": {"repository": settings.COMFYUI_REPO, "commit": requirements.comfyui_commit},
-        "nodes": [
-            {"repository": pack.repository, "commit": pack.commit}
-            for pack in requirements.custom_nodes
-        ],
+        "nodes": [node_entry(pack) for pack in requirements.custom_nodes],
         "models": [
             {
                 "directory": m.directory,
@@ -59,3 +56,45 @@ def spec_for(requirements: Requirements, workflow: object, name: str) -> dict:
         "workflow": workflow,
         "workflow_name": name,
     }
+
+
+def node_entry(pack: CustomNodePack) -> dict:
+    return {
+        "repository": pack.repository,
+        "commit": pack.commit,
+        "cnr_id": pack.cnr_id,
+        "version": pack.version,
+        "reason": pack.reason,
+        "node_types": sorted(pack.node_types),
+    }
+
+
+PICKED = "you chose it on the import page"
+
+
+def with_picks(spec: dict, picks: dict[str, str]) -> dict:
+    """`spec` with each node type in `picks` ({node type: repository}, already checked
+    against the type's providers) moved to the chosen pack. A pack the picks leave with
+    none of the workflow's types is dropped: two packs registering one node type fight
+    over it. (A snapshot pack that provided none to begin with stays.)"""
+    emptied = set()
+    for node_type, repository in picks.items():
+        current = next((n for n in spec["nodes"] if node_type in n["node_types"]), None)
+        if current and current["repository"].lower() == repository.lower():
+            continue
+        if current:
+            current["node_types"].remove(node_type)
+            emptied.add(id(current))
+        _picked_pack(spec, repository)["node_types"].append(node_type)
+    spec["nodes"] = [n for n in spec["nodes"] if n["node_types"] or id(n) not in emptied]
+    return spec
+
+
+def _picked_pack(spec: dict, repository: str) -> dict:
+    same = (n for n in spec["nodes"] if n["repository"].lower() == repository.lower())
+    found = next(same, None)
+    if found is None:
+        found = {"repository": repository, "commit": "", "cnr_id": "", "version": ""}
+        found.update(reason=PICKED, node_types=[])
+        spec["nodes"].append(found)
+    return found

@@ -124,7 +124,10 @@ def import_or_404(request: HttpRequest, token: str) -> dict:
 def import_confirm(request: HttpRequest, token: str) -> HttpResponse:
     state = import_or_404(request, token)
     data = request.POST if request.method == "POST" else None
-    form = ResolveForm(state["missing"], state["candidates"], data, initial={"name": state["name"]})
+    packs = state["requirements"]["custom_nodes"]
+    form = ResolveForm(
+        state["missing"], state["candidates"], data, initial={"name": state["name"]}, packs=packs
+    )
     if data is not None and form.is_valid():
         spec, skipped = form.spec(state)
         project = start(form.cleaned_data["name"], spec, skipped)

@@ -23,6 +23,7 @@ from comfyhub.workflows.parse import (
     check_model_path,
     invalid,
     read,
+    registry_version,
 )
 
 INACTIVE_MODES = (2, 4)  # muted, bypassed
@@ -106,15 +107,32 @@ class ModelRequirement:
 
 @dataclass
 class CustomNodePack:
+    """A pack to install: a git repository at `commit`, or the registry's `cnr_id` at
+    `version` (then `repository` may be ""). `reason` says why it was chosen (nodemap's
+    rules); `alternatives` names the other providers of each of its node types."""
+
     repository: str
     commit: str = ""
     node_types: set[str] = field(default_factory=set)
+    cnr_id: str = ""
+    version: str = ""
+    reason: str = ""
+    alternatives: dict[str, list[str]] = field(default_factory=dict)
+
+    @property
+    def key(self) -> str:
+        # GitHub treats owner/repo case-insensitively; so does our key.
+        return self.repository.lower() or "cnr:" + self.cnr_id
 
     def as_json(self) -> dict:
         return {
             "repository": self.repository,
             "commit": self.commit or None,
+            "cnr_id": self.cnr_id or None,
+            "version": self.version or None,
+            "reason": self.reason,
             "node_types": sorted(self.node_types),
+            "alternatives": {t: self.alternatives[t] for t in sorted(self.alternatives)},
         }
 
 
@@ -233,24 +251,33 @@ def _norm(name: str) -> str:
 def required_nodes(
     workflow: Workflow, node_map: nodemap.NodeMap
 ) -> tuple[list[CustomNodePack], list[str]]:
-    """(custom node packs, unknown node types), both sorted."""
-    nodes = list(all_nodes(workflow))
+    """(custom node packs, unknown node types), both sorted. What names a node's pack
+    (snapshot, cnr_id, aux_id, preemption) is settled for every node first, so that "already
+    chosen for this workflow" counts those packs wherever their nodes sit in the file."""
+    nodes = [n for n in all_nodes(workflow) if not _needs_no_pack(n["type"], workflow)]
     core_here = {n["type"] for n in nodes if _properties(n).get("cnr_id") == nodemap.CORE_CNR_ID}
+    custom = [n for n in nodes if not node_map.is_core(n["type"], _properties(n), core_here)]
+    listed = _snapshot_packs(workflow, node_map)
+    in_snapshot = {pack.repository.lower() for pack in listed.values() if pack.repository}
     packs: dict[str, CustomNodePack] = {}
+    later = []
+    for node in custom:
+        choice = node_map.choose_named(node["type"], _properties(node), in_snapshot)
+        if choice:
+            _add(packs, node, choice)
+        else:
+            later.append(node)
     unknown = set()
-    for node in nodes:
-        if _needs_no_pack(node["type"], workflow):
-            continue
-        repository = node_map.repository(node["type"], _properties(node), core_here)
-        if repository is None:
+    # A type only one pack provides forces that pack: settle those first, so that a shared
+    # type goes to a pack the workflow needs anyway, wherever its nodes sit in the file.
+    for node in sorted(later, key=lambda n: len(node_map.providers_of(n["type"]))):
+        choice = node_map.choose_by_map(node["type"], set(packs))
+        if choice:
+            _add(packs, node, choice)
+        else:
             unknown.add(node["type"])
-        elif repository != nodemap.CORE:
-            pack = _pack(packs, repository)
-            pack.node_types.add(node["type"])
-            pack.commit = pack.commit or _pinned(node, repository)
-    for repository, commit in workflow.snapshot_nodes.items():
-        pack = _pack(packs, nodemap.clean_url(repository))
-        pack.commit = commit or pack.commit
+    for key, pinned in listed.items():
+        _merge_pack(packs.setdefault(key, pinned), pinned)
     return [packs[key] for key in sorted(packs)], sorted(unknown)
 
 
@@ -262,9 +289,38 @@ def _needs_no_pack(node_type: str, workflow: Workflow) -> bool:
     )
 
 
-def _pack(packs: dict, repository: str) -> CustomNodePack:
-    # GitHub treats owner/repo case-insensitively; so does our key.
-    return packs.setdefault(repository.lower(), CustomNodePack(repository))
+def _add(packs: dict, node: dict, choice: nodemap.Choice) -> None:
+    new = CustomNodePack(choice.repository, cnr_id=choice.cnr_id, reason=choice.reason)
+    pack = packs.setdefault(new.key, new)
+    pack.node_types.add(node["type"])
+    pack.commit = pack.commit or _pinned(node, choice.repository)
+    if choice.cnr_id and not pack.version:
+        pack.cnr_id, pack.version = choice.cnr_id, registry_version(_properties(node).get("ver"))
+    others = [url for url in choice.providers if url.lower() != pack.key]
+    if others:
+        pack.alternatives[node["type"]] = others
+
+
+def _snapshot_packs(workflow: Workflow, node_map: nodemap.NodeMap) -> dict[str, CustomNodePack]:
+    """The launcher's snapshot as packs, by key: they are installed whatever they provide."""
+    packs: dict[str, CustomNodePack] = {}
+    for repository, commit in workflow.snapshot_nodes.items():
+        pack = CustomNodePack(nodemap.clean_url(repository), commit, reason=nodemap.SNAPSHOT)
+        packs[pack.key] = pack
+    for cnr_id, version in workflow.snapshot_registry.items():
+        repository = node_map.registry.get(cnr_id, "")
+        pack = CustomNodePack(repository, cnr_id=cnr_id, version=version, reason=nodemap.SNAPSHOT)
+        _merge_pack(packs.setdefault(pack.key, pack), pack)
+    return packs
+
+
+def _merge_pack(pack: CustomNodePack, pinned: CustomNodePack) -> None:
+    """The snapshot's pins overrule what a node was saved with: the snapshot is the lock."""
+    if pack is not pinned:
+        pack.commit = pinned.commit or pack.commit
+        pack.cnr_id = pinned.cnr_id or pack.cnr_id
+        pack.version = pinned.version or pack.version
+        pack.reason = nodemap.SNAPSHOT
 
 
 def _pinned(node: dict, repository: str) -> str:

@@ -27,6 +27,9 @@ MAX_BYTES = 20 * 1024 * 1024
 MAX_DEPTH = 64
 # A git commit, full or abbreviated; all digits is a version number, not a commit.
 HEX_COMMIT = re.compile(r"^(?=.*[a-f])[0-9a-f]{7,40}$")
+# A Comfy registry id ("comfyui-impact-pack") and a registry version ("8.8.1").
+REGISTRY_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+REGISTRY_VERSION = re.compile(r"^[0-9][0-9A-Za-z.+-]{0,63}$")
 SHA256 = re.compile(r"^[0-9a-fA-F]{64}$")
 WINDOWS_DRIVE = re.compile(r"^[A-Za-z]:")
 
@@ -45,9 +48,11 @@ class Workflow:
     group_nodes: dict[str, dict] = field(default_factory=dict)  # legacy extra.groupNodes
     models: list[dict] = field(default_factory=list)  # the top-level "models" list
     # From a launcher.json: its pinned ComfyUI, custom node repositories -> commit ("" when
-    # not pinned) and model files (directory, name, url, sha256).
+    # not pinned), registry packs (id -> version) and model files (directory, name, url,
+    # sha256).
     comfyui_commit: str = ""
     snapshot_nodes: dict[str, str] = field(default_factory=dict)
+    snapshot_registry: dict[str, str] = field(default_factory=dict)
     files: list[dict] = field(default_factory=list)
 
 
@@ -263,6 +268,7 @@ def _launcher(data: dict) -> Workflow:
     workflow.format = Format.LAUNCHER
     workflow.comfyui_commit = _commit(snapshot.get("comfyui"), "snapshot_json.comfyui")
     workflow.snapshot_nodes = _snapshot_nodes(snapshot.get("git_custom_nodes"))
+    workflow.snapshot_registry = _snapshot_registry(snapshot.get("cnr_custom_nodes"))
     workflow.files = _files(data.get("files"))
     return workflow
 
@@ -274,6 +280,26 @@ def _snapshot_nodes(value: object) -> dict[str, str]:
         if not info.get("disabled"):
             pinned[url] = _commit(info.get("hash"), f"the commit of {url}")
     return pinned
+
+
+def _snapshot_registry(value: object) -> dict[str, str]:
+    """ComfyUI-Manager's `cnr_custom_nodes`: {registry id: version}."""
+    pinned = {}
+    for cnr_id, version in _object(value, "snapshot_json.cnr_custom_nodes").items():
+        if not REGISTRY_ID.match(cnr_id):
+            raise invalid(f"snapshot_json.cnr_custom_nodes: {cnr_id!r} is not a registry id.")
+        if version not in (None, "") and not registry_version(version):
+            raise invalid(f"The registry version of {cnr_id} must be like 1.2.3, not {version!r}.")
+        pinned[cnr_id.lower()] = version or ""
+    return pinned
+
+
+def registry_version(value: object) -> str:
+    """`value` when it is a registry version (1.2.3), else "": a node's `ver` is a commit
+    for git-installed packs."""
+    if not isinstance(value, str) or HEX_COMMIT.match(value.lower()):
+        return ""
+    return value if REGISTRY_VERSION.match(value) else ""
 
 
 def _commit(value: object, where: str) -> str:

@@ -87,6 +87,7 @@ def _model_line(model: dict) -> str:
 
 
 def _pack_line(pack: dict) -> str:
-    pinned = f" @ {pack['commit']}" if pack["commit"] else ""
+    name = pack["repository"] or f"registry id {pack['cnr_id']}"
+    pinned = f" @ {pack['version'] or pack['commit']}" if pack["version"] or pack["commit"] else ""
     types = f": {', '.join(pack['node_types'])}" if pack["node_types"] else ""
-    return f"  custom nodes {pack['repository']}{pinned}{types}"
+    return f"  custom nodes {name}{pinned}{types} ({pack['reason']})"
