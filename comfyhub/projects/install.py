@@ -182,9 +182,6 @@ def fetch_model(project: Project, model: dict) -> str:
             category=Category.NOT_FOUND,
         )
     child = fetch_first(project, urls, key, model)
-    if child.status == Status.PAUSED:
-        # The user paused it: the install goes on by itself once they resume it.
-        raise Defer(f"Waiting for the download of {key}: it is paused.", seconds=PAUSED_RECHECK)
     # Cancelled: the step's end reports it with the ways forward.
     if child.status not in (Status.SUCCEEDED, Status.CANCELLED):
         raise download_failed(f"Model {key}", child, len(urls))
@@ -193,12 +190,18 @@ def fetch_model(project: Project, model: dict) -> str:
 
 def fetch_first(project: Project, urls: list[str], dest: str, file: dict) -> Job:
     """The download job of `dest` (models-folder relative) from the first of `urls` that
-    does not fail for good; the last one's job when every one does."""
+    does not fail for good; the last one's job when every one does. A paused download
+    defers the step."""
     for number, url in enumerate(urls, 1):
         download, _ = Download.objects.request(
             url, dest, file.get("sha256") or "", file.get("size")
         )
         child = run_foreground(download.job_id, sleep=defer_long_waits(dest))
+        if child.status == Status.PAUSED:
+            # The user paused it: the install goes on by itself once they resume it.
+            raise Defer(
+                f"Waiting for the download of {dest}: it is paused.", seconds=PAUSED_RECHECK
+            )
         where = f"source {number} of {len(urls)} ({download.source_url})"
         if child.status == Status.SUCCEEDED:
             note(project, f"{dest}: downloaded from {where}")
