@@ -325,3 +325,97 @@ def in_thread(func):
             connection.close()
 
     return run
+
+
+def failing_for_good(files: FileServer) -> dict[str, str]:
+    """First sources that fail for good: gone (404), or closed to us (401, 403)."""
+    return {
+        "404": files.url("/gone.bin"),
+        "401": files.add("/locked.bin", b"locked", auth="Bearer not-ours"),
+        "403": files.add("/refused.bin", b"locked", script=["status:403"]),
+    }
+
+
+def test_a_model_whose_first_source_fails_for_good_comes_from_the_next(repos, folders):
+    data = {how: os.urandom(100_000) for how in ("404", "401", "403")}
+    with FileServer() as files:
+        models = [
+            {"directory": "vae", "name": f"{how}.bin", "url": first, "sources": [first, second]}
+            for how, first in failing_for_good(files).items()
+            for second in [files.add(f"/{how}-mirror.bin", data[how])]
+        ]
+        project = build("Mirrors", spec(repos, models=models))
+    assert project.status == ProjectStatus.READY
+    for how in data:
+        assert (folders / f"models/vae/{how}.bin").read_bytes() == data[how]
+        assert f"vae/{how}.bin: downloaded from source 2 of 2" in project.install_log.read_text()
+
+
+def test_a_server_error_on_the_first_source_does_not_skip_to_the_next(repos, settings):
+    # Two tries of the download instead of six, and the install itself does not retry.
+    settings.RECOVERY_KIND_POLICIES = {
+        "download": {"server": {"max_attempts": 2}},
+        "project_install": {"server": {"max_attempts": 1}},
+    }
+    with FileServer() as files:
+        sources = [files.add("/busy.bin", b"x", script=["status:503"] * 99), files.add("/m", b"y")]
+        model = {"directory": "vae", "name": "m.bin", "url": sources[0], "sources": sources}
+        project = build("Busy Mirror", spec(repos, models=[model]))
+        asked = [r["path"] for r in files.requests]
+    job = Job.objects.get(pk=project.install_job_id)
+    assert project.status == ProjectStatus.FAILED and job.error_category == "server"
+    assert asked == ["/busy.bin", "/busy.bin"]  # its retries; never the next source
+
+
+def input_file(files: FileServer, data: bytes, path: str) -> dict:
+    url = files.add("/" + path.rsplit("/", 1)[-1], data)
+    sha = hashlib.sha256(data).hexdigest()
+    return {"path": path, "url": url, "sources": [url], "sha256": sha, "size": len(data)}
+
+
+def test_an_input_file_lands_in_comfyui_input_and_a_rerun_places_it_without_network(repos, folders):
+    data = os.urandom(50_000)
+    with FileServer() as files:
+        image = input_file(files, data, "input/sub/portrait.jpg")
+        project = build("Inputs", spec(repos, files=[image]))
+        placed = project.comfyui_dir / "input/sub/portrait.jpg"
+        job = Job.objects.get(pk=project.install_job_id)
+        job.checkpoint(files_done=[])
+        placed.unlink()
+        install.input_files(project, job)
+        asked = [r["path"] for r in files.requests if r["method"] == "GET"]
+    assert project.status == ProjectStatus.READY and asked == ["/portrait.jpg"]
+    assert placed.read_bytes() == data
+    stored = folders / "models/.downloads/input" / image["sha256"] / "portrait.jpg"
+    assert placed.stat().st_ino == stored.stat().st_ino  # a link: one copy of the bytes
+    assert [p for p in folders.rglob("portrait.jpg") if "models" not in p.parts] == [placed]
+
+
+@pytest.mark.parametrize("path", ["input/../../x.png", "input/link/x.png", "/etc/x.png"])
+def test_an_input_file_is_never_placed_outside_comfyui_input(path, tmp_path):
+    project = Project.objects.create(name="Hostile", slug="hostile")
+    (project.comfyui_dir / "input").mkdir(parents=True)
+    (project.comfyui_dir / "input/link").symlink_to(tmp_path)
+    with pytest.raises(JobError) as error:
+        install.input_target(project, path)
+    assert error.value.category == "validation" and not (tmp_path / "x.png").exists()
+
+
+def test_export_round_trips_every_source_and_the_input_files(settings):
+    sources = ["https://a.example/m.bin", "https://b.example/m.bin"]
+    model = {"directory": "vae", "name": "m.bin", "url": sources[0], "sha256": "a" * 64}
+    image = {"path": "input/a.png", "url": "https://a.example/a.png", "sha256": "", "size": 3}
+    project = Project.objects.create(
+        name="Export",
+        slug="export",
+        spec={
+            "models": [{**model, "size": 5, "sources": sources}],
+            "files": [{**image, "sources": [image["url"]]}],
+            "workflow": {"nodes": []},
+        },
+    )
+    exported = launcher_json(project)
+    assert [f["download_url"] for f in exported["files"][0]] == sources
+    assert exported["files"][1][0]["dest_relative_path"] == "input/a.png"
+    rebuilt = specs.from_launcher(exported)
+    assert rebuilt["models"] == project.spec["models"] and rebuilt["files"] == project.spec["files"]

@@ -99,6 +99,77 @@ def test_a_launcher_file_escaping_the_models_folder_is_refused():
     assert "'..'" in refused(launcher).message
 
 
+def launcher_with(*groups: list[dict]) -> dict:
+    launcher = json.loads((DATA / "launcher.json").read_text())
+    launcher["files"] = list(groups)
+    return launcher
+
+
+def alternative(dest: str, url: str | None, sha: str = "", size: int | None = None) -> dict:
+    return {
+        "download_url": url,
+        "dest_relative_path": dest,
+        "sha256_checksum": sha or None,
+        "size": size,
+    }
+
+
+def test_a_launcher_file_keeps_every_alternative_as_a_source_in_order():
+    a, b = "https://a.example/x.bin", "https://b.example/x.bin"
+    group = [alternative("models/vae/x.bin", a, "a" * 64, 10), alternative("models/vae/x.bin", b)]
+    [model] = parse.from_json(launcher_with(group)).files
+    assert model["sources"] == [a, b] and model["url"] == a
+    assert (model["sha256"], model["size"]) == ("a" * 64, 10)
+
+
+def test_the_launcher_checkpoint_keeps_both_alternatives_and_the_input_file_is_kept():
+    workflow = parse.read(DATA / "launcher.json")
+    checkpoint = next(f for f in workflow.files if f["directory"] == "checkpoints")
+    assert checkpoint["sources"] == ["https://example.org/files/opendalle_v11.safetensors"]
+    assert checkpoint["sha256"].startswith("673887ace8a5")  # the URL-less one agrees on it
+    assert checkpoint["size"] is None  # the two disagree on the size: the sha256 decides
+    assert workflow.input_files == [
+        {
+            "path": "input/portrait.jpg",
+            "url": "https://example.org/portrait.jpg",
+            "sha256": "3bf2316058abe90fb0fcf76e46ccb0fee433a1eaac36359222cdf401f513bc54",
+            "size": 20474,
+            "sources": ["https://example.org/portrait.jpg"],
+        }
+    ]
+
+
+def test_alternatives_that_disagree_on_the_sha256_keep_the_first_ones():
+    first = alternative("input/a.png", "https://a.example/a.png", "a" * 64, 5)
+    second = alternative("input/a.png", "https://b.example/a.png", "b" * 64, 7)
+    [file] = parse.from_json(launcher_with([first, second])).input_files
+    assert (file["sha256"], file["size"]) == ("a" * 64, 5)
+    assert len(file["sources"]) == 2
+
+
+def test_a_model_a_loader_names_gets_the_launchers_sources():
+    models = analyze.required_models(parse.read(DATA / "launcher.json"))
+    checkpoint = next(m for m in models if m.directory == "checkpoints")
+    assert checkpoint.node == "CheckpointLoaderSimple"
+    assert checkpoint.sources == ["https://example.org/files/opendalle_v11.safetensors"]
+
+
+@pytest.mark.parametrize("dest", ["input/../../x", "input/../models/vae/x", "/input/x"])
+def test_a_launcher_input_file_that_could_escape_the_input_folder_is_refused(dest):
+    assert "file path" in refused(launcher_with([alternative(dest, "https://a.example/x")])).message
+
+
+@pytest.mark.parametrize("dest", ["custom_nodes/a/__init__.py", "models/x.bin", "input/", "user/x"])
+def test_a_launcher_file_outside_models_and_input_is_refused(dest):
+    error = refused(launcher_with([alternative(dest, "https://a.example/x")]))
+    assert "neither models/DIR/NAME nor input/NAME" in error.message
+
+
+def test_alternatives_naming_two_destinations_are_refused():
+    group = [alternative("input/a.png", None), alternative("input/b.png", "https://a.example/b")]
+    assert "name one destination" in refused(launcher_with(group)).message
+
+
 def test_parse_errors_classify_as_validation_with_the_message_for_the_user():
     with pytest.raises(JobError) as error:
         parse.parse(b"[]")

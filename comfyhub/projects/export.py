@@ -1,7 +1,7 @@
 """launcher.json (ComfyUI-Launcher's format): a project as a file that rebuilds it."""
 
 from comfyhub.library import index
-from comfyhub.projects.models import Project
+from comfyhub.projects.models import Project, sources_of
 
 
 def launcher_json(project: Project) -> dict:
@@ -18,17 +18,34 @@ def launcher_json(project: Project) -> dict:
             "file_custom_nodes": [],
             "pips": {},
         },
-        "files": [[file_entry(model)] for model in project.spec.get("models", [])],
+        "files": [
+            *(model_alternatives(model) for model in project.spec.get("models", [])),
+            *(alternatives(file["path"], file) for file in project.spec.get("files", [])),
+        ],
     }
 
 
-def file_entry(model: dict) -> dict:
+def model_alternatives(model: dict) -> list[dict]:
     local = index.LocalModel.objects.filter(
         directory=model["directory"], name=model["name"]
     ).first()
-    return {
-        "download_url": model.get("url") or "",
-        "dest_relative_path": f"models/{model['directory']}/{model['name']}",
-        "sha256_checksum": model.get("sha256") or (local.sha256 if local else ""),
+    known = {
+        **model,
+        "sha256": model.get("sha256") or (local.sha256 if local else ""),
         "size": model.get("size") or (local.size if local else None),
     }
+    return alternatives(f"models/{model['directory']}/{model['name']}", known)
+
+
+def alternatives(dest: str, file: dict) -> list[dict]:
+    """One entry per source, in order (ComfyUI-Launcher tries them in turn); a file
+    without a known link is one entry with an empty URL."""
+    return [
+        {
+            "download_url": url,
+            "dest_relative_path": dest,
+            "sha256_checksum": file.get("sha256") or "",
+            "size": file.get("size"),
+        }
+        for url in sources_of(file) or [""]
+    ]

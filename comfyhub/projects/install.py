@@ -5,9 +5,14 @@ worker, or Retry after a failure) skips finished steps and starts the step it wa
 from its beginning. A step therefore cleans up its own half-done output before redoing it.
 """
 
+import errno
+import hashlib
 import json
+import os
 import re
+import shutil
 import time
+from pathlib import Path, PurePosixPath
 
 from django.conf import settings
 from django.db import transaction
@@ -22,6 +27,7 @@ from comfyhub.projects.models import (
     check_name,
     model_key,
     present,
+    sources_of,
     unique_slug,
 )
 from recovery.engine import run_foreground
@@ -29,6 +35,11 @@ from recovery.errors import Defer, JobError
 from recovery.models import Category, Job, Status
 
 PAUSED_RECHECK = 30.0  # seconds between two looks at a model download the user paused
+# A source that fails for good (gone, or closed to us) hands the file over to the next one;
+# any other failure already had the download's own retries and stops the step.
+NEXT_SOURCE = (Category.NOT_FOUND, Category.AUTH)
+# Filesystems that cannot hard-link the downloaded input file get a copy.
+NO_LINK = (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP)
 
 
 def create(name: str, spec: dict, skipped: list[str] | None = None) -> Project:
@@ -139,7 +150,7 @@ def models(project: Project, job: Job) -> None:
     # that it has not seen through.
     while pending := still_to_fetch(project, fetched):
         for model in pending:
-            if fetch_model(model) == Status.SUCCEEDED:
+            if fetch_model(project, model) == Status.SUCCEEDED:
                 fetched.add(model_key(model))
     if cancelled := project.cancelled_models():
         raise JobError(
@@ -159,30 +170,52 @@ def still_to_fetch(project: Project, fetched: set[str]) -> list[dict]:
     ]
 
 
-def fetch_model(model: dict) -> str:
+def fetch_model(project: Project, model: dict) -> str:
     """Join (or start) the model's download until it succeeds (its status) or the user
-    cancels it (Status.CANCELLED); raises for anything else."""
+    cancels it (Status.CANCELLED), trying its sources in order; raises for anything else."""
     key = model_key(model)
-    if not model.get("url"):
+    urls = sources_of(model)
+    if not urls:
         raise JobError(
             f"{key} is needed and not in the models folder, and no download link is known. "
             f"Put the file there, or choose to go without it, then press Retry.",
             category=Category.NOT_FOUND,
         )
-    download, _ = Download.objects.request(
-        model["url"], key, model.get("sha256", ""), model.get("size")
-    )
-    child = run_foreground(download.job_id, sleep=defer_long_waits(key))
-    if child.status == Status.PAUSED:
-        # The user paused it: the install goes on by itself once they resume it.
-        raise Defer(f"Waiting for the download of {key}: it is paused.", seconds=PAUSED_RECHECK)
+    child = fetch_first(project, urls, key, model)
     # Cancelled: the step's end reports it with the ways forward.
     if child.status not in (Status.SUCCEEDED, Status.CANCELLED):
-        raise JobError(
-            f"Model {key}: {child.error_message or child.status}",
-            category=child.error_category or Category.UNKNOWN,
-        )
+        raise download_failed(f"Model {key}", child, len(urls))
     return child.status
+
+
+def fetch_first(project: Project, urls: list[str], dest: str, file: dict) -> Job:
+    """The download job of `dest` (models-folder relative) from the first of `urls` that
+    does not fail for good; the last one's job when every one does. A paused download
+    defers the step."""
+    for number, url in enumerate(urls, 1):
+        download, _ = Download.objects.request(
+            url, dest, file.get("sha256") or "", file.get("size")
+        )
+        child = run_foreground(download.job_id, sleep=defer_long_waits(dest))
+        if child.status == Status.PAUSED:
+            # The user paused it: the install goes on by itself once they resume it.
+            raise Defer(
+                f"Waiting for the download of {dest}: it is paused.", seconds=PAUSED_RECHECK
+            )
+        where = f"source {number} of {len(urls)} ({download.source_url})"
+        if child.status == Status.SUCCEEDED:
+            note(project, f"{dest}: downloaded from {where}")
+        if child.status != Status.FAILED or child.error_category not in NEXT_SOURCE:
+            return child
+        note(project, f"{dest}: {where} failed for good ({child.error_category})")
+    return child
+
+
+def download_failed(what: str, child: Job, tried: int) -> JobError:
+    message = child.error_message or child.status
+    if tried > 1 and child.error_category in NEXT_SOURCE:
+        message = f"none of its {tried} sources worked; the last: {message}"
+    return JobError(f"{what}: {message}", category=child.error_category or Category.UNKNOWN)
 
 
 def defer_long_waits(key: str):
@@ -195,6 +228,69 @@ def defer_long_waits(key: str):
         time.sleep(seconds)
 
     return sleep
+
+
+def input_files(project: Project, job: Job) -> None:
+    """The workflow's input files (a launcher's `input/...` files): each comes through the
+    download engine into the models folder's hidden downloads folder, then is linked
+    into the project's ComfyUI/input. A file placed before a re-run is placed again."""
+    done = job.checkpoint_data.get("files_done", [])
+    for file in project.spec.get("files", []):
+        if file["path"] in done:
+            continue
+        place_input(fetch_input(project, file), input_target(project, file["path"]))
+        done = [*done, file["path"]]
+        job.checkpoint(files_done=done)
+
+
+def fetch_input(project: Project, file: dict) -> Path:
+    """The downloaded file, under DOWNLOADS/input/<sha256>/NAME; without a sha256 the
+    folder is named after its sources, so two different files of one name never meet."""
+    urls = sources_of(file)
+    if not urls:
+        raise JobError(
+            f"The input file {file['path']} has no download link. Put it in the project's "
+            "ComfyUI/input folder yourself, or use a launcher.json that links it.",
+            category=Category.NOT_FOUND,
+        )
+    folder = file.get("sha256") or hashlib.sha256("\n".join(urls).encode()).hexdigest()
+    dest = f"{folders.DOWNLOADS}/input/{folder}/{PurePosixPath(file['path']).name}"
+    child = fetch_first(project, urls, dest, file)
+    if child.status != Status.SUCCEEDED:
+        raise download_failed(f"Input file {file['path']}", child, len(urls))
+    return Download.objects.get(job=child).path
+
+
+def input_target(project: Project, path: str) -> Path:
+    """Where `path` ("input/NAME") goes, its folders made: inside ComfyUI/input, also once
+    links are followed; checked again once the folders exist."""
+    root = project.comfyui_dir / "input"
+    confined(root, path).parent.mkdir(parents=True, exist_ok=True)
+    return confined(root, path)
+
+
+def confined(root: Path, path: str) -> Path:
+    parts = PurePosixPath(path).parts
+    target = root.joinpath(*parts[1:]).parent.resolve() / parts[-1] if parts else root
+    if parts[:1] != ("input",) or ".." in parts or not target.parent.is_relative_to(root.resolve()):
+        raise JobError(
+            f"The input file {path!r} would land outside ComfyUI's input folder.",
+            category=Category.VALIDATION,
+        )
+    return target
+
+
+def place_input(source: Path, target: Path) -> None:
+    """A hard link to `source` at `target` (a copy across filesystems), swapped in whole."""
+    staged = target.with_name(f".{target.name}.comfyhub")
+    staged.unlink(missing_ok=True)
+    try:
+        os.link(source, staged)
+    except OSError as exc:
+        if exc.errno not in NO_LINK:
+            raise
+        shutil.copyfile(source, staged)
+    os.replace(staged, target)
 
 
 def workflow(project: Project, job: Job) -> None:
@@ -224,6 +320,7 @@ STEPS = {
     "custom_nodes": custom_nodes,
     "model_paths": model_paths,
     "models": models,
+    "input_files": input_files,
     "workflow": workflow,
     "finish": finish,
 }
@@ -234,6 +331,7 @@ STEP_LABELS = {
     "custom_nodes": "Install custom nodes",
     "model_paths": "Connect the shared models folder",
     "models": "Download models",
+    "input_files": "Add the workflow's input files",
     "workflow": "Add the workflow",
     "finish": "Check everything",
 }

@@ -70,7 +70,8 @@ class Project(models.Model):
 
     `spec` is what the project should be: {"comfyui": {"repository", "commit"},
     "nodes": [{"repository", "commit", "name"}], "models": [{"directory", "name", "url",
-    "sha256", "size"}], "workflow": {...} | None, "workflow_name": str}. The pins actually
+    "sha256", "size", "sources"}], "files": [{"path": "input/NAME", "url", "sha256",
+    "size", "sources"}], "workflow": {...} | None, "workflow_name": str}. The pins actually
     installed are recorded in comfyui_commit / node_pins.
     """
 
@@ -257,6 +258,12 @@ def model_row(model: dict, download: Download | None, skipped: list[str]) -> dic
 
 def model_key(model: dict) -> str:
     return f"{model['directory']}/{model['name']}"
+
+
+def sources_of(entry: dict) -> list[str]:
+    """Every URL to try for a spec's model or input file, in order: `url` first (a link the
+    user chose replaces it), then the launcher's other `sources`."""
+    return [url for url in dict.fromkeys([entry.get("url"), *entry.get("sources", [])]) if url]
 
 
 def newest_downloads(dests: list[str]) -> dict[str, Download]:

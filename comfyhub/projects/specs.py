@@ -4,6 +4,7 @@ from pathlib import Path
 
 from django.conf import settings
 
+from comfyhub.projects.models import sources_of
 from comfyhub.workflows import parse, templates
 from comfyhub.workflows.analyze import CustomNodePack, Requirements, analyze
 from recovery.errors import JobError
@@ -21,7 +22,8 @@ def read_json(path: Path) -> object:
 
 
 def from_workflow(data: object, name: str) -> dict:
-    return spec_for(analyze(parse.from_json(data)), data, name)
+    workflow = parse.from_json(data)
+    return spec_for(analyze(workflow), data, name, files=workflow.input_files)
 
 
 def from_template(template_id: str) -> dict:
@@ -34,11 +36,16 @@ def from_template(template_id: str) -> dict:
 
 
 def from_launcher(data: object) -> dict:
-    requirements = analyze(parse.from_json(data))  # validates it is a launcher.json
-    return spec_for(requirements, data["workflow_json"], str(data.get("name") or "workflow"))
+    workflow = parse.from_json(data)  # validates it is a launcher.json
+    name = str(data.get("name") or "workflow")
+    return spec_for(analyze(workflow), data["workflow_json"], name, files=workflow.input_files)
 
 
-def spec_for(requirements: Requirements, workflow: object, name: str) -> dict:
+def spec_for(
+    requirements: Requirements, workflow: object, name: str, files: list[dict] | None = None
+) -> dict:
+    """The project spec. A model's `sources` are every URL to try, in order (`url` first);
+    `files` are the workflow's input files for ComfyUI's input folder (parse.Workflow)."""
     return {
         "comfyui": {"repository": settings.COMFYUI_REPO, "commit": requirements.comfyui_commit},
         "nodes": [node_entry(pack) for pack in requirements.custom_nodes],
@@ -49,9 +56,11 @@ def spec_for(requirements: Requirements, workflow: object, name: str) -> dict:
                 "url": m.url,
                 "sha256": m.sha256,
                 "size": getattr(m, "size", None),
+                "sources": sources_of({"url": m.url, "sources": m.sources}),
             }
             for m in requirements.models
         ],
+        "files": files or [],
         "unknown_node_types": requirements.unknown_node_types,
         "workflow": workflow,
         "workflow_name": name,

@@ -89,6 +89,7 @@ class ModelRequirement:
     node: str = ""  # the type of the (first) node that needs it
     present: bool | None = None  # None: not checked
     size: int | None = None  # bytes, when a launcher.json says
+    sources: list[str] = field(default_factory=list)  # a launcher's URLs, tried in order
 
     @property
     def sha256(self) -> str:
@@ -188,7 +189,7 @@ def required_models(workflow: Workflow) -> list[ModelRequirement]:
         _merge(found, model)
     for file in workflow.files:
         model = ModelRequirement(file["directory"], file["name"], file["url"], file["sha256"])
-        model.size = file.get("size")
+        model.size, model.sources = file.get("size"), file.get("sources", [])
         _merge(found, model)
     return [found[key] for key in sorted(found)]
 
@@ -236,6 +237,7 @@ def _merge(found: dict, model: ModelRequirement) -> None:
     known = found.setdefault((model.directory, model.name), model)
     if known is not model:
         known.url = known.url or model.url
+        known.sources = list(dict.fromkeys([*known.sources, *model.sources]))
         if not known.hash:
             known.hash, known.hash_type = model.hash, model.hash_type
 

@@ -48,12 +48,14 @@ class Workflow:
     group_nodes: dict[str, dict] = field(default_factory=dict)  # legacy extra.groupNodes
     models: list[dict] = field(default_factory=list)  # the top-level "models" list
     # From a launcher.json: its pinned ComfyUI, custom node repositories -> commit ("" when
-    # not pinned), registry packs (id -> version) and model files (directory, name, url,
-    # sha256).
+    # not pinned), registry packs (id -> version), model files (directory, name, url,
+    # sha256, size, sources) and input files for ComfyUI's input folder (path
+    # "input/NAME", url, sha256, size, sources).
     comfyui_commit: str = ""
     snapshot_nodes: dict[str, str] = field(default_factory=dict)
     snapshot_registry: dict[str, str] = field(default_factory=dict)
     files: list[dict] = field(default_factory=list)
+    input_files: list[dict] = field(default_factory=list)
 
 
 def all_nodes(workflow: Workflow) -> Iterator[dict]:
@@ -220,16 +222,17 @@ def _declared(value: object, where: str) -> list[dict]:
     return entries
 
 
-def check_model_path(*parts: str) -> None:
-    """Refuse a model directory or name that could point outside the models folder."""
+def check_model_path(*parts: str, what: str = "model name") -> None:
+    """Refuse a model directory or name (or another relative path: `what`) that could
+    point outside its folder."""
     for part in parts:
         if "\x00" in part:
-            raise invalid(f"The model name {part!r} contains a NUL byte.")
+            raise invalid(f"The {what} {part!r} contains a NUL byte.")
         path = PurePosixPath(part.replace("\\", "/"))
         if path.is_absolute() or WINDOWS_DRIVE.match(part) or part.startswith("~"):
-            raise invalid(f"The model name {part!r} is an absolute path; only names are allowed.")
+            raise invalid(f"The {what} {part!r} is an absolute path; only names are allowed.")
         if ".." in path.parts:
-            raise invalid(f"The model name {part!r} contains '..'; only names are allowed.")
+            raise invalid(f"The {what} {part!r} contains '..'; only names are allowed.")
 
 
 # --- API prompts ----------------------------------------------------------------------------
@@ -269,7 +272,7 @@ def _launcher(data: dict) -> Workflow:
     workflow.comfyui_commit = _commit(snapshot.get("comfyui"), "snapshot_json.comfyui")
     workflow.snapshot_nodes = _snapshot_nodes(snapshot.get("git_custom_nodes"))
     workflow.snapshot_registry = _snapshot_registry(snapshot.get("cnr_custom_nodes"))
-    workflow.files = _files(data.get("files"))
+    workflow.files, workflow.input_files = _files(data.get("files"))
     return workflow
 
 
@@ -310,19 +313,28 @@ def _commit(value: object, where: str) -> str:
     return value.lower()
 
 
-def _files(value: object) -> list[dict]:
-    """The launcher's `files`: a list of alternatives per file; models/DIR/NAME only."""
-    found = []
+def _files(value: object) -> tuple[list[dict], list[dict]]:
+    """The launcher's `files` as (models, input files). Each group lists alternatives of one
+    file: they become one entry with every download URL in order (`sources`, `url` the
+    first), as ComfyUI-Launcher tries them in turn. Only `models/DIR/NAME` and `input/NAME`
+    are placed (where ComfyUI reads them); any other folder is refused."""
+    found: dict[str, list[dict]] = {}
     for i, group in enumerate(_list(value, "files")):
         choices = group if isinstance(group, list) else [group]
-        models = [m for m in (_file(entry, f"files[{i}]") for entry in choices) if m]
-        downloadable = [m for m in models if m["url"]]
-        if models:
-            found.append((downloadable or models)[0])
-    return found
+        alternatives = [_file(entry, f"files[{i}][{j}]") for j, entry in enumerate(choices)]
+        for dest, alternative in alternatives:
+            if dest != alternatives[0][0]:
+                raise invalid(
+                    f"files[{i}] lists {alternatives[0][0]!r} and {dest!r}: the alternatives "
+                    "of a group are one file, so they name one destination."
+                )
+            found.setdefault(dest, []).append(alternative)
+    entries = [_entry(dest, alternatives) for dest, alternatives in found.items()]
+    return [e for e in entries if "directory" in e], [e for e in entries if "path" in e]
 
 
-def _file(entry: object, where: str) -> dict | None:
+def _file(entry: object, where: str) -> tuple[str, dict]:
+    """(destination, {url, sha256, size}) of one alternative."""
     entry = _object(entry, where)
     dest, url, sha = (
         entry.get(k) for k in ("dest_relative_path", "download_url", "sha256_checksum")
@@ -331,19 +343,46 @@ def _file(entry: object, where: str) -> dict | None:
         raise invalid(f'{where} needs a "dest_relative_path" and a "download_url" string.')
     if sha and (not isinstance(sha, str) or not SHA256.match(sha)):
         raise invalid(f"{where}.sha256_checksum is not a sha256 (64 hexadecimal characters).")
-    check_model_path(dest)
-    parts = dest.replace("\\", "/").split("/")
-    if len(parts) < 3 or parts[0] != "models":
-        return None  # input images and the like: not models
-    name = "/".join(parts[2:])
+    check_model_path(dest, what="file path")
+    parts = PurePosixPath(dest.replace("\\", "/")).parts
+    if not _placeable(parts):
+        raise invalid(
+            f"{where}.dest_relative_path {dest!r} is neither models/DIR/NAME nor input/NAME: "
+            "a launcher's files are placed only where ComfyUI reads them."
+        )
     size = entry.get("size")
-    return {
-        "directory": parts[1],
-        "name": name,
+    return "/".join(parts), {
         "url": url or "",
         "sha256": (sha or "").lower(),
         "size": check_size(size, f"{where}.size") if isinstance(size, int) else None,
     }
+
+
+def _placeable(parts: tuple[str, ...]) -> bool:
+    """models/DIR/NAME or input/NAME: where ComfyUI reads a launcher's files."""
+    top, depth = parts[:1], len(parts)
+    return (top == ("models",) and depth > 2) or (top == ("input",) and depth > 1)
+
+
+def _entry(dest: str, alternatives: list[dict]) -> dict:
+    sources = list(dict.fromkeys(a["url"] for a in alternatives if a["url"]))
+    # Alternatives that disagree on the sha256: the first one's is kept (the file it names
+    # is the one the launcher tries first). Sizes that disagree cannot all be right: the
+    # size is left unknown and the sha256 alone verifies the bytes.
+    sha256 = next((a["sha256"] for a in alternatives if a["sha256"]), "")
+    sizes = {
+        a["size"] for a in alternatives if a["size"] is not None and a["sha256"] in ("", sha256)
+    }
+    file = {
+        "url": sources[0] if sources else "",
+        "sha256": sha256,
+        "size": sizes.pop() if len(sizes) == 1 else None,
+        "sources": sources,
+    }
+    parts = dest.split("/")
+    if parts[0] == "input":
+        return {"path": dest, **file}
+    return {"directory": parts[1], "name": "/".join(parts[2:]), **file}
 
 
 # --- shapes -------------------------------------------------------------------------------
