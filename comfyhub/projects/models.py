@@ -1,9 +1,11 @@
+from datetime import datetime
 from pathlib import Path
 
 from django.conf import settings
 from django.db import models, transaction
 from django.db.models import F
 from django.utils import timezone
+from django.utils.dateparse import parse_datetime
 from django.utils.text import slugify
 
 from comfyhub.library import index
@@ -154,6 +156,29 @@ class Project(models.Model):
         if self.last_check and not self.last_check.get("ok"):
             return ProjectStatus.ATTENTION
         return ProjectStatus.READY
+
+    def why_not_checkable(self) -> str:
+        """Why its ComfyUI cannot be asked now, in plain words ("" when it can)."""
+        if self.install_job and not self.install_job.is_terminal:
+            return f"{self.name} is being installed; the install ends by asking ComfyUI."
+        if not (self.comfyui_dir / "main.py").is_file() or not (self.venv / "bin").is_dir():
+            return f"{self.name} has no ComfyUI installed yet; install it first."
+        return ""
+
+    def provider(self, node_type: str) -> str:
+        """The pack the last check named for a node type ComfyUI missed ("" if none)."""
+        if node_type not in self.last_check.get("node_types_missing", []):
+            return ""
+        return self.last_check.get("providers", {}).get(node_type, "")
+
+    def missing_nodes(self) -> list[dict]:
+        """Each node type the last check found missing, with the pack that provides it."""
+        missing = self.last_check.get("node_types_missing", [])
+        return [{"type": t, "repository": self.provider(t)} for t in missing]
+
+    @property
+    def checked_at(self) -> datetime | None:
+        return parse_datetime(self.last_check.get("checked_at") or "")
 
     def required_models(self) -> list[dict]:
         skipped = set(self.models_skipped)
