@@ -94,7 +94,7 @@ CORE = [
 ]
 extra_core = os.environ.get("FAKE_COMFY_CORE_TYPES")  # a file: one more core type a line
 if extra_core:
-    CORE += open(extra_core).read().split()
+    CORE += open(extra_core).read().splitlines()
 object_info = {t: {"name": t, "display_name": t, "python_module": "nodes"} for t in CORE}
 
 
