@@ -1,10 +1,15 @@
-"""Tiny local git repos standing in for ComfyUI and a custom node pack."""
+"""Tiny local git repos standing in for ComfyUI and a custom node pack.
+
+The stand-in ComfyUI behaves like the real one where ComfyHub asks it: it reads
+extra_model_paths.yaml, imports custom_nodes/* (printing ComfyUI's failure lines), and
+serves /object_info, /models and /models/<folder>.
+"""
 
 import subprocess
 from pathlib import Path
 
 MAIN_PY = """\
-import argparse, json, os, sys, time
+import argparse, importlib.util, json, os, sys, time, traceback
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 parser = argparse.ArgumentParser()
@@ -12,15 +17,128 @@ parser.add_argument("--listen", default="127.0.0.1")
 parser.add_argument("--port", type=int, default=8188)
 parser.add_argument("--cpu", action="store_true")
 args, _ = parser.parse_known_args()
-nodes = sorted(os.listdir("custom_nodes")) if os.path.isdir("custom_nodes") else []
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+# As ComfyUI's folder_paths: every folder it knows, each first read from models/<folder>
+# (and a legacy folder or two), filtered to model file extensions.
+MODEL_EXTENSIONS = {".ckpt", ".pt", ".pt2", ".bin", ".pth", ".safetensors", ".pkl", ".sft"}
+KNOWN = (
+    "checkpoints", "configs", "loras", "vae", "text_encoders", "diffusion_models",
+    "clip_vision", "style_models", "embeddings", "diffusers", "vae_approx", "controlnet",
+    "gligen", "upscale_models", "latent_upscale_models", "hypernetworks", "photomaker",
+    "classifiers", "model_patches", "audio_encoders", "geometry_estimation",
+    "background_removal", "frame_interpolation", "optical_flow", "detection",
+)
+LEGACY = {"clip": "text_encoders", "unet": "diffusion_models", "t2i_adapter": "controlnet"}
+folders = {name: ([os.path.join(HERE, "models", name)], MODEL_EXTENSIONS) for name in KNOWN}
+folders["configs"] = ([os.path.join(HERE, "models", "configs")], {".yaml"})
+for old, new in LEGACY.items():
+    folders[new][0].append(os.path.join(HERE, "models", old))
+
+
+def add_model_folder_path(name, path):
+    name = LEGACY.get(name, name)  # folder_paths.map_legacy
+    if name in folders:
+        folders[name][0].append(path)
+    else:
+        folders[name] = ([path], set())
+
+
+def load_extra_path_config(path):
+    # The simple YAML ComfyHub writes: "section:", then indented "key: value" lines.
+    base = ""
+    for line in open(path).read().splitlines():
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        if not line.startswith((" ", "\t")):  # a new section
+            base = ""
+            continue
+        key, _, value = line.strip().partition(":")
+        value = value.strip()
+        if key == "base_path":
+            base = os.path.expanduser(value)
+        elif key != "is_default":
+            for folder in value.split():
+                add_model_folder_path(key, os.path.join(base, folder))
+
+
+def get_filename_list(name):
+    paths, extensions = folders[name]
+    found = set()
+    for root in paths:
+        for here, dirs, files in os.walk(root, followlinks=True):
+            for file in files:
+                if extensions and os.path.splitext(file)[1].lower() not in extensions:
+                    continue
+                found.add(os.path.relpath(os.path.join(here, file), root))
+    return sorted(found)
+
+
+CORE = [
+    "CheckpointLoaderSimple", "CheckpointLoader", "unCLIPCheckpointLoader",
+    "ImageOnlyCheckpointLoader", "UNETLoader", "CLIPLoader", "DualCLIPLoader",
+    "TripleCLIPLoader", "QuadrupleCLIPLoader", "VAELoader", "LoraLoader",
+    "LoraLoaderModelOnly", "ControlNetLoader", "DiffControlNetLoader", "CLIPVisionLoader",
+    "UpscaleModelLoader", "StyleModelLoader", "GLIGENLoader", "HypernetworkLoader",
+    "PhotoMakerLoader", "ModelPatchLoader", "AudioEncoderLoader", "LatentUpscaleModelLoader",
+    "LTXAVTextEncoderLoader", "LTXVAudioVAELoader", "ConditioningLoader",
+    "LoadBackgroundRemovalModel", "LoadMoGeModel", "LoadDA3Model",
+    "FrameInterpolationModelLoader", "OpticalFlowLoader", "SAM3DBody_Loader",
+    "KSampler", "KSamplerAdvanced", "CLIPTextEncode", "CLIPSetLastLayer",
+    "EmptyLatentImage", "EmptySD3LatentImage", "VAEDecode", "VAEEncode", "VAEDecodeTiled",
+    "SaveImage", "PreviewImage", "LoadImage", "LoadImageMask", "ImageScale",
+    "ImageScaleBy", "LatentUpscale", "ControlNetApply", "ControlNetApplyAdvanced",
+    "ConditioningCombine", "ConditioningSetArea", "FluxGuidance", "ModelSamplingSD3",
+    "ModelSamplingFlux", "SamplerCustomAdvanced", "KSamplerSelect", "BasicScheduler",
+    "BasicGuider", "CFGGuider", "RandomNoise", "ImageUpscaleWithModel",
+]
+extra_core = os.environ.get("FAKE_COMFY_CORE_TYPES")  # a file: one more core type a line
+if extra_core:
+    CORE += open(extra_core).read().splitlines()
+object_info = {t: {"name": t, "display_name": t, "python_module": "nodes"} for t in CORE}
+
+
+def load_custom_nodes():
+    base = os.path.join(HERE, "custom_nodes")
+    times = []
+    for name in sorted(os.listdir(base)) if os.path.isdir(base) else []:
+        path = os.path.join(base, name)
+        if name == "__pycache__" or name.endswith(".disabled"):
+            continue
+        if not os.path.isfile(os.path.join(path, "__init__.py")):
+            continue
+        try:
+            spec = importlib.util.spec_from_file_location(name, os.path.join(path, "__init__.py"))
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[name] = module
+            spec.loader.exec_module(module)
+            for node_type in getattr(module, "NODE_CLASS_MAPPINGS", {}):
+                module_name = "custom_nodes." + name
+                object_info[node_type] = {"name": node_type, "python_module": module_name}
+            times.append((path, True))
+        except Exception as e:
+            print(traceback.format_exc())
+            print(f"Cannot import {path} module for custom nodes: {e}")
+            times.append((path, False))
+    if times:
+        print()
+        print("Import times for custom nodes:")
+        for path, ok in times:
+            print("{:6.1f} seconds{}: {}".format(0.0, "" if ok else " (IMPORT FAILED)", path))
+        print()
 
 
 class Handler(BaseHTTPRequestHandler):
     def do_GET(self):
-        if self.path == "/system_stats":
+        path = self.path.removeprefix("/api")
+        if path == "/system_stats":
             body = {"system": {"comfyui_version": "fake", "argv": sys.argv}, "devices": []}
-        elif self.path == "/object_info":
-            body = {"custom_nodes": nodes}
+        elif path == "/object_info":
+            body = object_info
+        elif path == "/models":
+            body = list(folders)
+        elif path.startswith("/models/") and path[len("/models/"):] in folders:
+            body = get_filename_list(path[len("/models/"):])
         else:
             self.send_error(404)
             return
@@ -37,6 +155,9 @@ class Handler(BaseHTTPRequestHandler):
 
 # Not flushed: it reaches the log while ComfyUI runs only if its output is unbuffered.
 print(os.environ.get("FAKE_COMFY_SAY", "Starting server"))
+if os.path.isfile(os.path.join(HERE, "extra_model_paths.yaml")):
+    load_extra_path_config(os.path.join(HERE, "extra_model_paths.yaml"))
+load_custom_nodes()
 gate = os.environ.get("FAKE_COMFY_GATE")  # a slow start: no answer until this file exists
 while gate and not os.path.exists(gate):
     time.sleep(0.05)

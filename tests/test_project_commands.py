@@ -57,7 +57,9 @@ def test_a_workflow_becomes_a_ready_project_that_launches_and_stops(setup):
         )
         (setup / "wf.json").write_text(json.dumps(workflow))
         created = run("create_project", "Tiny Flow", "--workflow", str(setup / "wf.json"))
+    check = created.pop("check")
     assert created == {"status": "ready", "slug": "tiny-flow", "error": None}
+    assert check["ok"] and check["models_missing"] == [] and check["packs_failed"] == []
     assert (setup / "models/checkpoints/tiny.safetensors").read_bytes() == data
     launched = run("launch_project", "tiny-flow")
     assert launched["status"] == "running" and launched["url"].endswith(f":{launched['port']}/")
@@ -65,7 +67,10 @@ def test_a_workflow_becomes_a_ready_project_that_launches_and_stops(setup):
     assert Project.objects.get(slug="tiny-flow").run_state == "stopped"
 
 
-def test_an_official_template_installs_when_its_models_are_set_aside():
+def test_an_official_template_installs_when_its_models_are_set_aside(setup, monkeypatch):
+    core = setup / "core-types.txt"  # the stand-in ComfyUI knows every core type they use
+    core.write_text("\n".join(templates.node_types()))
+    monkeypatch.setenv("FAKE_COMFY_CORE_TYPES", str(core))
     name = next(n for n in templates.names() if n.startswith("image_") and "api" not in n)
     wanted = required_models(from_json(templates.load_template(name)))
     without = [arg for m in wanted for arg in ("--without", f"{m.directory}/{m.name}")]

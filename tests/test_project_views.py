@@ -11,8 +11,14 @@ from django_q.brokers import get_broker
 
 from comfyhub.library.models import Download
 from comfyhub.live.consumers import JobConsumer
-from comfyhub.projects import install
-from comfyhub.projects.models import Project, ProjectStatus, RestorePoint, RunState
+from comfyhub.projects import install, runtime
+from comfyhub.projects.models import (
+    Project,
+    ProjectStatus,
+    RestorePoint,
+    RunState,
+    follow_install_job,
+)
 from comfyhub.workflows import catalog
 from recovery.engine import run_foreground
 from recovery.errors import JobError
@@ -444,7 +450,18 @@ def test_delete_needs_confirmation_and_keeps_shared_models(client, folders):
 
 
 @pytest.mark.parametrize(
-    "action", ["launch", "stop", "retry", "rollback", "delete", "models/skip", "models/download"]
+    "action",
+    [
+        "launch",
+        "stop",
+        "retry",
+        "rollback",
+        "delete",
+        "models/skip",
+        "models/download",
+        "check",
+        "nodes/add",
+    ],
 )
 def test_actions_refuse_get_and_posts_without_csrf(client, action):
     project = make(status=ProjectStatus.READY)
@@ -581,3 +598,101 @@ def test_the_live_install_card_carries_the_header_status_badge(client):
     html = consumer.load(project.install_job_id)[1]
     sent = re.search(rf"<span {badge}[^>]*>([^<]*)</span>", html)
     assert sent and 'hx-swap-oob="true"' in sent.group(0) and sent.group(1) == "Ready"
+
+
+FOUND = {
+    "ok": False,
+    "node_types_missing": ["FancyNode", "LonelyNode"],
+    "models_missing": ["checkpoints/a.safetensors"],
+    "packs_failed": [{"name": "Broken-Pack", "error": "No module named 'cv2'"}],
+    "providers": {"FancyNode": "https://github.com/someone/fancy-nodes"},
+    "checked_at": "2026-01-02T03:04:05+00:00",
+}
+
+
+def installed(folders, **fields) -> Project:
+    """A project whose ComfyUI is on disk and whose install job ended."""
+    project = make(status=ProjectStatus.ATTENTION, **fields)
+    Job.objects.filter(pk=project.install_job_id).update(status=Status.SUCCEEDED)
+    (project.comfyui_dir).mkdir(parents=True)
+    (project.comfyui_dir / "main.py").write_text("")
+    (project.venv / "bin").mkdir(parents=True)
+    return Project.objects.get(pk=project.pk)
+
+
+def test_a_get_of_a_project_whose_comfyui_died_shows_it_crashed_and_writes_nothing(client):
+    dead = subprocess.Popen([sys.executable, "-c", "pass", "main.py", "4999"])
+    dead.wait()
+    project = make(status=ProjectStatus.READY, run_state=RunState.RUNNING, pid=dead.pid, port=4999)
+    html = client.get(f"/projects/{project.slug}/").content.decode()
+    assert 'data-run="crashed"' in html and "stopped unexpectedly" in html
+    row = Project.objects.get(pk=project.pk)
+    assert (row.run_state, row.pid, row.updated_at) == (
+        RunState.RUNNING,
+        dead.pid,
+        project.updated_at,
+    )
+    runtime.watch()  # the worker's tick records it
+    assert Project.objects.get(pk=project.pk).run_state == RunState.CRASHED
+
+
+def test_the_findings_are_shown_in_plain_words_with_a_fix_for_each(client, folders):
+    project = installed(folders, last_check=FOUND)
+    html = client.get(f"/projects/{project.slug}/").content.decode()
+    assert (
+        "Needs attention" in html and "does not know the node type <code>FancyNode</code>" in html
+    )
+    assert 'name="node_type" value="FancyNode"' in html and "Install it" in html
+    assert 'value="LonelyNode"' not in html and "No known pack provides it" in html
+    assert "cannot see the model <code>checkpoints/a.safetensors</code>" in html
+    assert "failed to import: No module named &#x27;cv2&#x27;" in html
+    assert f"/projects/{project.slug}/log/?log=comfyui" in html and "Check again" in html
+
+
+def test_check_again_queues_one_check_job(client, dispatch, folders):
+    project = installed(folders)
+    url = f"/projects/{project.slug}/check/"
+    response, sent = dispatch(lambda: client.post(url))
+    _, again = dispatch(lambda: client.post(url))
+    job = Job.objects.get(kind="project_check")
+    assert response.status_code == 302 and (sent, again) == (1, 0)
+    assert (
+        f'ws-connect="/ws/jobs/{job.pk}/"'
+        in client.get(f"/projects/{project.slug}/").content.decode()
+    )
+
+
+def test_check_again_of_a_project_not_installed_says_why(client):
+    project = make(status=ProjectStatus.FAILED)
+    Job.objects.filter(pk=project.install_job_id).update(status=Status.FAILED)
+    response = client.post(f"/projects/{project.slug}/check/")
+    assert response.status_code == 400 and b"no ComfyUI installed" in response.content
+    assert not Job.objects.filter(kind="project_check").exists()
+
+
+def test_install_it_queues_the_pack_the_check_named_and_refuses_any_other(client, folders):
+    project = installed(folders, last_check=FOUND)
+    url = f"/projects/{project.slug}/nodes/add/"
+    for node_type in ("LonelyNode", "NotMissingAtAll"):
+        assert client.post(url, {"node_type": node_type}).status_code == 400
+    assert not Job.objects.filter(kind="project_add_node").exists()
+    assert client.post(url, {"node_type": "FancyNode"}).status_code == 302
+    job = Job.objects.get(kind="project_add_node")
+    assert job.params == {"project": project.pk, "repository": FOUND["providers"]["FancyNode"]}
+
+
+def test_an_attention_project_can_be_launched(client, dispatch, folders):
+    project = installed(folders, last_check=FOUND)
+    response, sent = dispatch(lambda: client.post(f"/projects/{project.slug}/launch/"))
+    assert response.status_code == 302 and sent == 1
+
+
+def test_a_finished_install_is_ready_or_needs_attention_as_its_check_found():
+    project = make(last_check=FOUND)
+    job = Job.objects.get(pk=project.install_job_id)
+    Job.objects.filter(pk=job.pk).update(status=Status.SUCCEEDED)
+    follow_install_job(None, Job.objects.get(pk=job.pk))
+    assert Project.objects.get(pk=project.pk).status == ProjectStatus.ATTENTION
+    Project.objects.filter(pk=project.pk).update(last_check={**FOUND, "ok": True})
+    follow_install_job(None, Job.objects.get(pk=job.pk))
+    assert Project.objects.get(pk=project.pk).status == ProjectStatus.READY

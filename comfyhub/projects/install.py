@@ -20,6 +20,7 @@ from django.db import transaction
 from comfyhub.library import folders
 from comfyhub.library.models import Download
 from comfyhub.projects import tools
+from comfyhub.projects.check import check as ask_comfyui
 from comfyhub.projects.models import (
     MAX_NAME,
     Project,
@@ -303,14 +304,10 @@ def workflow(project: Project, job: Job) -> None:
     (folder / f"{name}.json").write_text(json.dumps(project.spec["workflow"], indent=2))
 
 
-def finish(project: Project, job: Job) -> None:
-    missing = [model_key(m) for m in project.required_models() if not present(m)]
-    if missing:
-        raise JobError(
-            f"Still missing: {', '.join(missing)}. Retry to download them.",
-            category=Category.NOT_FOUND,
-        )
-    project.touch(status=ProjectStatus.READY)
+def check(project: Project, job: Job) -> None:
+    """Ask ComfyUI what it sees. Its findings never fail the install: the project ends
+    ATTENTION with them (follow_install_job); only not reaching ComfyUI does."""
+    ask_comfyui(project)
 
 
 STEPS = {
@@ -322,7 +319,7 @@ STEPS = {
     "models": models,
     "input_files": input_files,
     "workflow": workflow,
-    "finish": finish,
+    "check": check,
 }
 STEP_LABELS = {
     "clone_comfyui": "Get ComfyUI",
@@ -333,7 +330,7 @@ STEP_LABELS = {
     "models": "Download models",
     "input_files": "Add the workflow's input files",
     "workflow": "Add the workflow",
-    "finish": "Check everything",
+    "check": "Ask ComfyUI what it sees",
 }
 
 

@@ -1,4 +1,5 @@
-"""The projects' job kinds (install, launch, rollback) and their live cards.
+"""The projects' job kinds (install, launch, check, add a node, rollback) and their live
+cards.
 
 Launch and rollback are jobs, not view code: a launch waits for ComfyUI's health check
 (up to minutes) and a rollback reinstalls pip packages. Their cards render
@@ -6,9 +7,15 @@ templates/live/project_<kind>.html with the context registered here.
 """
 
 from comfyhub.live.consumers import card_context
-from comfyhub.projects import restore, runtime
+from comfyhub.projects import check, restore, runtime
 from comfyhub.projects.install import STEP_LABELS, run_steps
-from comfyhub.projects.models import INSTALL_STATUS, Project, RestorePoint, RunState
+from comfyhub.projects.models import (
+    Project,
+    ProjectStatus,
+    RestorePoint,
+    RunState,
+    install_status,
+)
 from recovery.errors import JobError
 from recovery.models import Category, Job, Status
 from recovery.registry import recoverable
@@ -28,6 +35,23 @@ def launch(job: Job) -> None:
     if project.run_state == RunState.STARTING:
         runtime.stop(project)  # a killed attempt's half-started ComfyUI holds the port
     runtime.launch(project, timeout=job.params.get("timeout", runtime.HEALTH_TIMEOUT))
+
+
+# A ComfyUI that did not answer was waited for minutes already: say so at once.
+@recoverable("project_check", policies={Category.TIMEOUT: {"max_attempts": 1}})
+def check_again(job: Job) -> None:
+    check.check(job_project(job), timeout=job.params.get("timeout", runtime.HEALTH_TIMEOUT))
+
+
+@recoverable("project_add_node")
+def add_node(job: Job) -> None:
+    """Install the pack that provides a node type ComfyUI missed (ComfyUI stopped first:
+    it loads packs only when it starts), then ask it again."""
+    project = job_project(job)
+    runtime.stop(project)
+    if job.params["repository"] not in {pin["repository"] for pin in project.node_pins}:
+        restore.add_node(project, job.params["repository"])
+    check.check(project)
 
 
 @recoverable("project_rollback")
@@ -81,7 +105,7 @@ def install_card(job: Job) -> dict:
     return {
         "project": project,
         "steps": install_steps(job),
-        "status": INSTALL_STATUS[job.status],
+        "status": install_status(job, project),
         "cancelled": project.cancelled_models() if project else [],
     }
 
@@ -90,10 +114,18 @@ def install_card(job: Job) -> dict:
 def launch_card(job: Job) -> dict:
     project = Project.objects.filter(pk=job.params.get("project")).first()
     return {
-        "project": project and runtime.refresh(project),
+        "project": project and runtime.observed(project),
         "launch": job,
         "launching": not job.is_terminal,
     }
+
+
+@card_context("project_check")
+@card_context("project_add_node")
+def check_card(job: Job) -> dict:
+    """Once the job ends its card also brings the findings and the status badge."""
+    project = Project.objects.filter(pk=job.params.get("project")).first()
+    return {"project": project, "status": project and ProjectStatus(project.status)}
 
 
 @card_context("project_rollback")

@@ -1,9 +1,11 @@
+from datetime import datetime
 from pathlib import Path
 
 from django.conf import settings
 from django.db import models, transaction
 from django.db.models import F
 from django.utils import timezone
+from django.utils.dateparse import parse_datetime
 from django.utils.text import slugify
 
 from comfyhub.library import index
@@ -18,7 +20,12 @@ MAX_NAME = 100  # characters of a project name (its workflow file is named after
 class ProjectStatus(models.TextChoices):
     INSTALLING = "installing", "Installing"
     READY = "ready", "Ready"
+    ATTENTION = "attention", "Needs attention"  # installed; ComfyUI misses something
     FAILED = "failed", "Install failed"
+
+
+# Installed: ComfyUI can run (with one broken pack, a project still runs).
+INSTALLED = (ProjectStatus.READY, ProjectStatus.ATTENTION)
 
 
 class RunState(models.TextChoices):
@@ -28,8 +35,9 @@ class RunState(models.TextChoices):
     CRASHED = "crashed", "Crashed"
 
 
-# What a project is while its install job is in each state. The page's live badge reads
-# it from the job, whose row is written before the project's follows it.
+# What a project is while its install job is in each state (a succeeded one: READY or
+# ATTENTION, as its last step, the check, found; see install_status). The page's live badge
+# reads it from the job, whose row is written before the project's follows it.
 INSTALL_STATUS = {
     Status.QUEUED: ProjectStatus.INSTALLING,
     Status.RUNNING: ProjectStatus.INSTALLING,
@@ -73,6 +81,10 @@ class Project(models.Model):
     "sha256", "size", "sources"}], "files": [{"path": "input/NAME", "url", "sha256",
     "size", "sources"}], "workflow": {...} | None, "workflow_name": str}. The pins actually
     installed are recorded in comfyui_commit / node_pins.
+
+    `last_check` is what its ComfyUI saw when last asked (comfyhub.projects.check): {"ok",
+    "node_types_missing", "models_missing", "packs_failed", "checked_at"}, {} before.
+    `run_log_start` is where the current run's lines begin in its ComfyUI log.
     """
 
     name = models.CharField(max_length=MAX_NAME)
@@ -94,6 +106,9 @@ class Project(models.Model):
     auto_restart = models.BooleanField(default=False)
     restarts = models.PositiveIntegerField(default=0)
     run_message = models.TextField(blank=True)
+    run_log_start = models.PositiveBigIntegerField(default=0)
+    # Not "check": Django's Model.check() (system checks) owns that name.
+    last_check = models.JSONField(default=dict, blank=True)
     created_at = models.DateTimeField(default=timezone.now)
     updated_at = models.DateTimeField(default=timezone.now)
 
@@ -132,6 +147,39 @@ class Project(models.Model):
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}/" if self.port else ""
+
+    @property
+    def installed(self) -> bool:
+        return self.status in INSTALLED
+
+    def checked_status(self) -> str:
+        """READY, or ATTENTION when the last check found problems."""
+        if self.last_check and not self.last_check.get("ok"):
+            return ProjectStatus.ATTENTION
+        return ProjectStatus.READY
+
+    def why_not_checkable(self) -> str:
+        """Why its ComfyUI cannot be asked now, in plain words ("" when it can)."""
+        if self.install_job and not self.install_job.is_terminal:
+            return f"{self.name} is being installed; the install ends by asking ComfyUI."
+        if not (self.comfyui_dir / "main.py").is_file() or not (self.venv / "bin").is_dir():
+            return f"{self.name} has no ComfyUI installed yet; install it first."
+        return ""
+
+    def provider(self, node_type: str) -> str:
+        """The pack the last check named for a node type ComfyUI missed ("" if none)."""
+        if node_type not in self.last_check.get("node_types_missing", []):
+            return ""
+        return self.last_check.get("providers", {}).get(node_type, "")
+
+    def missing_nodes(self) -> list[dict]:
+        """Each node type the last check found missing, with the pack that provides it."""
+        missing = self.last_check.get("node_types_missing", [])
+        return [{"type": t, "repository": self.provider(t)} for t in missing]
+
+    @property
+    def checked_at(self) -> datetime | None:
+        return parse_datetime(self.last_check.get("checked_at") or "")
 
     def required_models(self) -> list[dict]:
         skipped = set(self.models_skipped)
@@ -288,11 +336,21 @@ class RestorePoint(models.Model):
         return f"{self.project} before {self.reason}"
 
 
+def install_status(job: Job, project: Project | None) -> str:
+    """What a project is while its install `job` is in its state (INSTALL_STATUS); a
+    finished install is READY or ATTENTION as its check found."""
+    status = INSTALL_STATUS[job.status]
+    if status == ProjectStatus.READY and project is not None:
+        return project.checked_status()
+    return status
+
+
 def follow_install_job(sender, job: Job, **kwargs) -> None:
-    """A project's status follows its install job (INSTALL_STATUS): a cancelled install
+    """A project's status follows its install job (install_status): a cancelled install
     never leaves it "installing"."""
     if job.kind != "project_install":
         return
-    status = INSTALL_STATUS[job.status]
-    projects = Project.objects.filter(install_job=job).exclude(status=status)
-    projects.update(status=status, updated_at=timezone.now())
+    for project in Project.objects.filter(install_job=job):
+        status = install_status(job, project)
+        mine = Project.objects.filter(pk=project.pk).exclude(status=status)
+        mine.update(status=status, updated_at=timezone.now())

@@ -3,7 +3,8 @@
 ComfyUI runs under its log pump in a session of their own (they outlive the command that
 launched them); the pump's pid and the port are stored on the project, and its state is
 always re-derived from the process table, so a restart of ComfyHub never shows a dead
-ComfyUI as running.
+ComfyUI as running. Pages derive it without writing (`observed`); the worker's tick
+(`watch`), jobs and POSTs record it (`refresh`).
 """
 
 import contextlib
@@ -22,7 +23,7 @@ from django.db import IntegrityError
 from django.utils import timezone
 
 from comfyhub.projects import tools
-from comfyhub.projects.models import Project, ProjectStatus, RunState
+from comfyhub.projects.models import Project, RunState
 from recovery.errors import JobError
 from recovery.lifeline import exited_within
 from recovery.models import Category
@@ -30,6 +31,7 @@ from recovery.models import Category
 HEALTH_TIMEOUT = 120.0
 STOP_GRACE = 10.0
 LOG_TAIL = 20
+CRASHED = "ComfyUI stopped unexpectedly."
 
 
 def launch(project: Project, timeout: float = HEALTH_TIMEOUT) -> Project:
@@ -37,14 +39,23 @@ def launch(project: Project, timeout: float = HEALTH_TIMEOUT) -> Project:
     refresh(project)
     if project.run_state == RunState.RUNNING:
         return project
-    if project.status != ProjectStatus.READY:
+    if not project.installed:
         raise JobError(
             f"{project.name} is not installed yet ({project.get_status_display()}).",
             category=Category.VALIDATION,
         )
+    return boot(project, timeout)
+
+
+def boot(project: Project, timeout: float = HEALTH_TIMEOUT) -> Project:
+    """Start ComfyUI whatever the project's status (the install's check starts it before
+    the project is installed) and return once it answers over HTTP."""
     assign_port(project)
+    log_start = project.run_log.stat().st_size if project.run_log.exists() else 0
     child = start(project)
-    project.touch(pid=child.pid, run_state=RunState.STARTING, run_message="")
+    project.touch(
+        pid=child.pid, run_state=RunState.STARTING, run_message="", run_log_start=log_start
+    )
     wait_healthy(project, child, timeout)
     return project
 
@@ -156,10 +167,24 @@ def stop(project: Project) -> Project:
 
 
 def refresh(project: Project) -> Project:
-    """Re-derive the run state from the process table (survives ComfyHub restarts)."""
-    if project.run_state in (RunState.RUNNING, RunState.STARTING) and not is_ours(project):
-        crashed(project, "ComfyUI stopped unexpectedly.")
+    """Re-derive the run state from the process table and record it (survives ComfyHub
+    restarts)."""
+    if died(project):
+        crashed(project, CRASHED)
     return project
+
+
+def observed(project: Project) -> Project:
+    """`project` with the run state the process table shows, in memory only: a page shows
+    a dead ComfyUI as crashed, and the worker's tick records it."""
+    if died(project):
+        project.run_state, project.pid = RunState.CRASHED, None
+        project.run_message = f"{CRASHED}\n{log_tail(project)}"
+    return project
+
+
+def died(project: Project) -> bool:
+    return project.run_state in (RunState.RUNNING, RunState.STARTING) and not is_ours(project)
 
 
 def crashed(project: Project, why: str) -> None:

@@ -10,6 +10,8 @@ urlpatterns = [
     path("projects/<slug:slug>/", views.project, name="project"),
     path("projects/<slug:slug>/launch/", views.launch, name="project-launch"),
     path("projects/<slug:slug>/stop/", views.stop, name="project-stop"),
+    path("projects/<slug:slug>/check/", views.check_again, name="project-check"),
+    path("projects/<slug:slug>/nodes/add/", views.add_node, name="project-add-node"),
     path("projects/<slug:slug>/retry/", views.retry, name="project-retry"),
     path(
         "projects/<slug:slug>/models/download/", views.download_model, name="project-model-download"

@@ -1,7 +1,9 @@
 """The projects pages: list, new from a template, import, project detail and its actions.
 
-Everything long (install, launch, rollback) is a job handed to the worker; a view only
-queues it and redirects. Stop runs here: it takes at most runtime.STOP_GRACE seconds.
+Everything long (install, launch, check, adding a pack, rollback) is a job handed to the
+worker; a view only queues it and redirects. Stop runs here: it takes at most
+runtime.STOP_GRACE seconds. A GET only reads: a ComfyUI that died shows as crashed
+(runtime.observed), and the worker's tick records it.
 An import in progress lives in the session (server side), keyed by a random token, so
 the parsed workflow and the finder's candidates are never round-tripped through the
 browser.
@@ -28,6 +30,7 @@ from comfyhub.projects.forms import (
     RollbackForm,
 )
 from comfyhub.projects.models import Project, ProjectStatus
+from recovery.models import Status
 
 PER_PAGE = 48
 IMPORTS = "project_imports"
@@ -36,7 +39,7 @@ LOGS = ("install", "comfyui")
 
 
 def project_or_404(slug: str) -> Project:
-    return runtime.refresh(
+    return runtime.observed(
         get_object_or_404(Project.objects.select_related("install_job"), slug=slug)
     )
 
@@ -78,7 +81,7 @@ def problem(request: HttpRequest, project: Project, message: str) -> HttpRespons
 @require_GET
 def projects(request: HttpRequest) -> HttpResponse:
     listed = Project.objects.select_related("install_job")
-    cards = [card(runtime.refresh(project)) for project in listed]
+    cards = [card(runtime.observed(project)) for project in listed]
     return render(request, "projects/list.html", {"cards": cards})
 
 
@@ -152,14 +155,23 @@ def detail(request: HttpRequest, project: Project, status: int = 200, **forms) -
         "rollback_form": forms.get("rollback_form") or RollbackForm(project),
         "delete_form": forms.get("delete_form") or DeleteForm(),
         "logs": {which: project.log_tail(which) for which in LOGS},
+        "live_checks": live_checks(project),
+        "uncheckable": project.why_not_checkable(),
     }
     return render(request, "projects/detail.html", context, status=status)
+
+
+def live_checks(project: Project) -> list:
+    """The newest check and pack addition, while under way or when they failed (a
+    success shows in the findings)."""
+    newest = [project.latest_job(kind) for kind in ("project_check", "project_add_node")]
+    return [job for job in newest if job and job.status != Status.SUCCEEDED]
 
 
 @require_POST
 def launch(request: HttpRequest, slug: str) -> HttpResponse:
     project = project_or_404(slug)
-    if project.status != ProjectStatus.READY:
+    if not project.installed:
         return problem(
             request,
             project,
@@ -168,6 +180,32 @@ def launch(request: HttpRequest, slug: str) -> HttpResponse:
             f"or retry it if it failed.",
         )
     jobs.queue_launch(project)
+    return back(request, project)
+
+
+@require_POST
+def check_again(request: HttpRequest, slug: str) -> HttpResponse:
+    """Ask ComfyUI again what it sees (a job: it may start ComfyUI for it)."""
+    project = project_or_404(slug)
+    if why := project.why_not_checkable():
+        return problem(request, project, why)
+    project.queue_job("project_check")
+    return back(request, project)
+
+
+@require_POST
+def add_node(request: HttpRequest, slug: str) -> HttpResponse:
+    """Install the pack the last check named for a node type ComfyUI missed."""
+    project = project_or_404(slug)
+    node_type = request.POST.get("node_type", "")
+    repository = project.provider(node_type)
+    if not repository:
+        return problem(
+            request, project, f"No pack to install for {node_type!r}: check again first."
+        )
+    if why := project.why_not_checkable():
+        return problem(request, project, why)
+    project.queue_job("project_add_node", repository=repository)
     return back(request, project)
 
 

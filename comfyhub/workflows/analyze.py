@@ -256,7 +256,7 @@ def required_nodes(
     """(custom node packs, unknown node types), both sorted. What names a node's pack
     (snapshot, cnr_id, aux_id, preemption) is settled for every node first, so that "already
     chosen for this workflow" counts those packs wherever their nodes sit in the file."""
-    nodes = [n for n in all_nodes(workflow) if not _needs_no_pack(n["type"], workflow)]
+    nodes = [n for n in all_nodes(workflow) if not needs_no_pack(n["type"], workflow)]
     core_here = {n["type"] for n in nodes if _properties(n).get("cnr_id") == nodemap.CORE_CNR_ID}
     custom = [n for n in nodes if not node_map.is_core(n["type"], _properties(n), core_here)]
     listed = _snapshot_packs(workflow, node_map)
@@ -283,7 +283,7 @@ def required_nodes(
     return [packs[key] for key in sorted(packs)], sorted(unknown)
 
 
-def _needs_no_pack(node_type: str, workflow: Workflow) -> bool:
+def needs_no_pack(node_type: str, workflow: Workflow) -> bool:
     return (
         node_type in nodemap.FRONTEND_ONLY
         or node_type in workflow.subgraphs

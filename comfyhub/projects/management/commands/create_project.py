@@ -11,8 +11,10 @@ from recovery.errors import JobError
 class Command(BaseCommand):
     help = (
         "Create a project from a workflow file, an official template or a launcher.json, "
-        "and install it here (same job as the worker: re-running after a kill resumes). "
-        "Prints {status, slug, error} with --json. Exit 0 ready, 1 failed, 2 bad input "
+        "and install it here (same job as the worker: re-running after a kill resumes); the "
+        "install ends by asking its ComfyUI what it sees (see check_project). Prints "
+        "{status, slug, error, check} with --json (status: ready, attention or failed). "
+        "Exit 0 ready, 1 attention or failed, 2 bad input "
         f"(e.g. a name longer than {MAX_NAME} characters)."
     )
 
@@ -52,21 +54,23 @@ class Command(BaseCommand):
         return specs.from_workflow(specs.read_json(options["workflow"]), options["name"])
 
     def report(self, project: Project, job, as_json: bool) -> None:
-        ready = project.status == ProjectStatus.READY
+        installed = project.installed
         error = (
             None
-            if ready
+            if installed
             else {"category": job.error_category or job.status, "message": job.error_message}
         )
         if as_json:
-            self.stdout.write(
-                json.dumps(
-                    {"status": "ready" if ready else "failed", "slug": project.slug, "error": error}
-                )
-            )
-        elif ready:
+            report = {"status": project.status, "slug": project.slug, "error": error}
+            self.stdout.write(json.dumps({**report, "check": project.last_check or None}))
+        elif project.status == ProjectStatus.READY:
             self.stdout.write(
                 f"{project.name} is ready: python manage.py launch_project {project.slug}"
+            )
+        elif installed:
+            self.stderr.write(
+                f"{project.name} is installed but ComfyUI misses something: "
+                f"python manage.py check_project {project.slug} says what."
             )
         else:
             self.stderr.write(f"{project.name} failed: {job.error_message}")

@@ -1,0 +1,172 @@
+"""Asking a project's ComfyUI what it sees: the truth behind "ready".
+
+ComfyHub's bookkeeping can call a project complete while ComfyUI cannot find a model (a
+folder missing from extra_model_paths.yaml) or a node (a pack that failed to import). The
+check asks ComfyUI itself: `GET /object_info` for the node types, `GET /models/<folder>`
+for the files of each folder a model is in, and the lines its current run wrote to its log
+for the packs that failed to import. A ComfyUI that was not running is started for the
+check and stopped after; one that was running is asked as it is and left running.
+
+Its current run's lines begin at `Project.run_log_start`, recorded when ComfyHub started
+it (runtime.boot): a ComfyUI found running was started by ComfyHub too, so the offset
+is that run's, and an earlier run's import failures never count.
+"""
+
+import re
+import time
+from pathlib import Path
+from urllib.parse import quote
+
+import httpx
+from django.utils import timezone
+
+from comfyhub.library.folders import LEGACY
+from comfyhub.projects import runtime
+from comfyhub.projects.models import Project, ProjectStatus, RunState, model_key
+from comfyhub.workflows import nodemap
+from comfyhub.workflows.analyze import needs_no_pack
+from comfyhub.workflows.parse import all_nodes, from_json
+from recovery.errors import JobError
+from recovery.lifeline import exited_within
+from recovery.models import Category
+
+ASK_TIMEOUT = 60.0  # /object_info of an install with many packs takes seconds
+RUN_LOG_BYTES = 16 * 2**20  # import failures are printed first; a long run's log is large
+CANNOT_IMPORT = re.compile(r"Cannot import (?P<path>.+?) module for custom nodes: (?P<error>.*)")
+IMPORT_FAILED = re.compile(r"\(IMPORT FAILED\): (?P<path>.+)")
+FINDINGS = ("node_types_missing", "models_missing", "packs_failed")
+
+
+def check(project: Project, timeout: float = runtime.HEALTH_TIMEOUT) -> dict:
+    """Ask the project's ComfyUI, store the result on the project (and, when it is
+    installed, READY or ATTENTION as its status) and return it."""
+    was_running = in_use(project, timeout)
+    if not was_running:
+        runtime.boot(project, timeout)
+    try:
+        found = ask(project)
+    finally:
+        if not was_running:
+            runtime.stop(project)
+    return record(project, found)
+
+
+def in_use(project: Project, timeout: float) -> bool:
+    """Whether ComfyUI runs already; one that a launch is starting is waited for."""
+    runtime.refresh(project)
+    deadline = time.monotonic() + timeout
+    while project.run_state == RunState.STARTING and not runtime.answers(project):
+        if time.monotonic() > deadline:
+            raise JobError(
+                f"ComfyUI of {project.name} is starting and did not answer within "
+                f"{timeout:.0f} s; check again once it runs.",
+                category=Category.TIMEOUT,
+            )
+        exited_within(project.pid, 0.2)  # no notification for HTTP readiness: probe
+        runtime.refresh(project)
+    return project.run_state in (RunState.RUNNING, RunState.STARTING)
+
+
+def ask(project: Project) -> dict:
+    known = get(project, "object_info")
+    return {
+        "node_types_missing": sorted(node_types(project.spec) - set(known)),
+        "models_missing": models_missing(project),
+        "packs_failed": packs_failed(project.run_log, project.run_log_start),
+    }
+
+
+def get(project: Project, path: str):
+    """ComfyUI's JSON answer to GET `path`; None when it answers 404 (an unknown folder)."""
+    try:
+        response = httpx.get(f"{project.url}{path}", timeout=ASK_TIMEOUT)
+    except httpx.TimeoutException:
+        raise JobError(
+            f"ComfyUI did not answer GET /{path} within {ASK_TIMEOUT:.0f} s.",
+            category=Category.TIMEOUT,
+        ) from None
+    except httpx.HTTPError as exc:
+        raise JobError(
+            f"ComfyUI could not be reached for GET /{path}: {exc}", category=Category.NETWORK
+        ) from None
+    if response.status_code == 404:
+        return None
+    if response.status_code != 200:
+        raise JobError(
+            f"ComfyUI answered GET /{path} with HTTP {response.status_code}.",
+            category=Category.SERVER,
+        )
+    return response.json()
+
+
+def node_types(spec: dict) -> set[str]:
+    """Every node type the workflow (subgraphs and muted nodes included: it must open
+    without missing nodes) and the spec's packs need ComfyUI to know."""
+    types = {t for node in spec.get("nodes", []) for t in node.get("node_types") or []}
+    if not spec.get("workflow"):
+        return types
+    workflow = from_json(spec["workflow"])
+    types |= {node["type"] for node in all_nodes(workflow)}
+    return {t for t in types if not needs_no_pack(t, workflow)}
+
+
+def models_missing(project: Project) -> list[str]:
+    """Each required model (skipped ones aside) as "DIR/NAME" that ComfyUI does not list
+    in the folder it reads that directory into (a legacy name: its new folder)."""
+    listed: dict[str, set[str]] = {}
+    missing = []
+    for model in project.required_models():
+        folder = LEGACY.get(model["directory"], model["directory"])
+        if folder not in listed:
+            listed[folder] = set(get(project, f"models/{quote(folder, safe='')}") or [])
+        if model["name"].replace("\\", "/") not in listed[folder]:
+            missing.append(model_key(model))
+    return missing
+
+
+def packs_failed(log: Path, start: int) -> list[dict]:
+    """[{"name": custom_nodes folder, "error": message}] from ComfyUI's failure lines
+    ("Cannot import … module for custom nodes: …", "… (IMPORT FAILED): …")."""
+    failed: dict[str, str] = {}
+    for line in run_lines(log, start):
+        if match := CANNOT_IMPORT.search(line):
+            failed[Path(match["path"]).name] = match["error"].strip() or "It failed to import."
+        elif match := IMPORT_FAILED.search(line):
+            failed.setdefault(Path(match["path"].strip()).name, "It failed to import.")
+    return [{"name": name, "error": error} for name, error in failed.items()]
+
+
+def run_lines(log: Path, start: int) -> list[str]:
+    if not log.is_file():
+        return []
+    with log.open("rb") as lines:
+        # A log cut short since (rotated by hand) starts over.
+        lines.seek(start if start <= log.stat().st_size else 0)
+        return lines.read(RUN_LOG_BYTES).decode(errors="replace").splitlines()
+
+
+def record(project: Project, found: dict) -> dict:
+    result = {
+        "ok": not any(found[key] for key in FINDINGS),
+        **found,
+        "providers": providers(project.spec, found["node_types_missing"]),
+        "checked_at": timezone.now().isoformat(),
+    }
+    fields = {"last_check": result}
+    if project.installed:
+        fields["status"] = ProjectStatus.READY if result["ok"] else ProjectStatus.ATTENTION
+    project.touch(**fields)
+    return result
+
+
+def providers(spec: dict, missing: list[str]) -> dict[str, str]:
+    """A pack that provides each missing node type, where one is known: the spec's pack
+    for it, else the one ComfyUI-Manager's node map names (core types: none)."""
+    if not missing:
+        return {}
+    claimed = {
+        t: n.get("repository") for n in spec.get("nodes", []) for t in n.get("node_types") or []
+    }
+    node_map = nodemap.default()
+    found = {t: claimed.get(t) or node_map.repository(t, {}) for t in missing}
+    return {t: repo for t, repo in found.items() if repo and repo != nodemap.CORE}

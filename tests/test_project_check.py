@@ -1,0 +1,165 @@
+"""Asking a project's ComfyUI (the stand-in from tests/fakecomfy.py) what it sees."""
+
+import json
+from io import StringIO
+
+import httpx
+import pytest
+from django.core.management import CommandError, call_command
+
+from comfyhub.projects import install, runtime, tools
+from comfyhub.projects.models import Project, ProjectStatus, RunState
+from recovery.engine import run_foreground
+from recovery.models import Job, Status
+from tests.fakecomfy import comfyui_repo, make_repo
+
+pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
+
+BROKEN = 'raise RuntimeError("boom: the weights are missing")\n'
+WORKING = 'NODE_CLASS_MAPPINGS = {"FakeSampler": object}\n'
+
+
+@pytest.fixture(autouse=True)
+def folders(settings, project_dirs):
+    settings.PORT_RANGE = (4700, 4799)
+    return project_dirs
+
+
+@pytest.fixture
+def comfy(tmp_path):
+    path, commits = comfyui_repo(tmp_path / "repos")
+    return {"repository": str(path), "commit": commits[0]}
+
+
+def pack(tmp_path, name: str, first: str, second: str = WORKING) -> dict:
+    """A pack repo: its first commit's __init__.py is `first`, its second's `second`."""
+    path, commits = make_repo(
+        tmp_path / "repos" / name, {"__init__.py": first}, {"__init__.py": second}
+    )
+    return {"repository": str(path), "commit": commits[0], "commits": commits}
+
+
+def node(node_id: int, node_type: str, *values) -> dict:
+    return {"id": node_id, "type": node_type, "mode": 0, "widgets_values": list(values)}
+
+
+def build(name: str, comfy: dict, nodes=(), models=(), workflow=(), **kwargs) -> Project:
+    spec = {
+        "comfyui": comfy,
+        "nodes": [{"repository": n["repository"], "commit": n["commit"]} for n in nodes],
+        "models": list(models),
+        "workflow": {"nodes": list(workflow), "links": []},
+        "workflow_name": name,
+    }
+    project = install.create(name, spec, **kwargs)
+    run_foreground(project.install_job_id)
+    project.refresh_from_db()
+    return project
+
+
+def check_json(slug: str) -> tuple[int, dict]:
+    out = StringIO()
+    try:
+        call_command("check_project", slug, "--json", stdout=out)
+        code = 0
+    except SystemExit as exit:
+        code = exit.code
+    return code, json.loads(out.getvalue())
+
+
+def test_a_model_in_geometry_estimation_ends_ready_and_comfyui_lists_it(comfy, folders):
+    (folders / "models/geometry_estimation").mkdir(parents=True)
+    (folders / "models/geometry_estimation/moge.safetensors").write_bytes(b"weights")
+    model = {"directory": "geometry_estimation", "name": "moge.safetensors", "url": ""}
+    project = build(
+        "Depth", comfy, models=[model], workflow=[node(1, "LoadMoGeModel", "moge.safetensors")]
+    )
+    assert project.status == ProjectStatus.READY and project.last_check["ok"]
+    runtime.launch(project, timeout=30)
+    try:
+        listed = httpx.get(f"{project.url}models/geometry_estimation").json()
+    finally:
+        runtime.stop(project)
+    assert listed == ["moge.safetensors"]
+
+
+def test_a_pack_whose_init_raises_ends_attention_and_check_again_makes_it_ready(comfy, tmp_path):
+    broken = pack(tmp_path, "Broken-Nodes", BROKEN)
+    project = build("Fragile", comfy, nodes=[broken], workflow=[node(1, "FakeSampler")])
+    failed = [{"name": "Broken-Nodes", "error": "boom: the weights are missing"}]
+    assert project.status == ProjectStatus.ATTENTION
+    assert project.last_check["packs_failed"] == failed
+    assert project.last_check["node_types_missing"] == ["FakeSampler"]
+    code, report = check_json(project.slug)
+    assert code == 1 and report["packs_failed"] == failed and not report["ok"]
+    folder = project.comfyui_dir / "custom_nodes/Broken-Nodes"
+    tools.checkout(folder, broken["commits"][1], project.install_log)  # the fix
+    job = project.queue_job("project_check", dispatch=False)
+    assert run_foreground(job.pk).status == Status.SUCCEEDED
+    project.refresh_from_db()
+    assert project.status == ProjectStatus.READY and project.last_check["packs_failed"] == []
+
+
+def test_a_node_type_no_pack_provides_is_missing_and_a_skipped_model_is_not(comfy, tmp_path):
+    fine = pack(tmp_path, "Fine-Nodes", WORKING, WORKING + "# two\n")
+    model = {"directory": "checkpoints", "name": "gone.safetensors", "url": ""}
+    workflow = [
+        node(1, "CheckpointLoaderSimple", "gone.safetensors"),
+        node(2, "FakeSampler"),
+        node(3, "NoPackHasThisNode"),
+        node(4, "Note", "just a note"),
+    ]
+    project = build(
+        "Gaps", comfy, [fine], [model], workflow, skipped=["checkpoints/gone.safetensors"]
+    )
+    assert project.status == ProjectStatus.ATTENTION
+    assert project.last_check["node_types_missing"] == ["NoPackHasThisNode"]
+    assert project.last_check["models_missing"] == []
+
+
+def test_a_model_comfyui_cannot_see_is_missing_under_its_key(comfy, folders):
+    model = {"directory": "clip", "name": "t5.safetensors", "url": ""}
+    (folders / "models/clip").mkdir(parents=True)
+    (folders / "models/clip/t5.safetensors").write_bytes(b"t5")
+    project = build("Clip", comfy, models=[model])
+    assert project.status == ProjectStatus.READY  # legacy clip: read into text_encoders
+    (folders / "models/clip/t5.safetensors").unlink()
+    code, report = check_json(project.slug)
+    assert code == 1 and report["models_missing"] == ["clip/t5.safetensors"]
+    assert Project.objects.get(pk=project.pk).status == ProjectStatus.ATTENTION
+
+
+def test_check_project_on_an_unknown_slug_exits_2():
+    with pytest.raises(CommandError) as error:
+        call_command("check_project", "nobody", "--json")
+    assert error.value.returncode == 2
+
+
+def test_check_project_on_a_project_never_installed_exits_2(comfy):
+    project = install.create("Never", {"comfyui": comfy, "nodes": [], "models": []})
+    Job.objects.filter(pk=project.install_job_id).update(status=Status.FAILED)
+    with pytest.raises(CommandError) as error:
+        call_command("check_project", project.slug)
+    assert error.value.returncode == 2 and "no ComfyUI installed" in str(error.value)
+
+
+def test_check_project_leaves_a_running_comfyui_running(comfy):
+    project = runtime.launch(build("Running", comfy), timeout=30)
+    pid = project.pid
+    try:
+        code, report = check_json(project.slug)
+        assert code == 0 and report["ok"]
+        project.refresh_from_db()
+        assert project.run_state == RunState.RUNNING and project.pid == pid
+        assert runtime.answers(project)
+    finally:
+        runtime.stop(project)
+
+
+def test_check_project_stops_a_comfyui_it_started_for_the_check(comfy):
+    project = build("Stopped", comfy)
+    code, report = check_json(project.slug)
+    assert code == 0 and report["ok"] and report["checked_at"]
+    project.refresh_from_db()
+    assert project.run_state == RunState.STOPPED and project.pid is None
+    assert not runtime.answers(project)
