@@ -581,3 +581,11 @@ def test_the_live_install_card_carries_the_header_status_badge(client):
     html = consumer.load(project.install_job_id)[1]
     sent = re.search(rf"<span {badge}[^>]*>([^<]*)</span>", html)
     assert sent and 'hx-swap-oob="true"' in sent.group(0) and sent.group(1) == "Ready"
+
+
+def test_the_project_page_shows_a_registry_pack_at_its_version(client):
+    project = make(status=ProjectStatus.READY)
+    pin = {"repository": "", "name": "fake-pack", "commit": "", "cnr_id": "fake-pack"}
+    project.touch(node_pins=[{**pin, "version": "1.2.0"}])
+    html = client.get(f"/projects/{project.slug}/").content.decode()
+    assert "fake-pack <code>1.2.0</code> <small>(Comfy Registry)</small>" in html
