@@ -314,11 +314,14 @@ class FakeRegistry(FileServer):
     """The Comfy Registry: /nodes/<id>/install[?version=V] answers the NodeVersion of that
     version (the latest published without `version`), 404 for an unknown id or version;
     the zips are files of this server (a FileServer, so scripts such as drops work) at
-    each version's downloadUrl. With `outage` set to a status, the API answers it."""
+    each version's downloadUrl. With `outage` set to a status, the API answers it. With
+    `latest_for_unknown`, an unknown version of a known id gets the latest instead of a
+    404, as the real registry has been seen to do."""
 
     def __init__(self, host: str = "127.0.0.1"):
         super().__init__(host)
         self.outage: int | None = None
+        self.latest_for_unknown = False
         self.nodes: dict[str, dict[str, dict]] = {}
 
     def publish(self, cnr_id: str, version: str, archive: bytes, **options) -> dict:
@@ -353,7 +356,9 @@ class FakeRegistry(FileServer):
             return self.reply_json(h, record, self.outage, {"message": "Service unavailable"})
         versions = self.nodes.get(match[1], {})
         wanted = parse_qs(record["query"]).get("version", [None])[0]
-        found = versions.get(wanted) if wanted else next(reversed(versions.values()), None)
+        latest = next(reversed(versions.values()), None)
+        found = versions.get(wanted) if wanted else latest
+        found = found or (latest if self.latest_for_unknown else None)
         if found is None:
             return self.reply_json(h, record, 404, {"message": "Node version not found"})
         self.reply_json(h, record, 200, found)

@@ -115,6 +115,13 @@ def test_a_version_the_registry_lacks_falls_back_to_git_at_the_pinned_commit(
     assert "the Comfy Registry has no fake-pack@9.9.9" in project.install_log.read_text()
 
 
+def test_a_registry_answering_another_version_than_asked_counts_as_lacking_it(fake_registry):
+    fake_registry.publish("fake-pack", "2.0.0", pack_zip(PACK))
+    fake_registry.latest_for_unknown = True
+    assert registry.install_info("fake-pack", "1.0.0") is None
+    assert registry.install_info("fake-pack", "2.0.0")["version"] == "2.0.0"
+
+
 def test_a_pack_the_registry_lacks_and_without_a_repository_fails_as_not_found(
     fake_registry, project
 ):

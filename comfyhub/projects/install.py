@@ -8,6 +8,7 @@ from its beginning. A step therefore cleans up its own half-done output before r
 import json
 import re
 import time
+from pathlib import Path
 
 from django.conf import settings
 from django.db import transaction
@@ -157,7 +158,7 @@ def install_registry_pack(project: Project, node: dict, info: dict) -> dict:
     }
 
 
-def install_pack_requirements(project: Project, folder) -> None:
+def install_pack_requirements(project: Project, folder: Path) -> None:
     log = project.install_log
     tools.pip_install(project.venv, folder / "requirements.txt", log)
     if (folder / "install.py").is_file():
