@@ -35,6 +35,8 @@ COMFYUI_REPO = env("COMFYHUB_COMFYUI_REPO", "https://github.com/comfyanonymous/C
 ALLOW_LOCAL_REPOS = envbool("COMFYHUB_ALLOW_LOCAL_REPOS")
 HF_ENDPOINT = envurl("COMFYHUB_HF_ENDPOINT", "https://huggingface.co", ("http", "https"))
 CIVITAI_ENDPOINT = envurl("COMFYHUB_CIVITAI_ENDPOINT", "https://civitai.com", ("http", "https"))
+# The Comfy Registry: packs known by registry id install their exact version from it.
+REGISTRY_URL = envurl("COMFYHUB_REGISTRY_URL", "https://api.comfy.org", ("http", "https"))
 HF_TOKEN = env("HF_TOKEN")
 CIVITAI_API_TOKEN = env("CIVITAI_API_TOKEN")
 

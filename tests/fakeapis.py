@@ -308,3 +308,57 @@ class FakeManagerData(LoopbackServer):
             return self.reply(h, record, 304, b"", {"ETag": etag})
         head = {"ETag": etag, "Content-Type": "text/plain; charset=utf-8"}
         self.reply(h, record, 200, self.files[record["path"]], head)
+
+
+class FakeRegistry(FileServer):
+    """The Comfy Registry: /nodes/<id>/install[?version=V] answers the NodeVersion of that
+    version (the latest published without `version`), 404 for an unknown id or version;
+    the zips are files of this server (a FileServer, so scripts such as drops work) at
+    each version's downloadUrl. With `outage` set to a status, the API answers it. With
+    `latest_for_unknown`, an unknown version of a known id gets the latest instead of a
+    404, as the real registry has been seen to do."""
+
+    def __init__(self, host: str = "127.0.0.1"):
+        super().__init__(host)
+        self.outage: int | None = None
+        self.latest_for_unknown = False
+        self.nodes: dict[str, dict[str, dict]] = {}
+
+    def publish(self, cnr_id: str, version: str, archive: bytes, **options) -> dict:
+        """Publish `archive` (zip bytes) as `cnr_id`@`version`; `options` go to
+        FileServer.add (script, ...). Returns the version's JSON."""
+        url = self.add(f"/storage/{cnr_id}/{version}/node.zip", archive, **options)
+        number = sum(len(versions) for versions in self.nodes.values()) + 1
+        self.nodes.setdefault(cnr_id, {})[version] = {
+            "id": f"00000000-0000-4000-8000-{number:012d}",
+            "node_id": cnr_id,
+            "version": version,
+            "downloadUrl": url,
+            "changelog": "",
+            "dependencies": [],
+            "deprecated": False,
+            "status": "NodeVersionStatusActive",
+            "status_reason": "",
+            "createdAt": f"2025-01-{number % 28 + 1:02d}T12:00:00.000000Z",
+            "supported_os": None,
+            "supported_accelerators": None,
+            "supported_comfyui_version": "",
+            "supported_comfyui_frontend_version": "",
+            "comfy_node_extract_status": "success",
+        }
+        return self.nodes[cnr_id][version]
+
+    def handle(self, h, record: dict) -> None:
+        match = re.fullmatch(r"/nodes/([^/]+)/install", record["path"])
+        if not match:
+            return super().handle(h, record)
+        if self.outage:
+            return self.reply_json(h, record, self.outage, {"message": "Service unavailable"})
+        versions = self.nodes.get(match[1], {})
+        wanted = parse_qs(record["query"]).get("version", [None])[0]
+        latest = next(reversed(versions.values()), None)
+        found = versions.get(wanted) if wanted else latest
+        found = found or (latest if self.latest_for_unknown else None)
+        if found is None:
+            return self.reply_json(h, record, 404, {"message": "Node version not found"})
+        self.reply_json(h, record, 200, found)

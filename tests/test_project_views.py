@@ -696,3 +696,11 @@ def test_a_finished_install_is_ready_or_needs_attention_as_its_check_found():
     Project.objects.filter(pk=project.pk).update(last_check={**FOUND, "ok": True})
     follow_install_job(None, Job.objects.get(pk=job.pk))
     assert Project.objects.get(pk=project.pk).status == ProjectStatus.READY
+
+
+def test_the_project_page_shows_a_registry_pack_at_its_version(client):
+    project = make(status=ProjectStatus.READY)
+    pin = {"repository": "", "name": "fake-pack", "commit": "", "cnr_id": "fake-pack"}
+    project.touch(node_pins=[{**pin, "version": "1.2.0"}])
+    html = client.get(f"/projects/{project.slug}/").content.decode()
+    assert "fake-pack <code>1.2.0</code> <small>(Comfy Registry)</small>" in html

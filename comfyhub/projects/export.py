@@ -1,12 +1,20 @@
 """launcher.json (ComfyUI-Launcher's format): a project as a file that rebuilds it."""
 
 from comfyhub.library import index
+from comfyhub.projects.install import from_registry
 from comfyhub.projects.models import Project, sources_of
 
 
 def launcher_json(project: Project) -> dict:
+    """Git packs go in `git_custom_nodes` (repository: commit), registry packs in
+    `cnr_custom_nodes` (registry id: version), as ComfyUI-Manager's snapshots keep them."""
     nodes = {
-        pin["repository"]: {"hash": pin["commit"], "disabled": False} for pin in project.node_pins
+        pin["repository"]: {"hash": pin["commit"], "disabled": False}
+        for pin in project.node_pins
+        if not from_registry(pin)
+    }
+    registry_nodes = {
+        pin["cnr_id"]: pin["version"] for pin in project.node_pins if from_registry(pin)
     }
     return {
         "format": "comfyui_launcher",
@@ -15,6 +23,7 @@ def launcher_json(project: Project) -> dict:
         "snapshot_json": {
             "comfyui": project.comfyui_commit,
             "git_custom_nodes": nodes,
+            "cnr_custom_nodes": registry_nodes,
             "file_custom_nodes": [],
             "pips": {},
         },

@@ -19,7 +19,8 @@ from django.db import transaction
 
 from comfyhub.library import folders
 from comfyhub.library.models import Download
-from comfyhub.projects import tools
+from comfyhub.library.paths import models_path
+from comfyhub.projects import registry, tools
 from comfyhub.projects.check import check as ask_comfyui
 from comfyhub.projects.models import (
     MAX_NAME,
@@ -89,21 +90,87 @@ def install_requirements(project: Project, job: Job) -> None:
 def custom_nodes(project: Project, job: Job) -> None:
     done = job.checkpoint_data.get("nodes_done", [])
     for node in project.spec.get("nodes", []):
-        if node["repository"] in done:
+        if node_key(node) in done:
             continue
         pin = install_node(project, node)
-        project.touch(node_pins=[*pins_without(project, node["repository"]), pin])
-        done = [*done, node["repository"]]
+        project.touch(node_pins=[*pins_without(project, node_key(node)), pin])
+        done = [*done, node_key(node)]
         job.checkpoint(nodes_done=done)
 
 
+def node_key(node: dict) -> str:
+    """A pack's identity in a spec, in node_pins and in the install's checkpoint: its
+    repository, or its registry id for a pack known only by that."""
+    return node.get("repository") or "cnr:" + node["cnr_id"]
+
+
+def from_registry(pin: dict) -> bool:
+    """A pin of a pack installed from the Comfy Registry: a version, no git commit."""
+    return bool(pin.get("cnr_id")) and not pin.get("commit")
+
+
 def install_node(project: Project, node: dict) -> dict:
+    """Install one pack; its pin. A pack with a registry id comes from the Comfy Registry
+    at its version (the latest when unknown); one the registry does not hold at that
+    version comes from git at the pinned commit."""
+    note(project, f"custom node {node_key(node)}")
+    if not node.get("cnr_id"):
+        return install_git_pack(project, node)
+    version = node.get("version", "")
+    info = registry.install_info(node["cnr_id"], version)
+    if info is not None:
+        return install_registry_pack(project, node, info)
+    wanted = f"{node['cnr_id']}@{version or 'latest'}"
+    if not node.get("repository"):
+        raise JobError(
+            f"The Comfy Registry has no {wanted} and no git repository is known for it. "
+            "Pick a version the registry holds, or the pack's repository, then press Retry.",
+            category=Category.NOT_FOUND,
+        )
+    note(project, f"the Comfy Registry has no {wanted}: git at the pinned commit instead")
+    return install_git_pack(project, node)
+
+
+def install_git_pack(project: Project, node: dict) -> dict:
     folder = project.comfyui_dir / "custom_nodes" / node_folder(node)
     log = project.install_log
-    note(project, f"custom node {node['repository']}")
     tools.clone(node["repository"], folder, log)
     if node.get("commit"):
         tools.checkout(folder, node["commit"], log)
+    install_pack_requirements(project, folder)
+    return {
+        "repository": node["repository"],
+        "name": folder.name,
+        "commit": tools.head(folder, log),
+    }
+
+
+def install_registry_pack(project: Project, node: dict, info: dict) -> dict:
+    """The registry's zip through the download engine, unpacked safely into the folder
+    named after the registry id (as ComfyUI-Manager names it)."""
+    cnr_id, version = node["cnr_id"], info["version"]
+    folder = project.comfyui_dir / "custom_nodes" / node_folder({"name": cnr_id})
+    dest = registry.zip_dest(cnr_id, version)
+    note(project, f"{cnr_id}@{version} from the Comfy Registry")
+    child = fetch_file(info["downloadUrl"], dest)
+    if child.status != Status.SUCCEEDED:
+        raise JobError(
+            f"Pack {cnr_id}@{version}: {child.error_message or child.status}",
+            category=child.error_category or Category.UNKNOWN,
+        )
+    registry.unpack(models_path(dest, settings.MODELS_DIR), folder)
+    install_pack_requirements(project, folder)
+    return {
+        "repository": node.get("repository", ""),
+        "name": folder.name,
+        "commit": "",
+        "cnr_id": cnr_id,
+        "version": version,
+    }
+
+
+def install_pack_requirements(project: Project, folder: Path) -> None:
+    log = project.install_log
     tools.pip_install(project.venv, folder / "requirements.txt", log)
     if (folder / "install.py").is_file():
         tools.run(
@@ -112,11 +179,6 @@ def install_node(project: Project, node: dict) -> dict:
             cwd=folder,
             timeout=tools.PIP_TIMEOUT,
         )
-    return {
-        "repository": node["repository"],
-        "name": folder.name,
-        "commit": tools.head(folder, log),
-    }
 
 
 def node_folder(node: dict) -> str:
@@ -129,8 +191,9 @@ def node_folder(node: dict) -> str:
     return name
 
 
-def pins_without(project: Project, repository: str) -> list[dict]:
-    return [pin for pin in project.node_pins if pin["repository"] != repository]
+def pins_without(project: Project, key: str) -> list[dict]:
+    """The project's pins but the one of the pack `key` (see node_key)."""
+    return [pin for pin in project.node_pins if node_key(pin) != key]
 
 
 def model_paths(project: Project, job: Job) -> None:
@@ -191,19 +254,10 @@ def fetch_model(project: Project, model: dict) -> str:
 
 def fetch_first(project: Project, urls: list[str], dest: str, file: dict) -> Job:
     """The download job of `dest` (models-folder relative) from the first of `urls` that
-    does not fail for good; the last one's job when every one does. A paused download
-    defers the step."""
+    does not fail for good; the last one's job when every one does."""
     for number, url in enumerate(urls, 1):
-        download, _ = Download.objects.request(
-            url, dest, file.get("sha256") or "", file.get("size")
-        )
-        child = run_foreground(download.job_id, sleep=defer_long_waits(dest))
-        if child.status == Status.PAUSED:
-            # The user paused it: the install goes on by itself once they resume it.
-            raise Defer(
-                f"Waiting for the download of {dest}: it is paused.", seconds=PAUSED_RECHECK
-            )
-        where = f"source {number} of {len(urls)} ({download.source_url})"
+        child = fetch_file(url, dest, file.get("sha256") or "", file.get("size"))
+        where = f"source {number} of {len(urls)} ({url})"
         if child.status == Status.SUCCEEDED:
             note(project, f"{dest}: downloaded from {where}")
         if child.status != Status.FAILED or child.error_category not in NEXT_SOURCE:
@@ -217,6 +271,18 @@ def download_failed(what: str, child: Job, tried: int) -> JobError:
     if tried > 1 and child.error_category in NEXT_SOURCE:
         message = f"none of its {tried} sources worked; the last: {message}"
     return JobError(f"{what}: {message}", category=child.error_category or Category.UNKNOWN)
+
+
+def fetch_file(url: str, dest: str, sha256: str = "", size: int | None = None) -> Job:
+    """Join (or start) the download of `url` into `dest` (relative to the models folder)
+    and run it here until it ends: its job, succeeded, failed or cancelled. Long waits
+    free the worker (Defer), and so does a download the user paused."""
+    download, _ = Download.objects.request(url, dest, sha256, size)
+    child = run_foreground(download.job_id, sleep=defer_long_waits(dest))
+    if child.status == Status.PAUSED:
+        # The user paused it: the install goes on by itself once they resume it.
+        raise Defer(f"Waiting for the download of {dest}: it is paused.", seconds=PAUSED_RECHECK)
+    return child
 
 
 def defer_long_waits(key: str):

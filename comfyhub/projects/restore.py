@@ -3,15 +3,25 @@
 import contextlib
 
 from comfyhub.projects import tools
-from comfyhub.projects.install import install_node, node_folder, pins_without
+from comfyhub.projects.install import (
+    from_registry,
+    install_node,
+    node_folder,
+    node_key,
+    pins_without,
+)
 from comfyhub.projects.models import Project, ProjectStatus, RestorePoint
-from recovery.models import Job
+from recovery.errors import JobError
+from recovery.models import Category, Job
 
 
 def take(project: Project, reason: str) -> RestorePoint:
+    """A registry pack is recorded at its version (it has no git head)."""
     log = project.install_log
     pins = [
-        {**pin, "commit": tools.head(project.comfyui_dir / "custom_nodes" / pin["name"], log)}
+        pin
+        if from_registry(pin)
+        else {**pin, "commit": tools.head(project.comfyui_dir / "custom_nodes" / pin["name"], log)}
         for pin in project.node_pins
     ]
     return RestorePoint.objects.create(
@@ -24,9 +34,16 @@ def take(project: Project, reason: str) -> RestorePoint:
 
 
 def set_node_commit(project: Project, repository: str, commit: str) -> RestorePoint:
-    """Move one custom node to another commit, after taking a restore point."""
-    point = take(project, f"moving {repository} to {commit[:12]}")
+    """Move one custom node to another commit, after taking a restore point. Git packs
+    only: a registry pack has versions, not commits."""
     pin = next(p for p in project.node_pins if p["repository"] == repository)
+    if from_registry(pin):
+        raise JobError(
+            f"{pin['cnr_id']} is installed from the Comfy Registry at version "
+            f"{pin['version']}; it has no git commit to move to.",
+            category=Category.VALIDATION,
+        )
+    point = take(project, f"moving {repository} to {commit[:12]}")
     tools.checkout(project.comfyui_dir / "custom_nodes" / pin["name"], commit, project.install_log)
     pins = [{**p, "commit": commit} if p is pin else p for p in project.node_pins]
     project.touch(node_pins=pins)
@@ -42,13 +59,24 @@ def rollback(project: Project, point: RestorePoint) -> None:
         if pin["name"] not in keep:  # added after the restore point
             with contextlib.suppress(FileNotFoundError):
                 tools.remove_tree(project.comfyui_dir / "custom_nodes" / pin["name"])
+    current = {node_key(pin): pin for pin in project.node_pins}
     for pin in point.node_pins:
         folder = project.comfyui_dir / "custom_nodes" / node_folder(pin)
+        if from_registry(pin):
+            if not folder.exists() or current.get(node_key(pin)) != pin:
+                reinstall_registry_pack(project, pin)
+            continue
         if not folder.exists():
             tools.clone(pin["repository"], folder, log)
         tools.checkout(folder, pin["commit"], log)
     restore_packages(project, point)
     project.touch(comfyui_commit=point.comfyui_commit, node_pins=point.node_pins)
+
+
+def reinstall_registry_pack(project: Project, pin: dict) -> None:
+    """The pack from the Comfy Registry at the pinned version, never from git: a restore
+    point names that version, and git holds no commit known to match it."""
+    install_node(project, {"repository": "", "cnr_id": pin["cnr_id"], "version": pin["version"]})
 
 
 def restore_packages(project: Project, point: RestorePoint) -> None:
