@@ -10,7 +10,7 @@ from comfyhub.library import finder, index
 from comfyhub.library.fetch import human
 from comfyhub.library.paths import BadInput, check_url
 from comfyhub.projects import specs
-from comfyhub.projects.models import MAX_NAME, RestorePoint, model_key
+from comfyhub.projects.models import MAX_NAME, RestorePoint, model_key, node_key
 from comfyhub.workflows import catalog, parse
 from comfyhub.workflows.analyze import ModelRequirement, analyze
 from recovery.errors import JobError
@@ -239,7 +239,7 @@ class ResolveForm(forms.Form):
     def picks(self) -> dict[str, str]:
         """{node type: repository} where the user chose another provider."""
         chosen = ((t, self.cleaned_data.get(f"node_{i}")) for i, (_, t) in enumerate(self.shared))
-        current = {t: pack_key(p) for p, t in self.shared}
+        current = {t: node_key(p) for p, t in self.shared}
         return {t: url for t, url in chosen if url and url != current[t]}
 
     def rows(self) -> list[dict]:
@@ -298,18 +298,14 @@ class ResolveForm(forms.Form):
         return spec, [key for key, found in chosen.items() if found is None]
 
 
-def pack_key(pack: dict) -> str:
-    return pack["repository"] or "cnr:" + (pack.get("cnr_id") or "")
-
-
 def provider_choice(node_type: str, pack: dict) -> forms.ChoiceField:
     """The pack chosen for `node_type` first, then the other providers: nothing else."""
     chosen = pack["repository"] or f"the registry's {pack.get('cnr_id')}"
     others = [url for url in pack["alternatives"][node_type] if url]
     refused = f"%(value)s does not provide {node_type}; choose one of the packs listed."
     return forms.ChoiceField(
-        choices=[(pack_key(pack), chosen), *((url, url) for url in others)],
-        initial=pack_key(pack),
+        choices=[(node_key(pack), chosen), *((url, url) for url in others)],
+        initial=node_key(pack),
         required=False,
         label=f"Pack for {node_type}",
         error_messages={"invalid_choice": refused},

@@ -28,6 +28,7 @@ from comfyhub.projects.models import (
     ProjectStatus,
     check_name,
     model_key,
+    node_key,
     present,
     sources_of,
     unique_slug,
@@ -96,12 +97,6 @@ def custom_nodes(project: Project, job: Job) -> None:
         project.touch(node_pins=[*pins_without(project, node_key(node)), pin])
         done = [*done, node_key(node)]
         job.checkpoint(nodes_done=done)
-
-
-def node_key(node: dict) -> str:
-    """A pack's identity in a spec, in node_pins and in the install's checkpoint: its
-    repository, or its registry id for a pack known only by that."""
-    return node.get("repository") or "cnr:" + node["cnr_id"]
 
 
 def from_registry(pin: dict) -> bool:

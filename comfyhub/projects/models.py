@@ -304,6 +304,12 @@ def model_row(model: dict, download: Download | None, skipped: list[str]) -> dic
     return row
 
 
+def node_key(node: dict) -> str:
+    """A pack's identity in a spec, in node_pins, in the install's checkpoint and on the
+    import page: its repository, or its registry id for a pack known only by that."""
+    return node.get("repository") or "cnr:" + (node.get("cnr_id") or "")
+
+
 def model_key(model: dict) -> str:
     return f"{model['directory']}/{model['name']}"
 

@@ -7,10 +7,9 @@ from comfyhub.projects.install import (
     from_registry,
     install_node,
     node_folder,
-    node_key,
     pins_without,
 )
-from comfyhub.projects.models import Project, ProjectStatus, RestorePoint
+from comfyhub.projects.models import Project, ProjectStatus, RestorePoint, node_key
 from recovery.errors import JobError
 from recovery.models import Category, Job
 
