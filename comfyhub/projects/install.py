@@ -14,7 +14,7 @@ from django.db import transaction
 
 from comfyhub.library import folders
 from comfyhub.library.models import Download
-from comfyhub.projects import tools
+from comfyhub.projects import envs, tools
 from comfyhub.projects.models import (
     MAX_NAME,
     Project,
@@ -58,20 +58,19 @@ def note(project: Project, line: str) -> None:
 
 def clone_comfyui(project: Project, job: Job) -> None:
     source = project.spec.get("comfyui", {})
-    tools.clone(
-        source.get("repository") or settings.COMFYUI_REPO, project.comfyui_dir, project.install_log
-    )
+    repository = source.get("repository") or settings.COMFYUI_REPO
+    tools.clone(repository, project.comfyui_dir, project.install_log, source.get("commit", ""))
     if source.get("commit"):
         tools.checkout(project.comfyui_dir, source["commit"], project.install_log)
     project.touch(comfyui_commit=tools.head(project.comfyui_dir, project.install_log))
 
 
 def create_venv(project: Project, job: Job) -> None:
-    tools.make_venv(project.venv, project.install_log)
+    envs.make_venv(project)
 
 
 def install_requirements(project: Project, job: Job) -> None:
-    tools.pip_install(project.venv, project.comfyui_dir / "requirements.txt", project.install_log)
+    envs.install_comfyui(project)
 
 
 def custom_nodes(project: Project, job: Job) -> None:
@@ -79,20 +78,31 @@ def custom_nodes(project: Project, job: Job) -> None:
     for node in project.spec.get("nodes", []):
         if node["repository"] in done:
             continue
-        pin = install_node(project, node)
-        project.touch(node_pins=[*pins_without(project, node["repository"]), pin])
+        try:
+            pin = install_node(project, node)
+            project.touch(node_pins=[*pins_without(project, node["repository"]), pin])
+        except envs.PackRefused as exc:
+            # The pack is left out whole; the project goes on without it.
+            note(project, f"left out {node['repository']}: {exc.category}: {exc.message}")
+            refused = {"repository": node["repository"], "category": exc.category}
+            failed = [
+                *job.checkpoint_data.get("packs_failed", []),
+                {**refused, "message": exc.message},
+            ]
+            job.checkpoint(packs_failed=failed)
         done = [*done, node["repository"]]
         job.checkpoint(nodes_done=done)
+    envs.check_environment(project)
 
 
 def install_node(project: Project, node: dict) -> dict:
     folder = project.comfyui_dir / "custom_nodes" / node_folder(node)
     log = project.install_log
     note(project, f"custom node {node['repository']}")
-    tools.clone(node["repository"], folder, log)
+    tools.clone(node["repository"], folder, log, node.get("commit", ""))
     if node.get("commit"):
         tools.checkout(folder, node["commit"], log)
-    tools.pip_install(project.venv, folder / "requirements.txt", log)
+    envs.install_pack(project, folder)
     if (folder / "install.py").is_file():
         tools.run(
             [str(project.venv / "bin" / "python"), "install.py"],

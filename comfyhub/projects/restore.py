@@ -2,7 +2,7 @@
 
 import contextlib
 
-from comfyhub.projects import tools
+from comfyhub.projects import envs, tools
 from comfyhub.projects.install import install_node, node_folder, pins_without
 from comfyhub.projects.models import Project, ProjectStatus, RestorePoint
 from recovery.models import Job
@@ -19,7 +19,7 @@ def take(project: Project, reason: str) -> RestorePoint:
         reason=reason,
         comfyui_commit=tools.head(project.comfyui_dir, log),
         node_pins=pins,
-        pip_freeze=tools.pip_freeze(project.venv, log),
+        pip_freeze=envs.freeze(project),
     )
 
 
@@ -52,11 +52,8 @@ def rollback(project: Project, point: RestorePoint) -> None:
 
 
 def restore_packages(project: Project, point: RestorePoint) -> None:
-    if not point.pip_freeze.strip():
-        return
-    frozen = project.folder / "restore-requirements.txt"
-    frozen.write_text(point.pip_freeze)
-    tools.pip_install(project.venv, frozen, project.install_log)
+    if point.pip_freeze.strip():
+        envs.restore(project, point.pip_freeze)
 
 
 def add_node(project: Project, repository: str, commit: str = "") -> RestorePoint:
