@@ -82,17 +82,18 @@ def custom_nodes(project: Project, job: Job) -> None:
             pin = install_node(project, node)
             project.touch(node_pins=[*pins_without(project, node["repository"]), pin])
         except envs.PackRefused as exc:
-            # The pack is left out whole; the project goes on without it.
-            note(project, f"left out {node['repository']}: {exc.category}: {exc.message}")
-            refused = {"repository": node["repository"], "category": exc.category}
-            failed = [
-                *job.checkpoint_data.get("packs_failed", []),
-                {**refused, "message": exc.message},
-            ]
-            job.checkpoint(packs_failed=failed)
+            leave_out(project, job, node["repository"], exc)
         done = [*done, node["repository"]]
         job.checkpoint(nodes_done=done)
     envs.check_environment(project)
+
+
+def leave_out(project: Project, job: Job, repository: str, exc: JobError) -> None:
+    """A refused pack is gone whole; the project goes on without it, and the job's
+    checkpoint keeps why (`packs_failed`) for the page and the project check."""
+    note(project, f"left out {repository}: {exc.category}: {exc.message}")
+    failed = {"repository": repository, "category": exc.category, "message": exc.message}
+    job.checkpoint(packs_failed=[*job.checkpoint_data.get("packs_failed", []), failed])
 
 
 def install_node(project: Project, node: dict) -> dict:
