@@ -60,6 +60,27 @@ def envbool(name: str, default: bool = False) -> bool:
     raise ConfigError(f"{name} must be one of 1/0, true/false, yes/no, on/off (got {raw!r})")
 
 
+def envchoice(name: str, default: str, pattern: str, form: str) -> str:
+    """A lower-case word matching `pattern` (a regex of the whole value)."""
+    raw = env(name, default).lower()
+    if not re.fullmatch(pattern, raw):
+        raise ConfigError(f"{name} must be {form} (got {raw!r})")
+    return raw
+
+
+def envnames(name: str, default: str) -> tuple[str, ...]:
+    """Comma-separated package names, normalized as PyPI does (PEP 503)."""
+    names = [part.strip() for part in env(name, default).split(",") if part.strip()]
+    bad = [
+        part
+        for part in names
+        if not re.fullmatch(r"[A-Za-z0-9]([A-Za-z0-9._-]*[A-Za-z0-9])?", part)
+    ]
+    if bad:
+        raise ConfigError(f"{name} must be package names separated by commas (got {bad[0]!r})")
+    return tuple(re.sub(r"[-_.]+", "-", part).lower() for part in names)
+
+
 def envhost(name: str, default: str) -> str:
     raw = env(name, default)
     if raw == "localhost":

@@ -7,11 +7,13 @@ from comfyhub.config import (
     database_from_url,
     env,
     envbool,
+    envchoice,
     envdir,
     envfloat,
     envhost,
     envint,
     envkeys,
+    envnames,
     envrange,
     envurl,
     file_token_keys,
@@ -44,6 +46,19 @@ CIVITAI_API_TOKEN = env("CIVITAI_API_TOKEN")
 STALL_TIMEOUT = envfloat("COMFYHUB_STALL_TIMEOUT", 60.0, low=0.1)
 DOWNLOADS_MAX = envint("COMFYHUB_DOWNLOADS_MAX", 3, 1, 64)
 DOWNLOADS_PER_HOST = envint("COMFYHUB_DOWNLOADS_PER_HOST", 2, 1, 64)
+
+# Python environments (comfyhub/projects/envs.py): uv with one shared cache, or pip;
+# torch picked once per project and the protected packages pinned after ComfyUI's own.
+INSTALLER = envchoice("COMFYHUB_INSTALLER", "uv", r"uv|pip", "uv or pip")
+TORCH_BACKEND = envchoice(
+    "COMFYHUB_TORCH_BACKEND",
+    "auto",
+    r"auto|index|cpu|xpu|cu\d{2,3}|rocm\d+(\.\d+){1,2}",
+    "auto, index, cpu, xpu, cuNNN (cu126) or rocmX.Y (rocm6.3)",
+)
+PROTECTED_PACKAGES = envnames(
+    "COMFYHUB_PROTECTED_PACKAGES", "torch,torchvision,torchaudio,xformers"
+)
 
 # Where ComfyUI-Manager's data (extension-node-map.json, model-list.json) comes from when
 # the comfyui-manager package is not installed; cached in the data dir, refreshed by ETag.

@@ -230,5 +230,8 @@ def project_dirs(settings, models_dir, tmp_path):
     """models_dir plus a fresh projects folder; local git repos allowed. Returns tmp_path."""
     settings.PROJECTS_DIR = tmp_path / "projects"
     settings.PROJECTS_DIR.mkdir()
+    # The uv cache and the git mirrors live in the data dir: one per test, beside projects.
+    settings.DATA_DIR = tmp_path / "data"
+    settings.DATA_DIR.mkdir()
     settings.ALLOW_LOCAL_REPOS = True
     return tmp_path

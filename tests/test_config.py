@@ -30,6 +30,9 @@ def test_a_bad_port_stops_manage_py_with_one_line_naming_the_variable(tmp_path):
         ("COMFYHUB_DEBUG", "maybe"),
         ("COMFYHUB_MAX_LOST_ATTEMPTS", "0"),
         ("COMFYHUB_REGISTRY_URL", "ftp://api.comfy.org"),
+        ("COMFYHUB_INSTALLER", "conda"),
+        ("COMFYHUB_TORCH_BACKEND", "cuda"),
+        ("COMFYHUB_PROTECTED_PACKAGES", "torch,-e ./evil"),
     ],
 )
 def test_each_bad_value_is_named_in_the_error(tmp_path, name, value):

@@ -62,5 +62,6 @@ def test_a_custom_node_url_with_a_password_never_lands_in_the_install_log(projec
     with pytest.raises(subprocess.CalledProcessError):
         install.install_node(project, {"repository": url})
     text = project.install_log.read_text()
-    assert "hunter2" not in text and "git clone --quiet -- https://user:[redacted]@127" in text
+    assert "hunter2" not in text
+    assert "git clone --mirror --quiet -- https://user:[redacted]@127" in text
     assert "== custom node https://user:[redacted]@127" in text

@@ -20,7 +20,7 @@ from django.db import transaction
 from comfyhub.library import folders
 from comfyhub.library.models import Download
 from comfyhub.library.paths import models_path
-from comfyhub.projects import registry, tools
+from comfyhub.projects import envs, registry, tools
 from comfyhub.projects.check import check as ask_comfyui
 from comfyhub.projects.models import (
     MAX_NAME,
@@ -72,20 +72,19 @@ def note(project: Project, line: str) -> None:
 
 def clone_comfyui(project: Project, job: Job) -> None:
     source = project.spec.get("comfyui", {})
-    tools.clone(
-        source.get("repository") or settings.COMFYUI_REPO, project.comfyui_dir, project.install_log
-    )
+    repository = source.get("repository") or settings.COMFYUI_REPO
+    tools.clone(repository, project.comfyui_dir, project.install_log, source.get("commit", ""))
     if source.get("commit"):
         tools.checkout(project.comfyui_dir, source["commit"], project.install_log)
     project.touch(comfyui_commit=tools.head(project.comfyui_dir, project.install_log))
 
 
 def create_venv(project: Project, job: Job) -> None:
-    tools.make_venv(project.venv, project.install_log)
+    envs.make_venv(project)
 
 
 def install_requirements(project: Project, job: Job) -> None:
-    tools.pip_install(project.venv, project.comfyui_dir / "requirements.txt", project.install_log)
+    envs.install_comfyui(project)
 
 
 def custom_nodes(project: Project, job: Job) -> None:
@@ -93,10 +92,22 @@ def custom_nodes(project: Project, job: Job) -> None:
     for node in project.spec.get("nodes", []):
         if node_key(node) in done:
             continue
-        pin = install_node(project, node)
-        project.touch(node_pins=[*pins_without(project, node_key(node)), pin])
+        try:
+            pin = install_node(project, node)
+            project.touch(node_pins=[*pins_without(project, node_key(node)), pin])
+        except envs.PackRefused as exc:
+            leave_out(project, job, node_key(node), exc)
         done = [*done, node_key(node)]
         job.checkpoint(nodes_done=done)
+    envs.check_environment(project)
+
+
+def leave_out(project: Project, job: Job, key: str, exc: JobError) -> None:
+    """A refused pack (`key`: see node_key) is gone whole; the project goes on without
+    it, and the job's checkpoint keeps why (`packs_failed`) for the page and the check."""
+    note(project, f"left out {key}: {exc.category}: {exc.message}")
+    failed = {"repository": key, "category": exc.category, "message": exc.message}
+    job.checkpoint(packs_failed=[*job.checkpoint_data.get("packs_failed", []), failed])
 
 
 def from_registry(pin: dict) -> bool:
@@ -129,7 +140,7 @@ def install_node(project: Project, node: dict) -> dict:
 def install_git_pack(project: Project, node: dict) -> dict:
     folder = project.comfyui_dir / "custom_nodes" / node_folder(node)
     log = project.install_log
-    tools.clone(node["repository"], folder, log)
+    tools.clone(node["repository"], folder, log, node.get("commit", ""))
     if node.get("commit"):
         tools.checkout(folder, node["commit"], log)
     install_pack_requirements(project, folder)
@@ -166,7 +177,7 @@ def install_registry_pack(project: Project, node: dict, info: dict) -> dict:
 
 def install_pack_requirements(project: Project, folder: Path) -> None:
     log = project.install_log
-    tools.pip_install(project.venv, folder / "requirements.txt", log)
+    envs.install_pack(project, folder)
     if (folder / "install.py").is_file():
         tools.run(
             [str(project.venv / "bin" / "python"), "install.py"],

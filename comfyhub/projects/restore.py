@@ -2,7 +2,7 @@
 
 import contextlib
 
-from comfyhub.projects import tools
+from comfyhub.projects import envs, tools
 from comfyhub.projects.install import (
     from_registry,
     install_node,
@@ -28,7 +28,7 @@ def take(project: Project, reason: str) -> RestorePoint:
         reason=reason,
         comfyui_commit=tools.head(project.comfyui_dir, log),
         node_pins=pins,
-        pip_freeze=tools.pip_freeze(project.venv, log),
+        pip_freeze=envs.freeze(project),
     )
 
 
@@ -79,11 +79,8 @@ def reinstall_registry_pack(project: Project, pin: dict) -> None:
 
 
 def restore_packages(project: Project, point: RestorePoint) -> None:
-    if not point.pip_freeze.strip():
-        return
-    frozen = project.folder / "restore-requirements.txt"
-    frozen.write_text(point.pip_freeze)
-    tools.pip_install(project.venv, frozen, project.install_log)
+    if point.pip_freeze.strip():
+        envs.restore(project, point.pip_freeze)
 
 
 def add_node(project: Project, repository: str, commit: str = "") -> RestorePoint:

@@ -57,15 +57,33 @@ def check_commit(commit: str) -> str:
     return commit
 
 
-def run(args: list[str], log: Path, cwd: Path | None = None, timeout: float = GIT_TIMEOUT) -> str:
+def run(
+    args: list[str],
+    log: Path,
+    cwd: Path | None = None,
+    timeout: float = GIT_TIMEOUT,
+    extra_env: dict[str, str] | None = None,
+) -> str:
     """Run; copy its stdout and stderr into `log` line by line as it prints; return stdout.
 
     CalledProcessError on a non-zero exit. At `timeout` the command is killed and a
     JobError (timeout) names it; what it printed until then stays in the log.
     """
+    return run_streams(args, log, cwd, timeout, extra_env)[0]
+
+
+def run_streams(
+    args: list[str],
+    log: Path,
+    cwd: Path | None = None,
+    timeout: float = GIT_TIMEOUT,
+    extra_env: dict[str, str] | None = None,
+) -> tuple[str, str]:
+    """`run`, returning (stdout, stderr): uv reports what it did on stderr."""
     env = {**os.environ, "GIT_TERMINAL_PROMPT": "0", "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
     # Python children (pip, install.py) print at once instead of in 8 KB blocks.
     env["PYTHONUNBUFFERED"] = "1"
+    env.update(extra_env or {})
     with log.open("a") as out:
         write_line(out, f"$ {' '.join(args)}")
         with subprocess.Popen(
@@ -79,7 +97,7 @@ def run(args: list[str], log: Path, cwd: Path | None = None, timeout: float = GI
                 raise timed_out(args, timeout, log) from None
     if child.returncode:
         raise subprocess.CalledProcessError(child.returncode, args, stdout, stderr)
-    return stdout
+    return stdout, stderr
 
 
 def relay(child: subprocess.Popen, out: TextIO, deadline: float) -> tuple[str, str]:
@@ -152,11 +170,14 @@ def git(log: Path, *args: str, cwd: Path | None = None) -> str:
     return run(["git", *args], log, cwd=cwd)
 
 
-def clone(url: str, dest: Path, log: Path) -> None:
-    """Clone into `dest` from scratch (a half-cloned folder from a killed run is removed)."""
+def clone(url: str, dest: Path, log: Path, commit: str = "") -> None:
+    """Clone into `dest` from scratch (a half-cloned folder from a killed run is removed),
+    through the data dir's mirror of `url` (fetched only when `commit` is not in it)."""
+    from comfyhub.projects import mirrors  # mirrors runs git through this module
+
     if dest.exists():
         remove_tree(dest)
-    git(log, "clone", "--quiet", "--", check_repo(url), str(dest))
+    mirrors.clone(check_repo(url), dest, log, commit)
 
 
 def checkout(repo: Path, commit: str, log: Path) -> None:
