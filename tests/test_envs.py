@@ -7,11 +7,11 @@ this machine's pip configuration and no network.
 
 import pytest
 
-from comfyhub.projects import envs, install, mirrors, restore, tools
+from comfyhub.projects import check, envs, install, mirrors, restore, tools
 from comfyhub.projects.models import Project, ProjectStatus
 from recovery.engine import run_foreground
 from recovery.models import Category, Job
-from tests.fakecomfy import comfyui_repo, commit_files, make_repo
+from tests.fakecomfy import MAIN_PY, comfyui_repo, commit_files, make_repo
 from tests.wheels import seed_wheels, write_wheel
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -42,7 +42,7 @@ def wheels(tmp_path, monkeypatch, project_dirs):
 
 @pytest.fixture
 def comfy(tmp_path):
-    files = {"main.py": "print('fake')\n", "requirements.txt": "torch==2.5.0\nhelper\n"}
+    files = {"main.py": MAIN_PY, "requirements.txt": "torch==2.5.0\nhelper\n"}
     return make_repo(tmp_path / "repos" / "ComfyUI", files, {"README.md": "fake\n"})
 
 
@@ -113,7 +113,9 @@ def test_a_pack_needing_another_torch_is_left_out_as_dependency_and_torch_stays(
 ):
     old = pack(tmp_path, "Old-Torch-Nodes", "torch==2.0.0\n")
     project = build("Pinned", comfy, [old])
-    assert project.status == ProjectStatus.READY
+    # The install goes on without it, and ComfyUI's check names it.
+    assert project.status == ProjectStatus.ATTENTION
+    assert [p["name"] for p in project.last_check["packs_failed"]] == [old["repository"]]
     [failed] = Job.objects.get(pk=project.install_job_id).checkpoint_data["packs_failed"]
     assert failed["category"] == Category.DEPENDENCY
     assert all(word in failed["message"] for word in ("Old-Torch-Nodes", "torch", "2.0.0", "2.5.0"))
@@ -167,14 +169,18 @@ def test_rollback_syncs_the_venv_back_to_the_frozen_set(wheels, comfy, tmp_path)
     assert installed(project) == before and "extra" not in before
 
 
-def test_pip_check_findings_are_kept_for_the_project_check(wheels, comfy):
+def test_pip_check_findings_go_to_the_project_check(wheels, comfy):
     project = build("Checked", comfy)
     assert (project.log_dir / envs.PIP_CHECK).read_text() == ""
+    assert project.status == ProjectStatus.READY and project.last_check["environment"] == []
     installer = envs.Installer(project.venv, project.install_log)
     installer.uv_run(["pip", "uninstall"], "--python", envs.python(project.venv), "torch")
     findings = envs.check_environment(project)
     assert "helper" in findings and "torch" in findings
     assert (project.log_dir / envs.PIP_CHECK).read_text() == findings
+    found = check.check(project, timeout=60)
+    assert not found["ok"] and any("helper" in line for line in found["environment"])
+    assert Project.objects.get(pk=project.pk).status == ProjectStatus.ATTENTION
 
 
 def test_uv_that_cannot_run_leaves_the_work_to_pip_and_says_so(wheels, comfy, monkeypatch):

@@ -21,7 +21,7 @@ import httpx
 from django.utils import timezone
 
 from comfyhub.library.folders import LEGACY
-from comfyhub.projects import runtime
+from comfyhub.projects import envs, runtime
 from comfyhub.projects.models import Project, ProjectStatus, RunState, model_key
 from comfyhub.workflows import nodemap
 from comfyhub.workflows.analyze import needs_no_pack
@@ -34,7 +34,7 @@ ASK_TIMEOUT = 60.0  # /object_info of an install with many packs takes seconds
 RUN_LOG_BYTES = 16 * 2**20  # import failures are printed first; a long run's log is large
 CANNOT_IMPORT = re.compile(r"Cannot import (?P<path>.+?) module for custom nodes: (?P<error>.*)")
 IMPORT_FAILED = re.compile(r"\(IMPORT FAILED\): (?P<path>.+)")
-FINDINGS = ("node_types_missing", "models_missing", "packs_failed")
+FINDINGS = ("node_types_missing", "models_missing", "packs_failed", "environment")
 
 
 def check(project: Project, timeout: float = runtime.HEALTH_TIMEOUT) -> dict:
@@ -72,8 +72,18 @@ def ask(project: Project) -> dict:
     return {
         "node_types_missing": sorted(node_types(project.spec) - set(known)),
         "models_missing": models_missing(project),
-        "packs_failed": packs_failed(project.run_log, project.run_log_start),
+        "packs_failed": packs_left_out(project)
+        + packs_failed(project.run_log, project.run_log_start),
+        "environment": envs.environment_findings(project),
     }
+
+
+def packs_left_out(project: Project) -> list[dict]:
+    """Packs the install left out whole (a requirement that would replace a protected
+    package, a refused requirements line): ComfyUI never saw them to fail."""
+    job = project.install_job
+    left = job.checkpoint_data.get("packs_failed", []) if job else []
+    return [{"name": pack["repository"], "error": pack["message"]} for pack in left]
 
 
 def get(project: Project, path: str):

@@ -328,6 +328,12 @@ def check_environment(project) -> str:
     return findings
 
 
+def environment_findings(project) -> list[str]:
+    """What the last `pip check` found, one line per problem (none before it ran)."""
+    path = project.log_dir / PIP_CHECK
+    return path.read_text().splitlines() if path.is_file() else []
+
+
 def freeze(project) -> str:
     return Installer(project.venv, project.install_log).freeze()
 
