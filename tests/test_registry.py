@@ -9,7 +9,7 @@ import zipfile
 import pytest
 
 from comfyhub.library.models import Download
-from comfyhub.projects import install, registry, restore, tools
+from comfyhub.projects import install, registry, restore, specs, tools
 from comfyhub.projects.export import launcher_json
 from comfyhub.projects.models import Project, ProjectStatus
 from recovery.engine import run_foreground
@@ -215,3 +215,24 @@ def test_a_registry_pack_cannot_be_moved_to_a_git_commit(project):
         restore.set_node_commit(project, "", "a" * 40)
     assert error.value.category == Category.VALIDATION
     assert "Comfy Registry at version 1.0.0" in error.value.message
+
+
+def test_a_workflow_node_with_cnr_id_and_ver_becomes_a_project_with_that_registry_version(
+    fake_registry, tmp_path
+):
+    styler = {"__init__.py": "NODE_CLASS_MAPPINGS = {'Styler': object}\n"}
+    fake_registry.publish("fake-pack", "1.0.0", pack_zip(styler))
+    fake_registry.publish("fake-pack", "2.0.0", pack_zip({**styler, "VERSION": "2\n"}))
+    properties = {"cnr_id": "fake-pack", "ver": "1.0.0"}
+    workflow = {"nodes": [{"id": 1, "type": "Styler", "properties": properties}]}
+    spec = specs.from_workflow(workflow, "Styled")
+    comfy, commits = comfyui_repo(tmp_path / "repos")
+    spec["comfyui"] = {"repository": str(comfy), "commit": commits[0]}
+    project = install.create("Styled", spec)
+    run_foreground(project.install_job_id)
+    project.refresh_from_db()
+    assert [(p["cnr_id"], p["version"]) for p in project.node_pins] == [("fake-pack", "1.0.0")]
+    folder = project.comfyui_dir / "custom_nodes" / "fake-pack"
+    assert not (folder / "VERSION").exists()
+    # ComfyUI itself sees the node type the workflow needs.
+    assert project.status == ProjectStatus.READY and project.last_check["ok"]
