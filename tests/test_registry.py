@@ -20,7 +20,11 @@ from tests.fakecomfy import comfyui_repo, make_repo
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
-PACK = {"__init__.py": "NODE_CLASS_MAPPINGS = {}\n", "nodes/styler.py": "VERSION = 1\n"}
+# Provides the node type the registry nodes below need (registry_node's "Styler").
+PACK = {
+    "__init__.py": "NODE_CLASS_MAPPINGS = {'Styler': object}\n",
+    "nodes/styler.py": "VERSION = 1\n",
+}
 
 
 def pack_zip(files: dict[str, str | bytes]) -> bytes:
@@ -220,9 +224,8 @@ def test_a_registry_pack_cannot_be_moved_to_a_git_commit(project):
 def test_a_workflow_node_with_cnr_id_and_ver_becomes_a_project_with_that_registry_version(
     fake_registry, tmp_path
 ):
-    styler = {"__init__.py": "NODE_CLASS_MAPPINGS = {'Styler': object}\n"}
-    fake_registry.publish("fake-pack", "1.0.0", pack_zip(styler))
-    fake_registry.publish("fake-pack", "2.0.0", pack_zip({**styler, "VERSION": "2\n"}))
+    fake_registry.publish("fake-pack", "1.0.0", pack_zip(PACK))
+    fake_registry.publish("fake-pack", "2.0.0", pack_zip({**PACK, "VERSION": "2\n"}))
     properties = {"cnr_id": "fake-pack", "ver": "1.0.0"}
     workflow = {"nodes": [{"id": 1, "type": "Styler", "properties": properties}]}
     spec = specs.from_workflow(workflow, "Styled")

@@ -13,10 +13,12 @@ class Command(BaseCommand):
     help = (
         "Ask a project's ComfyUI what it sees: the node types of its workflow (GET "
         "/object_info), its models (GET /models/<folder>) and the custom node packs that "
-        "failed to import (its log). A ComfyUI that is not running is started for this and "
+        "failed to import (its log), with the packs the install left out and pip check's "
+        "findings. A ComfyUI that is not running is started for this and "
         "stopped after; a running one is asked as it is and left running. The result is "
         "stored on the project and sets it ready or attention. Prints {ok, "
-        "node_types_missing, models_missing, packs_failed, checked_at, error} with --json. "
+        "node_types_missing, models_missing, packs_failed, environment, checked_at, error} "
+        "with --json. "
         "Exit 0 ComfyUI sees everything, 1 it misses something or could not be asked, 2 no "
         "such project or nothing installed yet."
     )
@@ -68,3 +70,5 @@ class Command(BaseCommand):
             self.stdout.write(f"ComfyUI cannot see the model {key}.")
         for pack in found["packs_failed"]:
             self.stdout.write(f"The pack {pack['name']} failed to import: {pack['error']}")
+        for line in found.get("environment", []):
+            self.stdout.write(f"The Python environment is inconsistent: {line}")
