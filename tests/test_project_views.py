@@ -704,3 +704,19 @@ def test_the_project_page_shows_a_registry_pack_at_its_version(client):
     project.touch(node_pins=[{**pin, "version": "1.2.0"}])
     html = client.get(f"/projects/{project.slug}/").content.decode()
     assert "fake-pack <code>1.2.0</code> <small>(Comfy Registry)</small>" in html
+
+
+def test_the_live_cards_of_a_check_and_a_pack_addition_say_what_runs_and_refresh_the_findings(
+    folders,
+):
+    project = installed(folders, last_check=FOUND)
+    check = project.queue_job("project_check", dispatch=False)
+    adding = project.queue_job("project_add_node", dispatch=False, repository="https://x/pack")
+    consumer = JobConsumer()
+    consumer.scope = {"cookies": {}}
+    Job.objects.filter(pk=check.pk).update(status=Status.RUNNING)
+    assert "Asking ComfyUI what it sees" in consumer.load(check.pk)[1]
+    assert "<h3>Adding <code>https://x/pack</code></h3>" in consumer.load(adding.pk)[1]
+    Job.objects.filter(pk=check.pk).update(status=Status.SUCCEEDED)
+    done = consumer.load(check.pk)[1]
+    assert "ComfyUI was asked" in done and f'id="findings-{project.pk}"' in done
