@@ -1,15 +1,14 @@
 import json
 
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import CommandError
 
-from comfyhub.projects import runtime
 from comfyhub.projects.check import FINDINGS
-from comfyhub.projects.management.commands.launch_project import find
-from recovery.engine import run_foreground
+from comfyhub.projects.management.project_job import ProjectJobCommand
 from recovery.models import Status
 
 
-class Command(BaseCommand):
+class Command(ProjectJobCommand):
+    kind = "project_check"
     help = (
         "Ask a project's ComfyUI what it sees: the node types of its workflow (GET "
         "/object_info), its models (GET /models/<folder>) and the custom node packs that "
@@ -23,20 +22,11 @@ class Command(BaseCommand):
         "such project or nothing installed yet."
     )
 
-    def add_arguments(self, parser) -> None:
-        parser.add_argument("slug")
-        parser.add_argument("--timeout", type=float, default=runtime.HEALTH_TIMEOUT)
-        parser.add_argument("--json", action="store_true", help="print one JSON object")
-
     def handle(self, *args, **options) -> None:
-        if options["timeout"] <= 0:
-            raise CommandError("--timeout must be more than 0 seconds.", returncode=2)
-        project = find(options["slug"])
+        project = self.project(options)
         if why := project.why_not_checkable():
             raise CommandError(why, returncode=2)
-        queued = project.queue_job("project_check", dispatch=False, timeout=options["timeout"])
-        job = run_foreground(queued.pk)
-        project.refresh_from_db()
+        job = self.run_job(project, options)
         found, error = project.last_check, None
         if job.status != Status.SUCCEEDED:
             found = {}

@@ -3,7 +3,7 @@ import json
 from django.core.management.base import BaseCommand, CommandError
 
 from comfyhub.projects.export import launcher_json
-from comfyhub.projects.management.commands.launch_project import find
+from comfyhub.projects.management.project_job import find
 
 
 class Command(BaseCommand):

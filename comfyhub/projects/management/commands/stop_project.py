@@ -3,7 +3,7 @@ import json
 from django.core.management.base import BaseCommand
 
 from comfyhub.projects import runtime
-from comfyhub.projects.management.commands.launch_project import find
+from comfyhub.projects.management.project_job import find
 
 
 class Command(BaseCommand):
