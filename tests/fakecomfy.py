@@ -29,10 +29,10 @@ KNOWN = (
     "classifiers", "model_patches", "audio_encoders", "geometry_estimation",
     "background_removal", "frame_interpolation", "optical_flow", "detection",
 )
-LEGACY = {"clip": "text_encoders", "unet": "diffusion_models", "t2i_adapter": "controlnet"}
+LEGACY = {"clip": "text_encoders", "unet": "diffusion_models"}  # folder_paths.map_legacy
 folders = {name: ([os.path.join(HERE, "models", name)], MODEL_EXTENSIONS) for name in KNOWN}
 folders["configs"] = ([os.path.join(HERE, "models", "configs")], {".yaml"})
-for old, new in LEGACY.items():
+for old, new in {**LEGACY, "t2i_adapter": "controlnet"}.items():  # default second paths
     folders[new][0].append(os.path.join(HERE, "models", old))
 
 
@@ -45,7 +45,8 @@ def add_model_folder_path(name, path):
 
 
 def load_extra_path_config(path):
-    # The simple YAML ComfyHub writes: "section:", then indented "key: value" lines.
+    # The simple YAML ComfyHub writes: "section:", then indented "key": "value" lines
+    # (double-quoted scalars, a newline in a value separating two paths).
     base = ""
     for line in open(path).read().splitlines():
         if not line.strip() or line.lstrip().startswith("#"):
@@ -53,13 +54,27 @@ def load_extra_path_config(path):
         if not line.startswith((" ", "\t")):  # a new section
             base = ""
             continue
-        key, _, value = line.strip().partition(":")
-        value = value.strip()
+        key, value = (scalar(part) for part in split_key(line.strip()))
         if key == "base_path":
             base = os.path.expanduser(value)
         elif key != "is_default":
-            for folder in value.split():
-                add_model_folder_path(key, os.path.join(base, folder))
+            for folder in value.split("\\n"):  # as ComfyUI: one path per line of the value
+                if folder.strip():
+                    add_model_folder_path(key, os.path.join(base, folder.strip()))
+
+
+def split_key(line):
+    # "key": value, or key: value
+    if line.startswith('"'):
+        end = line.index('"', 1)  # folder names hold no quote (folders.DIRECTORY)
+        return line[: end + 1], line[end + 1 :].lstrip().removeprefix(":")
+    key, _, value = line.partition(":")
+    return key, value
+
+
+def scalar(text):
+    text = text.strip()
+    return json.loads(text) if text.startswith('"') else text
 
 
 def get_filename_list(name):

@@ -1,5 +1,7 @@
 """One list of models folders serves the analyzer, the finder and extra_model_paths.yaml."""
 
+from pathlib import Path
+
 from comfyhub.library import folders
 from comfyhub.workflows.analyze import LOADERS
 
@@ -31,3 +33,13 @@ def test_legacy_names_and_model_types_mean_the_folder_comfyui_reads_them_into():
     assert folders.canonical("LORA") == "loras"
     assert folders.known("clip") == "text_encoders"
     assert folders.known("not_a_folder") == ""
+
+
+def test_extra_model_paths_lists_legacy_folders_under_the_folder_they_feed_and_quotes_all():
+    text = folders.extra_model_paths(Path("/m"), ["my_models"])
+    assert '    "controlnet": "controlnet/\\nt2i_adapter/"' in text.splitlines()
+    assert '    "my_models": "my_models/"' in text.splitlines()
+    assert '    base_path: "/m"' in text.splitlines()
+    assert not any(
+        line.lstrip().startswith(('"t2i_adapter"', '"unet"')) for line in text.splitlines()
+    )

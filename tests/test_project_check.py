@@ -68,19 +68,22 @@ def check_json(slug: str) -> tuple[int, dict]:
 
 
 def test_a_model_in_geometry_estimation_ends_ready_and_comfyui_lists_it(comfy, folders):
-    (folders / "models/geometry_estimation").mkdir(parents=True)
-    (folders / "models/geometry_estimation/moge.safetensors").write_bytes(b"weights")
+    # And a model in the legacy t2i_adapter folder, which ComfyUI reads into controlnet.
+    for key in ("geometry_estimation/moge.safetensors", "t2i_adapter/adapter.safetensors"):
+        (folders / "models" / key).parent.mkdir(parents=True)
+        (folders / "models" / key).write_bytes(b"weights")
     model = {"directory": "geometry_estimation", "name": "moge.safetensors", "url": ""}
-    project = build(
-        "Depth", comfy, models=[model], workflow=[node(1, "LoadMoGeModel", "moge.safetensors")]
-    )
+    adapter = {"directory": "t2i_adapter", "name": "adapter.safetensors", "url": ""}
+    workflow = [node(1, "LoadMoGeModel", "moge.safetensors")]
+    project = build("Depth", comfy, models=[model, adapter], workflow=workflow)
     assert project.status == ProjectStatus.READY and project.last_check["ok"]
     runtime.launch(project, timeout=30)
     try:
         listed = httpx.get(f"{project.url}models/geometry_estimation").json()
+        controlnets = httpx.get(f"{project.url}models/controlnet").json()
     finally:
         runtime.stop(project)
-    assert listed == ["moge.safetensors"]
+    assert listed == ["moge.safetensors"] and controlnets == ["adapter.safetensors"]
 
 
 def test_a_pack_whose_init_raises_ends_attention_and_check_again_makes_it_ready(comfy, tmp_path):

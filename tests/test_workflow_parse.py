@@ -216,3 +216,17 @@ def test_a_ui_workflow_keeps_its_subgraphs_and_top_level_models():
         {"nodes": [], "models": models, "definitions": {"subgraphs": [subgraph]}}
     )
     assert (workflow.format, workflow.models, list(workflow.subgraphs)) == ("ui", models, ["sub-1"])
+
+
+@pytest.mark.parametrize(
+    "directory",
+    ["custom_nodes", "zz: zz/\n    custom_nodes: x/\n    #", "a b", "vae#1", ".hidden", "x" * 65],
+)
+def test_a_models_folder_a_workflow_names_must_be_a_plain_folder_name(directory):
+    # It becomes a key of extra_model_paths.yaml: no line of its own, no code folder.
+    declared = [{"name": "x.py", "directory": directory, "url": "https://a.example/x.py"}]
+    nodes = [{"id": 1, "type": "VAELoader", "widgets_values": ["x.py"], "properties": {}}]
+    nodes[0]["properties"]["models"] = declared
+    assert "models folder" in refused({"nodes": nodes}).message
+    dest = f"models/{directory}/x.bin"
+    assert "models folder" in refused(launcher_with([alternative(dest, "https://a/x")])).message

@@ -204,10 +204,12 @@ def pins_without(project: Project, key: str) -> list[dict]:
 
 def model_paths(project: Project, job: Job) -> None:
     """Point ComfyUI at the shared models folder (never a copy: models are shared)."""
-    lines = ["comfyhub:", f"    base_path: {settings.MODELS_DIR.resolve()}"]
     named = [model["directory"] for model in project.spec.get("models", [])]
-    lines += [f"    {folder}: {folder}/" for folder in folders.folders_for(named)]
-    (project.comfyui_dir / "extra_model_paths.yaml").write_text("\n".join(lines) + "\n")
+    for directory in named:
+        if why := folders.directory_problem(directory):
+            raise JobError(why, category=Category.VALIDATION)
+    text = folders.extra_model_paths(settings.MODELS_DIR.resolve(), named)
+    (project.comfyui_dir / "extra_model_paths.yaml").write_text(text)
 
 
 def models(project: Project, job: Job) -> None:

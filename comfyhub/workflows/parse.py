@@ -19,6 +19,7 @@ from pathlib import Path, PurePosixPath
 
 from django.db import models
 
+from comfyhub.library import folders
 from comfyhub.library.paths import check_size
 from recovery.errors import JobError
 from recovery.models import Category
@@ -219,7 +220,13 @@ def _declared(value: object, where: str) -> list[dict]:
             if not isinstance(entry.get(key, ""), str | None):
                 raise invalid(f"{where}[{i}].{key} must be a string.")
         check_model_path(entry["directory"], entry["name"])
+        check_directory(entry["directory"], f"{where}[{i}].directory")
     return entries
+
+
+def check_directory(directory: str, where: str) -> None:
+    if why := folders.directory_problem(directory):
+        raise invalid(f"{where}: {why}")
 
 
 def check_model_path(*parts: str, what: str = "model name") -> None:
@@ -350,6 +357,8 @@ def _file(entry: object, where: str) -> tuple[str, dict]:
             f"{where}.dest_relative_path {dest!r} is neither models/DIR/NAME nor input/NAME: "
             "a launcher's files are placed only where ComfyUI reads them."
         )
+    if parts[0] == "models":
+        check_directory(parts[1], f"{where}.dest_relative_path")
     size = entry.get("size")
     return "/".join(parts), {
         "url": url or "",
