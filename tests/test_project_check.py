@@ -1,16 +1,18 @@
 """Asking a project's ComfyUI (the stand-in from tests/fakecomfy.py) what it sees."""
 
 import json
+from datetime import timedelta
 from io import StringIO
 
 import httpx
 import pytest
 from django.core.management import CommandError, call_command
+from django.utils import timezone
 
-from comfyhub.projects import install, runtime, tools
+from comfyhub.projects import check, install, runtime, tools
 from comfyhub.projects.models import Project, ProjectStatus, RunState
-from recovery.engine import run_foreground
-from recovery.models import Job, Status
+from recovery.engine import run_foreground, run_once
+from recovery.models import Category, Job, Status
 from tests.fakecomfy import comfyui_repo, make_repo
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
@@ -121,14 +123,19 @@ def test_a_node_type_no_pack_provides_is_missing_and_a_skipped_model_is_not(comf
 
 
 def test_a_model_comfyui_cannot_see_is_missing_under_its_key(comfy, folders):
+    # A .gguf is never in ComfyUI's own lists (a pack reads it): the file on disk counts.
     model = {"directory": "clip", "name": "t5.safetensors", "url": ""}
-    (folders / "models/clip").mkdir(parents=True)
-    (folders / "models/clip/t5.safetensors").write_bytes(b"t5")
-    project = build("Clip", comfy, models=[model])
+    gguf = {"directory": "diffusion_models", "name": "flux-q4.gguf", "url": ""}
+    for key in ("clip/t5.safetensors", "diffusion_models/flux-q4.gguf"):
+        (folders / "models" / key).parent.mkdir(parents=True)
+        (folders / "models" / key).write_bytes(b"weights")
+    project = build("Clip", comfy, models=[model, gguf])
     assert project.status == ProjectStatus.READY  # legacy clip: read into text_encoders
     (folders / "models/clip/t5.safetensors").unlink()
+    (folders / "models/diffusion_models/flux-q4.gguf").unlink()
     code, report = check_json(project.slug)
-    assert code == 1 and report["models_missing"] == ["clip/t5.safetensors"]
+    assert code == 1
+    assert report["models_missing"] == ["clip/t5.safetensors", "diffusion_models/flux-q4.gguf"]
     assert Project.objects.get(pk=project.pk).status == ProjectStatus.ATTENTION
 
 
@@ -166,3 +173,28 @@ def test_check_project_stops_a_comfyui_it_started_for_the_check(comfy):
     project.refresh_from_db()
     assert project.run_state == RunState.STOPPED and project.pid is None
     assert not runtime.answers(project)
+
+
+def test_a_fresh_check_restarts_a_comfyui_that_runs_and_leaves_it_stopped(comfy):
+    # The install's own check: a ComfyUI started before the install loaded stale packs.
+    project = runtime.launch(build("Fresh", comfy), timeout=30)
+    before = project.pid
+    try:
+        found = check.check(project, timeout=30, fresh=True)
+    finally:
+        runtime.stop(project)
+    assert found["ok"] and project.run_log.read_text().count("To see the GUI") == 3
+    assert not runtime.is_ours(Project(pid=before, port=project.port))
+
+
+def test_a_check_queued_behind_a_launch_waits_for_it_and_one_during_an_install_is_refused(comfy):
+    project = build("Queued", comfy)
+    launch = project.queue_job("project_launch", dispatch=False)
+    waiting = run_once(project.queue_job("project_check", dispatch=False).pk)
+    assert waiting.status == Status.WAITING
+    assert "Waiting for the launch of Queued" in waiting.error_message
+    Job.objects.filter(pk=launch.pk).update(status=Status.CANCELLED)
+    Job.objects.filter(pk=project.install_job_id).update(status=Status.RUNNING)
+    refused = run_once(waiting.pk, now=timezone.now() + timedelta(seconds=5))
+    assert refused.status == Status.FAILED and refused.error_category == Category.VALIDATION
+    assert "is being installed" in refused.error_message

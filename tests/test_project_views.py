@@ -649,6 +649,15 @@ def test_the_findings_are_shown_in_plain_words_with_a_fix_for_each(client, folde
     assert f"/projects/{project.slug}/log/?log=comfyui" in html and "Check again" in html
 
 
+def test_a_missing_node_whose_pack_is_installed_points_to_the_log_not_to_install_it(
+    client, folders
+):
+    pin = {"repository": FOUND["providers"]["FancyNode"], "name": "fancy-nodes", "commit": "a"}
+    project = installed(folders, last_check=FOUND, node_pins=[pin])
+    html = client.get(f"/projects/{project.slug}/").content.decode()
+    assert 'value="FancyNode"' not in html and "is installed but did not load it" in html
+
+
 def test_check_again_queues_one_check_job(client, dispatch, folders):
     project = installed(folders)
     url = f"/projects/{project.slug}/check/"

@@ -141,6 +141,7 @@ HOSTILE = {  # kind: (the zip, what the error says)
     "symlink": (lambda tmp: link_zip("x", str(tmp)), "a link or a special file"),
     "too many members": (lambda tmp: pack_zip({f"{n}.py": "" for n in range(6)}), "6 members"),
     "too large": (lambda tmp: pack_zip({**PACK, "w.bin": b"\0" * 6000}), "more than 5000"),
+    "tracking folder": (lambda tmp: pack_zip({**PACK, ".tracking/x": "x"}), "take the place of"),
 }
 
 

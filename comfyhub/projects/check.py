@@ -18,9 +18,11 @@ from pathlib import Path
 from urllib.parse import quote
 
 import httpx
+from django.conf import settings
 from django.utils import timezone
 
 from comfyhub.library.folders import LEGACY
+from comfyhub.library.paths import BadInput, models_path
 from comfyhub.projects import envs, runtime
 from comfyhub.projects.models import Project, ProjectStatus, RunState, model_key
 from comfyhub.workflows import nodemap
@@ -34,13 +36,23 @@ ASK_TIMEOUT = 60.0  # /object_info of an install with many packs takes seconds
 RUN_LOG_BYTES = 16 * 2**20  # import failures are printed first; a long run's log is large
 CANNOT_IMPORT = re.compile(r"Cannot import (?P<path>.+?) module for custom nodes: (?P<error>.*)")
 IMPORT_FAILED = re.compile(r"\(IMPORT FAILED\): (?P<path>.+)")
+# What ComfyUI's /models/<folder> lists (folder_paths.supported_pt_extensions). A file of
+# another kind (.gguf, .onnx) is read by a pack through a folder of its own: ComfyUI's list
+# cannot vouch for it, so the file on disk does.
+LISTED_EXTENSIONS = frozenset(
+    {".ckpt", ".pt", ".pt2", ".bin", ".pth", ".safetensors", ".pkl", ".sft"}
+)
 FINDINGS = ("node_types_missing", "models_missing", "packs_failed", "environment")
 
 
-def check(project: Project, timeout: float = runtime.HEALTH_TIMEOUT) -> dict:
+def check(project: Project, timeout: float = runtime.HEALTH_TIMEOUT, fresh: bool = False) -> dict:
     """Ask the project's ComfyUI, store the result on the project (and, when it is
-    installed, READY or ATTENTION as its status) and return it."""
+    installed, READY or ATTENTION as its status) and return it. `fresh`: a ComfyUI that
+    runs is restarted first (after an install it loaded packs that have changed since)."""
     was_running = in_use(project, timeout)
+    if was_running and fresh:
+        runtime.stop(project)
+        was_running = False
     if not was_running:
         runtime.boot(project, timeout)
     try:
@@ -129,9 +141,20 @@ def models_missing(project: Project) -> list[str]:
         folder = LEGACY.get(model["directory"], model["directory"])
         if folder not in listed:
             listed[folder] = set(get(project, f"models/{quote(folder, safe='')}") or [])
-        if model["name"].replace("\\", "/") not in listed[folder]:
+        name = model["name"].replace("\\", "/")
+        if name not in listed[folder] and not read_by_a_pack(model):
             missing.append(model_key(model))
     return missing
+
+
+def read_by_a_pack(model: dict) -> bool:
+    """A file ComfyUI's own lists never show (see LISTED_EXTENSIONS) that is on disk."""
+    if Path(model["name"]).suffix.lower() in LISTED_EXTENSIONS:
+        return False
+    try:
+        return models_path(model_key(model), settings.MODELS_DIR).is_file()
+    except BadInput:
+        return False
 
 
 def packs_failed(log: Path, start: int) -> list[dict]:

@@ -379,9 +379,9 @@ def workflow(project: Project, job: Job) -> None:
 
 
 def check(project: Project, job: Job) -> None:
-    """Ask ComfyUI what it sees. Its findings never fail the install: the project ends
-    ATTENTION with them (follow_install_job); only not reaching ComfyUI does."""
-    ask_comfyui(project)
+    """Ask a freshly started ComfyUI what it sees. Its findings never fail the install: the
+    project ends ATTENTION with them (follow_install_job); only not reaching ComfyUI does."""
+    ask_comfyui(project, fresh=True)
 
 
 STEPS = {

@@ -16,7 +16,7 @@ from comfyhub.projects.models import (
     RunState,
     install_status,
 )
-from recovery.errors import JobError
+from recovery.errors import Defer, JobError
 from recovery.models import Category, Job, Status
 from recovery.registry import recoverable
 
@@ -31,7 +31,7 @@ def install(job: Job) -> None:
 # A launch that timed out already waited minutes for the health check: say so at once.
 @recoverable("project_launch", policies={Category.TIMEOUT: {"max_attempts": 1}})
 def launch(job: Job) -> None:
-    project = job_project(job)
+    project = runtime_turn(job)
     if project.run_state == RunState.STARTING:
         runtime.stop(project)  # a killed attempt's half-started ComfyUI holds the port
     runtime.launch(project, timeout=job.params.get("timeout", runtime.HEALTH_TIMEOUT))
@@ -40,14 +40,17 @@ def launch(job: Job) -> None:
 # A ComfyUI that did not answer was waited for minutes already: say so at once.
 @recoverable("project_check", policies={Category.TIMEOUT: {"max_attempts": 1}})
 def check_again(job: Job) -> None:
-    check.check(job_project(job), timeout=job.params.get("timeout", runtime.HEALTH_TIMEOUT))
+    project = runtime_turn(job)
+    if why := project.why_not_checkable():  # e.g. Retry started the install meanwhile
+        raise JobError(why, category=Category.VALIDATION)
+    check.check(project, timeout=job.params.get("timeout", runtime.HEALTH_TIMEOUT))
 
 
 @recoverable("project_add_node")
 def add_node(job: Job) -> None:
     """Install the pack that provides a node type ComfyUI missed (ComfyUI stopped first:
     it loads packs only when it starts), then ask it again."""
-    project = job_project(job)
+    project = runtime_turn(job)
     runtime.stop(project)
     if job.params["repository"] not in {pin["repository"] for pin in project.node_pins}:
         restore.add_node(project, job.params["repository"])
@@ -56,12 +59,23 @@ def add_node(job: Job) -> None:
 
 @recoverable("project_rollback")
 def rollback(job: Job) -> None:
-    project = job_project(job)
+    project = runtime_turn(job)
     point = project.restore_points.filter(pk=job.params.get("point")).first()
     if point is None:
         raise JobError("That restore point no longer exists.", category=Category.NOT_FOUND)
     runtime.stop(project)
     restore.rollback(project, point)
+
+
+def runtime_turn(job: Job) -> Project:
+    """The job's project once no older job of RUNTIME_KINDS is under way for it (Defer
+    until then): a check and a launch never boot one ComfyUI twice, an addition never
+    stops the ComfyUI a check is asking."""
+    project = job_project(job)
+    if older := project.older_runtime_job(job):
+        what = older.kind.removeprefix("project_").replace("_", " ")
+        raise Defer(f"Waiting for the {what} of {project.name} to finish.", seconds=1)
+    return project
 
 
 def job_project(job: Job) -> Project:

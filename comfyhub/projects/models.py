@@ -48,6 +48,11 @@ INSTALL_STATUS = {
     Status.CANCELLED: ProjectStatus.FAILED,
 }
 
+# The jobs that start or stop a project's ComfyUI: one at a time per project, the oldest
+# first (Project.older_runtime_job). A paused one holds nothing.
+RUNTIME_KINDS = ("project_launch", "project_check", "project_add_node", "project_rollback")
+UNDER_WAY = (Status.QUEUED, Status.RUNNING, Status.WAITING)
+
 # Slugs that would collide with the pages under /projects/.
 RESERVED_SLUGS = frozenset({"new", "import"})
 
@@ -158,6 +163,12 @@ class Project(models.Model):
             return ProjectStatus.ATTENTION
         return ProjectStatus.READY
 
+    def older_runtime_job(self, job: Job) -> Job | None:
+        """A job that starts or stops this project's ComfyUI (RUNTIME_KINDS), queued before
+        `job` and not finished: `job` waits for it, so two never boot one port at once."""
+        mine = Job.objects.filter(kind__in=RUNTIME_KINDS, params__project=self.pk)
+        return mine.filter(pk__lt=job.pk, status__in=UNDER_WAY).order_by("pk").first()
+
     def why_not_checkable(self) -> str:
         """Why its ComfyUI cannot be asked now, in plain words ("" when it can)."""
         if self.install_job and not self.install_job.is_terminal:
@@ -173,9 +184,12 @@ class Project(models.Model):
         return self.last_check.get("providers", {}).get(node_type, "")
 
     def missing_nodes(self) -> list[dict]:
-        """Each node type the last check found missing, with the pack that provides it."""
+        """Each node type the last check found missing, with the pack that provides it and
+        whether that pack is installed already (then it failed to load: no install helps)."""
+        pinned = {pin["repository"].lower() for pin in self.node_pins if pin.get("repository")}
         missing = self.last_check.get("node_types_missing", [])
-        return [{"type": t, "repository": self.provider(t)} for t in missing]
+        rows = [{"type": t, "repository": self.provider(t)} for t in missing]
+        return [{**row, "installed": row["repository"].lower() in pinned} for row in rows]
 
     @property
     def checked_at(self) -> datetime | None:

@@ -160,6 +160,8 @@ def member_problem(member: zipfile.ZipInfo) -> str:
         return "is an absolute path"
     if ".." in path.parts:
         return "leads out of the pack folder ('..')"
+    if path.parts[0] == TRACKING:
+        return f"would take the place of {TRACKING}, the list of the pack's files"
     if stat.S_IFMT(member.external_attr >> 16) not in PLAIN_MODES:
         return "is a link or a special file"
     return ""
