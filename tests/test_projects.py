@@ -281,7 +281,9 @@ def test_cancelling_a_models_download_mid_install_stops_at_models_until_the_user
         files.add("/b", data)  # full speed again
         project.download_again(model)
         assert run_foreground(project.install_job_id).status == Status.SUCCEEDED
-    assert Project.objects.get(pk=project.pk).status == ProjectStatus.READY
+    assert Project.objects.get(pk=project.pk).status == ProjectStatus.READY, Project.objects.get(
+        pk=project.pk
+    ).last_check
 
 
 def test_a_model_downloaded_again_while_the_models_step_is_busy_is_joined_before_it_ends(repos):
@@ -306,7 +308,9 @@ def test_a_model_downloaded_again_while_the_models_step_is_busy_is_joined_before
         job = run_foreground(project.install_job_id)
         clicker.join()
     assert job.status == Status.SUCCEEDED, job.error_message
-    assert Project.objects.get(pk=project.pk).status == ProjectStatus.READY
+    assert Project.objects.get(pk=project.pk).status == ProjectStatus.READY, Project.objects.get(
+        pk=project.pk
+    ).last_check
 
 
 def cancel_once_moving(pk: int) -> None:
