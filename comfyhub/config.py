@@ -78,7 +78,12 @@ def envnames(name: str, default: str) -> tuple[str, ...]:
     ]
     if bad:
         raise ConfigError(f"{name} must be package names separated by commas (got {bad[0]!r})")
-    return tuple(re.sub(r"[-_.]+", "-", part).lower() for part in names)
+    return tuple(normalize(part) for part in names)
+
+
+def normalize(name: str) -> str:
+    """A package name as PyPI compares them (PEP 503)."""
+    return re.sub(r"[-_.]+", "-", name).lower()
 
 
 def envhost(name: str, default: str) -> str:

@@ -15,9 +15,11 @@ the protected packages pinned, requirement files checked before anything install
 
 import ast
 import contextlib
+import functools
 import json
 import os
 import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -25,7 +27,10 @@ from urllib.parse import unquote, urlsplit
 
 from django.conf import settings
 
+from comfyhub.config import normalize
 from comfyhub.projects import tools
+from comfyhub.projects.tools import python
+from recovery.classify import classify
 from recovery.errors import JobError
 from recovery.models import Category
 
@@ -34,9 +39,13 @@ PIP_SECTIONS = ("global", "install", ":env:")
 CONSTRAINTS = "constraints.txt"
 PIP_CHECK = "pip-check.txt"
 SEEDS = ("pip", "setuptools", "wheel")
+# Where pip looks for its config files.
+PIP_LOCATIONS = ("HOME", "XDG_CONFIG_HOME", "XDG_CONFIG_DIRS", "VIRTUAL_ENV")
 PLAN_LINE = re.compile(r"^\s*([+-])\s+([A-Za-z0-9][A-Za-z0-9._-]*)==(\S+)", re.MULTILINE)
 NAME = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)\s*(\[[^\]]*\])?\s*(.*)$")
-INCLUDE = re.compile(r"^(-r|-c|--requirement|--constraint)(=|\s+)?(\S+)$")
+INCLUDES = ("-r", "-c", "--requirement", "--constraint")
+INCLUDE = re.compile(r"^(-r|-c|--requirement=|--constraint=)(.+)$")
+LINE_OPTIONS = ("--hash", "--config-settings")
 
 
 class PackRefused(JobError):
@@ -44,26 +53,36 @@ class PackRefused(JobError):
     out (its folder removed) and the project keeps working without it."""
 
 
-def normalize(name: str) -> str:
-    return re.sub(r"[-_.]+", "-", name).lower()
-
-
-def python(venv: Path) -> str:
-    return str(venv / "bin" / "python")
-
-
 def cache_dir() -> Path:
     """One uv cache beside the projects: hard links need the same filesystem."""
     cache = settings.DATA_DIR / "uv-cache"
     projects = settings.PROJECTS_DIR
     with contextlib.suppress(OSError):
+        # Made first: a projects folder appearing later on another filesystem would move
+        # the cache, and every venv made before would stop sharing it.
+        projects.mkdir(parents=True, exist_ok=True)
         if os.stat(settings.DATA_DIR).st_dev != os.stat(projects).st_dev:
             cache = projects / ".uv-cache"
     return cache
 
 
 def pip_config() -> dict[str, str]:
-    """pip's effective settings ({"find-links": "...", ...}); {} when pip cannot tell."""
+    """pip's effective settings ({"find-links": "...", ...}); {} when pip cannot tell.
+
+    Asked once per process for each set of PIP_* variables and config-file locations (a
+    config file edited while ComfyHub runs is seen after a restart)."""
+    key = tuple(
+        sorted(
+            (name, value)
+            for name, value in os.environ.items()
+            if name.startswith("PIP_") or name in PIP_LOCATIONS
+        )
+    )
+    return dict(ask_pip_config(key))
+
+
+@functools.cache
+def ask_pip_config(key: tuple) -> tuple[tuple[str, str], ...]:
     try:
         listed = subprocess.run(
             [sys.executable, "-m", "pip", "config", "list"],
@@ -73,14 +92,15 @@ def pip_config() -> dict[str, str]:
             check=True,
         ).stdout
     except (OSError, subprocess.SubprocessError):
-        return {}
+        return ()
     ranked = []
     for line in listed.splitlines():
         key, sep, raw = line.partition("=")
         section, _, name = key.rpartition(".")
         if sep and section in PIP_SECTIONS:
             ranked.append((PIP_SECTIONS.index(section), name, unquote_value(raw)))
-    return {name: value for _, name, value in sorted(ranked, key=lambda item: item[0])}
+    merged = {name: value for _, name, value in sorted(ranked, key=lambda item: item[0])}
+    return tuple(merged.items())
 
 
 def unquote_value(raw: str) -> str:
@@ -90,8 +110,9 @@ def unquote_value(raw: str) -> str:
 
 
 def uv_environment(config: dict[str, str]) -> dict[str, str]:
-    """pip's index settings as uv's variables (UV_FIND_LINKS is comma-separated)."""
-    env = {"UV_CACHE_DIR": str(cache_dir()), "UV_LINK_MODE": "hardlink"}
+    """pip's settings as uv's variables (UV_FIND_LINKS is comma-separated). uv reads no
+    uv.toml of its own (UV_NO_CONFIG): the worker's working folder must not redirect it."""
+    env = {"UV_CACHE_DIR": str(cache_dir()), "UV_LINK_MODE": "hardlink", "UV_NO_CONFIG": "1"}
     env |= {"UV_PYTHON_DOWNLOADS": "never", "UV_NO_PROGRESS": "1"}
     if config.get("index-url"):
         env["UV_DEFAULT_INDEX"] = config["index-url"]
@@ -103,6 +124,11 @@ def uv_environment(config: dict[str, str]) -> dict[str, str]:
         env["UV_INSECURE_HOST"] = " ".join(hosts)
     if config.get("cert"):
         env["SSL_CERT_FILE"] = config["cert"]
+    if config.get("proxy"):
+        env["HTTPS_PROXY"] = env["HTTP_PROXY"] = config["proxy"]
+    with contextlib.suppress(ValueError):  # pip accepts "--timeout" and "--default-timeout"
+        seconds = float(config.get("timeout") or config.get("default-timeout") or "")
+        env["UV_HTTP_TIMEOUT"] = str(max(1, round(seconds)))
     return env
 
 
@@ -128,7 +154,9 @@ def torch_flags(config: dict[str, str]) -> list[str]:
 
 
 class Installer:
-    """uv (or pip when uv cannot run) for one venv, with pip's configuration."""
+    """uv (or pip when uv cannot run) for one venv, with pip's configuration. Every
+    install, trial and sync gets the same torch flags, so a pack or a rollback resolves
+    torch from where ComfyUI's requirements got it."""
 
     def __init__(self, venv: Path, log: Path) -> None:
         self.venv, self.log = venv, log
@@ -144,6 +172,13 @@ class Installer:
         env = uv_environment(self.config)
         return tools.run_streams(argv, self.log, timeout=timeout, extra_env=env)
 
+    def limits(self, constraints: Path | None) -> list[str]:
+        """`-c` arguments: the configured constraint files (uv only: pip adds its own)
+        and `constraints` when it exists."""
+        files = config_constraints(self.config) if self.uv else []
+        files += [str(constraints)] if constraints and constraints.is_file() else []
+        return [arg for path in files for arg in ("-c", path)]
+
     def make_venv(self) -> None:
         if not self.uv:
             tools.make_venv(self.venv, self.log)
@@ -152,56 +187,58 @@ class Installer:
             ["venv"], "--seed", "--clear", "--python", sys.executable, str(self.venv), timeout=300
         )
 
-    def install(self, requirements: Path, constraints: Path | None, torch: bool = False) -> None:
-        extra = [str(constraints)] if constraints and constraints.is_file() else []
+    def install(self, requirements: Path, constraints: Path | None) -> None:
         if not self.uv:
-            pip = [python(self.venv), "-m", "pip", "install", "--timeout", "60"]
-            # pip adds its own configured constraint files itself.
-            limits = [arg for path in extra for arg in ("-c", path)]
-            tools.run(
-                [*pip, "-r", str(requirements), *limits],
-                self.log,
-                cwd=requirements.parent,
-                timeout=tools.PIP_TIMEOUT,
-            )
+            pins = (constraints,) if constraints and constraints.is_file() else ()
+            tools.pip_install(self.venv, requirements, self.log, pins)
             return
-        limits = [
-            arg for path in [*config_constraints(self.config), *extra] for arg in ("-c", path)
-        ]
-        flags = torch_flags(self.config) if torch else []
         self.uv_run(
             ["pip", "install"],
             "--python",
             python(self.venv),
-            *flags,
+            *torch_flags(self.config),
             "-r",
             str(requirements),
-            *limits,
+            *self.limits(constraints),
         )
 
-    def planned(self, requirements: Path) -> dict[str, tuple[str, str]]:
+    def planned(self, requirements: Path, constraints: Path) -> dict[str, tuple[str, str]]:
         """{package: (installed version or "", version it would get)} for every package
-        installing `requirements` would change, without the project's pins."""
+        installing `requirements` would change: under `constraints` when they allow it
+        (the pins choose among compatible versions), else without them, so a conflict
+        names the versions the pack wants."""
+        try:
+            return self.trial(requirements, constraints)
+        except subprocess.CalledProcessError:
+            if not constraints.is_file():
+                raise
+            return self.trial(requirements, None)
+
+    def trial(self, requirements: Path, constraints: Path | None) -> dict[str, tuple[str, str]]:
         if not self.uv:
-            return self.pip_planned(requirements)
-        limits = [arg for path in config_constraints(self.config) for arg in ("-c", path)]
+            return self.pip_trial(requirements, constraints)
         _, said = self.uv_run(
             ["pip", "install"],
             "--dry-run",
             "--python",
             python(self.venv),
+            *torch_flags(self.config),
             "-r",
             str(requirements),
-            *limits,
+            *self.limits(constraints),
         )
         removed, added = {}, {}
         for sign, name, version in PLAN_LINE.findall(said):
             (added if sign == "+" else removed)[normalize(name)] = version
         return {name: (removed.get(name, ""), version) for name, version in added.items()}
 
-    def pip_planned(self, requirements: Path) -> dict[str, tuple[str, str]]:
+    def pip_trial(self, requirements: Path, constraints: Path | None) -> dict[str, tuple[str, str]]:
         pip = [python(self.venv), "-m", "pip", "install", "--dry-run", "--quiet", "--report", "-"]
-        said = tools.run([*pip, "-r", str(requirements)], self.log, timeout=tools.PIP_TIMEOUT)
+        said = tools.run(
+            [*pip, "-r", str(requirements), *self.limits(constraints)],
+            self.log,
+            timeout=tools.PIP_TIMEOUT,
+        )
         installed = frozen_versions(self.freeze())
         wanted = [item["metadata"] for item in json.loads(said).get("install", [])]
         return {
@@ -217,9 +254,22 @@ class Installer:
     def sync(self, frozen: Path) -> None:
         """Exactly the packages in `frozen`: extra ones removed, changed ones put back."""
         if not self.uv:
-            tools.pip_install(self.venv, frozen, self.log)
+            self.pip_sync(frozen)
             return
-        self.uv_run(["pip", "sync"], "--python", python(self.venv), str(frozen))
+        self.uv_run(
+            ["pip", "sync"], "--python", python(self.venv), *torch_flags(self.config), str(frozen)
+        )
+
+    def pip_sync(self, frozen: Path) -> None:
+        """pip has no sync: what `frozen` lacks is uninstalled (pip and its seeds stay),
+        then `frozen` is installed."""
+        wanted = frozen_versions(frozen.read_text())
+        current = frozen_versions(self.freeze())
+        extra = [name for name in current if name not in wanted and name not in SEEDS]
+        if extra:
+            uninstall = [python(self.venv), "-m", "pip", "uninstall", "--yes", *extra]
+            tools.run(uninstall, self.log, timeout=tools.PIP_TIMEOUT)
+        tools.pip_install(self.venv, frozen, self.log)
 
     def check(self) -> str:
         """`pip check`'s findings ("" when every requirement is met)."""
@@ -244,11 +294,24 @@ def uv_binary(log: Path) -> str | None:
         from uv import find_uv_bin
 
         binary = find_uv_bin()
-        tools.run([binary, "--version"], log, timeout=60)
-    except (ImportError, OSError, subprocess.CalledProcessError) as exc:
-        tools.append(log, f"== uv cannot run ({exc}); installing with pip instead")
+    except (ImportError, OSError) as exc:
+        problem = str(exc)
+    else:
+        problem = uv_problem(binary)
+    if problem:
+        tools.append(log, f"== uv cannot run ({problem}); installing with pip instead")
         return None
     return binary
+
+
+@functools.cache
+def uv_problem(binary: str) -> str:
+    """Why `binary` cannot run ("" when it can); asked once per binary in a process."""
+    try:
+        subprocess.run([binary, "--version"], capture_output=True, timeout=60, check=True)
+    except (OSError, subprocess.SubprocessError) as exc:
+        return str(exc)
+    return ""
 
 
 def frozen_versions(frozen: str) -> dict[str, str]:
@@ -256,10 +319,6 @@ def frozen_versions(frozen: str) -> dict[str, str]:
         normalize(name): version
         for name, version in re.findall(r"(?m)^([A-Za-z0-9][A-Za-z0-9._-]*)==(\S+)", frozen)
     }
-
-
-def has_lines(requirements: Path) -> bool:
-    return requirements.is_file() and bool(requirements.read_text(errors="replace").strip())
 
 
 def constraints_file(project) -> Path:
@@ -276,10 +335,10 @@ def install_comfyui(project) -> None:
     requirements = project.comfyui_dir / "requirements.txt"
     constraints = constraints_file(project)
     constraints.unlink(missing_ok=True)  # a re-run pins what this run installed
-    if has_lines(requirements):
+    if tools.has_lines(requirements):
         if refusal := refused_line(requirements, project.comfyui_dir):
             raise JobError(f"ComfyUI's {refusal}", category=Category.VALIDATION)
-        installer.install(requirements, None, torch=True)
+        installer.install(requirements, None)
     installed = frozen_versions(installer.freeze())
     pins = [
         f"{name}=={installed[name]}\n" for name in settings.PROTECTED_PACKAGES if name in installed
@@ -294,7 +353,7 @@ def install_pack(project, folder: Path) -> None:
     """A pack's requirements under the project's pins; a refused pack is removed whole
     (PackRefused) so ComfyUI never imports it half-installed."""
     requirements = folder / "requirements.txt"
-    if not has_lines(requirements):
+    if not tools.has_lines(requirements):
         return
     installer = Installer(project.venv, project.install_log)
     try:
@@ -307,11 +366,44 @@ def install_pack(project, folder: Path) -> None:
     installer.install(requirements, constraints_file(project))
 
 
+def child_environment(project) -> dict[str, str]:
+    """PIP_CONSTRAINT and UV_CONSTRAINT (space-separated files) for a pack's install.py:
+    a pip or uv it runs keeps the protected packages too. PIP_CONSTRAINT replaces pip's
+    configured constraint files, so those are named again."""
+    pins = constraints_file(project)
+    files = [*config_constraints(pip_config()), *([str(pins)] if pins.is_file() else [])]
+    return {"PIP_CONSTRAINT": " ".join(files), "UV_CONSTRAINT": " ".join(files)} if files else {}
+
+
+def run_install_script(project, folder: Path) -> None:
+    """A pack's install.py, under the project's pins. When it fails as `dependency` (say,
+    its pip wanted another torch) the pack is left out like a refused requirements file
+    (PackRefused); any other failure (network, disk) fails the step, to be retried."""
+    try:
+        tools.run(
+            [python(project.venv), "install.py"],
+            project.install_log,
+            cwd=folder,
+            timeout=tools.PIP_TIMEOUT,
+            extra_env=child_environment(project),
+        )
+    except subprocess.CalledProcessError as exc:
+        failure = classify(exc)
+        if failure.category != Category.DEPENDENCY:
+            raise
+        tools.remove_tree(folder)
+        raise PackRefused(
+            f"{folder.name}: its install.py failed and the pack was left out (its pip may "
+            f"not change the protected packages pinned in {CONSTRAINTS}): {failure.message}",
+            category=Category.DEPENDENCY,
+        ) from None
+
+
 def refuse_protected_changes(
     installer: Installer, requirements: Path, pack: str, constraints: Path
 ) -> None:
     pinned = frozen_versions(constraints.read_text()) if constraints.is_file() else {}
-    for name, (_, wanted) in installer.planned(requirements).items():
+    for name, (_, wanted) in installer.planned(requirements, constraints).items():
         if name in pinned and wanted != pinned[name]:
             raise JobError(
                 f"{pack} needs {name} {wanted}, but this project's {name} is {pinned[name]} "
@@ -354,15 +446,30 @@ def restore(project, frozen: str) -> None:
 def refused_line(requirements: Path, root: Path, seen: frozenset = frozenset()) -> str:
     """Why a line of `requirements` (or of a file it includes) is refused, quoting it;
     "" when every line is a plain requirement or an include inside `root`."""
-    for line in logical_lines(requirements.read_text(errors="replace")):
+    text = requirement_text(requirements)
+    if text is None:
+        return f"requirements file {requirements.name!r} is refused: it is not UTF-8 text."
+    for line in logical_lines(text):
         if reason := line_refusal(line, requirements.parent, root):
             return f"requirements line {line!r} is refused: {reason}."
-        include = INCLUDE.match(line)
-        nested = (requirements.parent / include[3]).resolve() if include else None
-        deeper = nested and nested not in seen and nested.is_file()
-        if deeper and (refusal := refused_line(nested, root, seen | {nested})):
+        included = include_path(line)
+        nested = (requirements.parent / included).resolve() if included else None
+        if not nested or nested in seen:
+            continue
+        if not nested.is_file():
+            return f"requirements line {line!r} is refused: the file it includes cannot be read."
+        if refusal := refused_line(nested, root, seen | {nested}):
             return refusal
     return ""
+
+
+def requirement_text(requirements: Path) -> str | None:
+    """The file's text, None when it is not UTF-8: pip would honour a UTF-16/32 byte-order
+    mark (or guess another encoding) and read lines this check never saw."""
+    try:
+        return requirements.read_bytes().decode("utf-8-sig")
+    except (OSError, UnicodeDecodeError):
+        return None
 
 
 def logical_lines(text: str) -> list[str]:
@@ -371,19 +478,47 @@ def logical_lines(text: str) -> list[str]:
     return [line for line in lines if line]
 
 
+def include_path(line: str) -> str | None:
+    """The file an `-r`/`-c` line includes, unquoted as pip's shlex split does; None when
+    `line` is no include."""
+    try:
+        words = shlex.split(line)
+    except ValueError:
+        return None
+    if len(words) == 2 and words[0] in INCLUDES:
+        return words[1]
+    glued = INCLUDE.match(words[0]) if len(words) == 1 else None
+    return glued[2] if glued else None
+
+
 def line_refusal(line: str, here: Path, root: Path) -> str:
+    if "${" in line:
+        return "'${' would expand an environment variable"
+    if "\ufeff" in line:
+        return "it holds a byte-order mark"
     if line.startswith("-"):
-        include = INCLUDE.match(line)
-        if not include:
+        included = include_path(line)
+        if included is None:
             return "options may not change how or from where packages are installed"
-        return "" if inside(here / include[3], root) else "it includes a file outside the pack"
-    target = line.split(";", 1)[0].strip()
+        return "" if inside(here / included, root) else "it includes a file outside the pack"
+    requirement, options = split_options(line)
+    if any(word.startswith("-") and not word.startswith(LINE_OPTIONS) for word in options):
+        return "a requirement line may carry only --hash and --config-settings options"
+    target = requirement.split(";", 1)[0].strip()
     named = NAME.match(target)
     if named and named[3].startswith("@"):
         return location_refusal(named[3][1:].strip(), here, root)
     if "://" in target or target.startswith(("file:", ".", "/", "~")) or "/" in target:
         return location_refusal(target, here, root)
     return ""
+
+
+def split_options(line: str) -> tuple[str, list[str]]:
+    """A requirement line as pip cuts it: the requirement, then the words from the first
+    one starting with "-" (pip reads them as options; uv cannot parse most of them)."""
+    words = line.split()
+    first = next((i for i, word in enumerate(words) if word.startswith("-")), len(words))
+    return " ".join(words[:first]), words[first:]
 
 
 def location_refusal(target: str, here: Path, root: Path) -> str:

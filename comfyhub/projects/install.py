@@ -176,15 +176,9 @@ def install_registry_pack(project: Project, node: dict, info: dict) -> dict:
 
 
 def install_pack_requirements(project: Project, folder: Path) -> None:
-    log = project.install_log
     envs.install_pack(project, folder)
     if (folder / "install.py").is_file():
-        tools.run(
-            [str(project.venv / "bin" / "python"), "install.py"],
-            log,
-            cwd=folder,
-            timeout=tools.PIP_TIMEOUT,
-        )
+        envs.run_install_script(project, folder)
 
 
 def node_folder(node: dict) -> str:

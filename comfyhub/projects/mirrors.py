@@ -40,6 +40,8 @@ def locked(mirror: Path) -> Iterator[None]:
 
 def ensure(url: str, commit: str, log: Path) -> Path:
     """The mirror of `url`, holding `commit` if the remote has it."""
+    if commit:
+        tools.check_commit(commit)  # before git sees it: "--output=..." is no commit
     mirror = mirror_path(url)
     with locked(mirror):
         if not mirror.exists():
@@ -54,7 +56,7 @@ def ensure(url: str, commit: str, log: Path) -> Path:
 
 def has_commit(repo: Path, commit: str, log: Path) -> bool:
     try:
-        tools.git(log, "cat-file", "-e", f"{commit}^{{commit}}", cwd=repo)
+        tools.git(log, "cat-file", "-e", "--end-of-options", f"{commit}^{{commit}}", cwd=repo)
     except subprocess.CalledProcessError:
         return False
     return True

@@ -66,7 +66,7 @@ def rollback(project: Project, point: RestorePoint) -> None:
                 reinstall_registry_pack(project, pin)
             continue
         if not folder.exists():
-            tools.clone(pin["repository"], folder, log)
+            tools.clone(pin["repository"], folder, log, pin["commit"])
         tools.checkout(folder, pin["commit"], log)
     restore_packages(project, point)
     project.touch(comfyui_commit=point.comfyui_commit, node_pins=point.node_pins)

@@ -197,18 +197,40 @@ def head(repo: Path, log: Path) -> str:
     return git(log, "rev-parse", "HEAD", cwd=repo).strip()
 
 
+def python(venv: Path) -> str:
+    return str(venv / "bin" / "python")
+
+
+def has_lines(requirements: Path) -> bool:
+    text = (
+        requirements.read_bytes().decode("utf-8-sig", errors="replace")
+        if requirements.is_file()
+        else ""
+    )
+    return bool(text.strip())
+
+
 def make_venv(venv: Path, log: Path) -> None:
     run([sys.executable, "-m", "venv", "--clear", str(venv)], log, timeout=300)
 
 
-def pip_install(venv: Path, requirements: Path, log: Path) -> None:
-    if requirements.is_file() and requirements.read_text().strip():
-        pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "--timeout", "60"]
-        run([*pip, "-r", str(requirements)], log, cwd=requirements.parent, timeout=PIP_TIMEOUT)
+def pip_install(
+    venv: Path, requirements: Path, log: Path, constraints: tuple[Path, ...] = ()
+) -> None:
+    """pip adds its own configured constraint files; `constraints` come on top."""
+    if has_lines(requirements):
+        pip = [python(venv), "-m", "pip", "install", "--timeout", "60"]
+        limits = [arg for path in constraints for arg in ("-c", str(path))]
+        run(
+            [*pip, "-r", str(requirements), *limits],
+            log,
+            cwd=requirements.parent,
+            timeout=PIP_TIMEOUT,
+        )
 
 
 def pip_freeze(venv: Path, log: Path) -> str:
-    return run([str(venv / "bin" / "python"), "-m", "pip", "freeze"], log, timeout=120)
+    return run([python(venv), "-m", "pip", "freeze"], log, timeout=120)
 
 
 def remove_tree(path: Path) -> None:
