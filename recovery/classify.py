@@ -58,6 +58,13 @@ class _Verdict(NamedTuple):
     extra: str = ""  # technical text that belongs in the detail, above the traceback
 
 
+def in_brief(exc: BaseException) -> str:
+    """The first sentence of what `classify` says of `exc`, without retry advice: for a
+    status line ("unavailable: <why>") where nothing is retried, the next call asks again."""
+    message = classify(exc).message
+    return re.split(r"(?<=[.!?])\s", message.strip(), maxsplit=1)[0].rstrip(".")
+
+
 def classify(exc: BaseException, now: datetime | None = None) -> Failure:
     """Classify `exc`; `now` (default: timezone.now()) dates an HTTP-date Retry-After."""
     verdict = _diagnose(exc, now or timezone.now())

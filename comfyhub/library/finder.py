@@ -42,7 +42,7 @@ from comfyhub.library.finder_sources import (
 )
 from comfyhub.library.models import FinderAnswer
 from comfyhub.library.paths import BadInput, check_sha256
-from recovery.classify import classify
+from recovery.classify import in_brief
 
 __all__ = ["BadInput", "Candidate", "Result", "find"]
 
@@ -120,7 +120,7 @@ def consult(source: str, ask, query: Query, remote: Remote | None, status: dict)
     try:
         found = ask(query, remote)
     except Exception as exc:
-        reason = remote.failure(exc) if remote else finder_sources.plain(classify(exc).message)
+        reason = remote.failure(exc) if remote else in_brief(exc)
         status[source] = f"unavailable: {reason}"
         logger.warning("Finder source %s is unavailable: %s", source, reason)
         return []

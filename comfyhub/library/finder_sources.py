@@ -23,7 +23,7 @@ from django.utils import timezone
 from comfyhub.library import folders, manager_data, sources
 from comfyhub.library.models import FinderAnswer, LocalModel
 from comfyhub.library.paths import BadInput, check_url
-from recovery.classify import classify
+from recovery.classify import in_brief
 from recovery.errors import BreakerOpen, JobError
 from recovery.models import Category, CircuitBreaker
 
@@ -140,13 +140,7 @@ class Remote:
         if isinstance(exc, BreakerOpen):
             when = timezone.localtime(exc.retry_at)
             return f"it failed repeatedly; next try after {when:%H:%M:%S %Z}"
-        return plain(classify(exc).message)
-
-
-def plain(message: str) -> str:
-    """The first sentence of a classified message, without "retried automatically" advice
-    (a search is not retried; the next one simply asks again)."""
-    return re.split(r"(?<=[.!?])\s", message.strip(), maxsplit=1)[0].rstrip(".")
+        return in_brief(exc)
 
 
 def expect(payload, kind: type, what: str):

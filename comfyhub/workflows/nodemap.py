@@ -24,11 +24,10 @@ import re
 import time
 from dataclasses import dataclass, field
 
-from comfyhub.library.finder_sources import plain
 from comfyhub.library.manager_data import manager_file
 from comfyhub.workflows.parse import REGISTRY_ID
 from comfyhub.workflows.templates import node_types
-from recovery.classify import classify
+from recovery.classify import in_brief
 from recovery.errors import JobError
 from recovery.models import Category
 
@@ -283,7 +282,7 @@ def _load_default(now: float) -> tuple[NodeMap, float]:
 
 def unavailable_because(exc: Exception) -> str:
     """Why the node map is missing, in plain words, for an "unavailable: <why>" status."""
-    reason = plain(classify(exc).message)
+    reason = in_brief(exc)
     return f"ComfyUI-Manager's node list could not be fetched: {reason[:1].lower()}{reason[1:]}"
 
 
@@ -303,5 +302,5 @@ def _load_stats(base_url: str | None, breaker: str | None) -> object:
     try:
         return json.loads(manager_file(STATS_FILE, base_url, breaker=breaker).read_bytes())
     except Exception as exc:  # degrade, never fail: the stars only break ties
-        logger.warning("Without GitHub stars: %s", plain(classify(exc).message))
+        logger.warning("Without GitHub stars: %s", in_brief(exc))
         return None
