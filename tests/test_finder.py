@@ -14,7 +14,7 @@ import pytest
 from django.core.management import CommandError, call_command
 from django.utils import timezone
 
-from comfyhub.library import finder, index, manager_data
+from comfyhub.library import finder, finder_sources, index, manager_data
 from comfyhub.library.models import FinderAnswer
 from recovery.models import CircuitBreaker
 from tests.conftest import manage
@@ -268,7 +268,14 @@ def test_the_link_given_with_the_model_ranks_above_a_name_match_elsewhere(hf):
         ("url", "https://files.invalid/ink.safetensors", 60 + 10 + 40),
         ("huggingface", hf.url("/org/ink/resolve/main/ink.safetensors"), 60),
     ]
-    assert list(result.sources) == ["url", "local", "model-list", "huggingface", "civitai"]
+    assert list(result.sources) == [
+        "url",
+        "local",
+        "model-list",
+        "templates",
+        "huggingface",
+        "civitai",
+    ]
 
 
 def test_a_hugging_face_page_link_becomes_its_file_and_merges_with_what_hf_knows(hf):
@@ -318,7 +325,13 @@ def test_find_model_json_lists_candidates_best_first_and_every_source(hf):
                 "score": 70,
             },
         ],
-        "sources": {"local": "ok", "model-list": "ok", "huggingface": "ok", "civitai": "ok"},
+        "sources": {
+            "local": "ok",
+            "model-list": "ok",
+            "templates": "ok",
+            "huggingface": "ok",
+            "civitai": "ok",
+        },
     }
 
 
@@ -329,7 +342,13 @@ def test_find_model_prints_candidates_and_sources_for_people(hf):
     lines = out.getvalue().splitlines()
     assert lines[0].split() == ["70", "huggingface", "loras/ink.safetensors", "1.2", "KB"]
     assert lines[1].split() == [hf.url("/org/ink/resolve/main/loras/ink.safetensors"), "(org/ink)"]
-    assert lines[2:] == ["local: ok", "model-list: ok", "huggingface: ok", "civitai: ok"]
+    assert lines[2:] == [
+        "local: ok",
+        "model-list: ok",
+        "templates: ok",
+        "huggingface: ok",
+        "civitai: ok",
+    ]
 
 
 def test_find_model_exits_1_when_nothing_is_found(hf, civitai):
@@ -355,3 +374,18 @@ def test_find_model_exits_2_from_the_command_line(tmp_path):
     done = manage("find_model", "/etc/passwd", "--json", env=env)
     assert done.returncode == 2
     assert "must be relative" in done.stderr
+
+
+def test_a_template_file_name_is_answered_from_the_template_catalog_with_no_network(hf, civitai):
+    hf.stop()
+    civitai.stop()
+    package = importlib.util.find_spec("comfyui_manager").submodule_search_locations[0]
+    listed = {
+        e["url"] for e in json.loads((Path(package) / "model-list.json").read_text())["models"]
+    }
+    link = next(c for c in finder_sources.template_links() if c.url not in listed)
+    result = finder.find(link.filename, link.directory)
+    best = result.candidates[0]
+    assert (best.source, best.url, best.directory) == ("templates", link.url, link.directory)
+    assert best.label.startswith("official template ") and result.sources["templates"] == "ok"
+    assert result.sources["huggingface"].startswith("unavailable")

@@ -52,6 +52,7 @@ SOURCES = (
     ("url", finder_sources.embedded),
     ("local", finder_sources.local),
     ("model-list", finder_sources.model_list),
+    ("templates", finder_sources.templates),
     ("huggingface", finder_sources.huggingface),
     ("civitai", finder_sources.civitai),
 )

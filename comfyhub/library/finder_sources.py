@@ -23,6 +23,7 @@ from django.utils import timezone
 from comfyhub.library import folders, manager_data, sources
 from comfyhub.library.models import FinderAnswer, LocalModel
 from comfyhub.library.paths import BadInput, check_url
+from comfyhub.workflows import catalog
 from recovery.classify import in_brief
 from recovery.errors import BreakerOpen, JobError
 from recovery.models import Category, CircuitBreaker
@@ -232,6 +233,27 @@ def model_list_candidate(entry: dict) -> Candidate | None:
     else:
         directory = folders.canonical(save_path)
     return Candidate("model-list", url, filename, directory, label=str(entry.get("name", "")))
+
+
+def templates(query: Query, remote: Remote | None = None) -> list[Candidate]:
+    """Model links the official workflow templates carry (file name + folder -> URL, and a
+    sha256 where a template gives one): the installed template package answers, no network."""
+    return list(template_links())
+
+
+@functools.cache
+def template_links() -> tuple[Candidate, ...]:
+    found: dict[tuple[str, str], Candidate] = {}
+    for group in catalog.catalog():
+        for template in group.templates:
+            for model in template.models:
+                if model.url and (model.directory, model.url) not in found:
+                    name = PurePosixPath(model.name).name
+                    label = f"official template {template.title}"
+                    found[model.directory, model.url] = Candidate(
+                        "templates", model.url, name, model.directory, None, model.sha256, label
+                    )
+    return tuple(found.values())
 
 
 def huggingface(query: Query, remote: Remote) -> list[Candidate]:

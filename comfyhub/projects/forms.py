@@ -20,6 +20,7 @@ MAX_CANDIDATES = 5
 SOURCE_NAMES = {
     "url": "link in the workflow",
     "model-list": "ComfyUI-Manager's model list",
+    "templates": "an official template",
     "huggingface": "Hugging Face",
     "civitai": "CivitAI",
 }
