@@ -9,6 +9,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from django_q.brokers import get_broker
 
 from tests.fileserver import FileServer
 
@@ -235,3 +236,24 @@ def project_dirs(settings, models_dir, tmp_path):
     settings.DATA_DIR.mkdir()
     settings.ALLOW_LOCAL_REPOS = True
     return tmp_path
+
+
+@pytest.fixture
+def pages_dir(settings, project_dirs, tmp_path):
+    """Folders for project page tests; the finder's remote sources answer "unavailable" at
+    once there."""
+    settings.HF_ENDPOINT = settings.CIVITAI_ENDPOINT = f"http://127.0.0.1:{free_port()}"
+    return tmp_path
+
+
+@pytest.fixture
+def dispatch(django_capture_on_commit_callbacks):
+    """Make a request; return its response and how many tasks it handed to the worker."""
+
+    def run(request):
+        before = get_broker().queue_size()
+        with django_capture_on_commit_callbacks(execute=True):
+            response = request()
+        return response, get_broker().queue_size() - before
+
+    return run
