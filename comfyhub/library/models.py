@@ -287,7 +287,8 @@ class KnownModel(models.Model):
     seen_at = models.DateTimeField(default=timezone.now)
 
     class Meta:
-        ordering = ["-seen_at", "-id"]
+        # Newest import first; within one, the file's own order (a launcher's first choice).
+        ordering = ["-seen_at", "id"]
         constraints = [
             models.UniqueConstraint(
                 fields=["directory", "name", "url"], name="one_known_model_per_link"
