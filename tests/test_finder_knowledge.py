@@ -96,6 +96,20 @@ def test_the_import_page_names_the_uploaded_file_as_the_origin(client, offline):
     ]
 
 
+def test_the_import_page_offers_what_an_earlier_import_declared(client, offline):
+    knowledge.learn([ModelRequirement("loras", "gouache_v3.safetensors", MIRROR)], "workflow a")
+    confirm = client.post("/projects/import/", {"text": json.dumps(workflow())})["Location"]
+    html = client.get(confirm).content.decode()
+    assert LINK in html and MIRROR in html and "a file imported before" in html
+
+
+def test_the_admin_lists_known_models_read_only(admin_client):
+    knowledge.learn([ModelRequirement("loras", "gouache_v3.safetensors", LINK, SHA)], "workflow a")
+    listing = admin_client.get("/admin/library/knownmodel/", {"q": "gouache"})
+    assert listing.status_code == 200 and LINK in listing.content.decode()
+    assert admin_client.get("/admin/library/knownmodel/add/").status_code == 403
+
+
 def test_a_known_file_is_found_by_sha256_under_another_name(offline):
     knowledge.learn([ModelRequirement("loras", "gouache_v3.safetensors", LINK, SHA)], "workflow a")
     best = finder.find("renamed.safetensors", sha256=SHA).candidates[0]
