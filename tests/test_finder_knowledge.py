@@ -147,6 +147,7 @@ def test_links_that_are_not_http_and_malformed_hashes_are_not_learnt():
         ModelRequirement("loras", "b.safetensors", "", SHA),
         ModelRequirement("loras", "c.safetensors", "https://files.example/c", "abc123"),
         ModelRequirement("loras", "d.safetensors", "https://files.example/d", SHA, "md5"),
+        ModelRequirement("loras", "e" * 400 + ".safetensors", "https://files.example/e"),
     ]
     assert knowledge.learn(models, "workflow bad.json") == 1
     assert known() == [

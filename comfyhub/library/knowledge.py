@@ -1,6 +1,7 @@
 """What imported files taught us: every model a workflow or launcher.json declares with a
 download link (name, folder, url, and sha256 and size when given) becomes a `KnownModel`,
-which the finder's "known" source searches before any other.
+which the finder's "known" source searches first (right after the link given with the
+requirement itself: see comfyhub.library.finder).
 
 Only entries with an http(s) link are kept, and only with a well-formed sha256 when they
 give one: a bad entry is the workflow's problem (its analysis reports it), so it is skipped
@@ -19,8 +20,9 @@ from comfyhub.library.paths import BadInput, check_sha256, check_size, check_url
 from comfyhub.workflows import parse
 from comfyhub.workflows.analyze import ModelRequirement, required_models
 
-ORIGIN_MAX = KnownModel._meta.get_field("origin").max_length
-URL_MAX = KnownModel._meta.get_field("url").max_length
+ORIGIN_MAX, URL_MAX, NAME_MAX, DIRECTORY_MAX = (
+    KnownModel._meta.get_field(field).max_length for field in ("origin", "url", "name", "directory")
+)
 
 
 def origin(format: str, label: str) -> str:
@@ -52,7 +54,10 @@ def learn_json(data: object, label: str) -> int:
 
 
 def declared(model: ModelRequirement) -> dict | None:
-    """{sha256, size} as the file gives them, or None when its sha256 is malformed."""
+    """{sha256, size} as the file gives them, or None when its sha256 is malformed (or its
+    name too long to keep)."""
+    if len(model.name) > NAME_MAX or len(model.directory) > DIRECTORY_MAX:
+        return None
     sha256 = model.hash if model.hash_type.lower() in ("", "sha256") else ""
     try:
         sha256 = check_sha256(sha256)
