@@ -1,11 +1,12 @@
 """Loopback fakes of the CivitAI and Hugging Face APIs, answering with the real response
 shapes (trimmed to the fields a downloader reads)."""
 
+import base64
 import hashlib
 import json
 import re
 from dataclasses import dataclass
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, urlencode
 
 from tests.fileserver import FileServer, LoopbackServer
 
@@ -31,8 +32,9 @@ class CivitaiVersion:
 
 class FakeCivitai(LoopbackServer):
     """/api/v1/model-versions/<id>, /api/v1/model-versions/by-hash/<sha256>,
-    /api/v1/models/<id>, /api/v1/models?query=&limit= (every word of the query in the
-    model's name; cursor metadata like the real full-text search), and
+    /api/v1/models/<id>, /api/v1/models?query=&limit=[&cursor=] (every word of the query
+    in the model's name; pages as the real full-text search gives them: `metadata` holds
+    `nextCursor` and `nextPage`, the same search from that cursor, while more remain), and
     /api/download/models/<id>, which redirects to the file's `data_url` (put it on a
     FileServer: another port, like the real CDN's other host).
 
@@ -127,17 +129,18 @@ class FakeCivitai(LoopbackServer):
             for model_id, model in self.models.items()
             if all(word in model["name"].lower() for word in words)
         ]
+        cursor = query.get("cursor", [""])[0]
+        start = found.index(int(cursor)) if cursor.isdigit() and int(cursor) in found else 0
+        page = found[start : start + limit]
         metadata = {}
-        if len(found) > limit:
-            cursor = str(found[limit])
+        if start + limit < len(found):
+            cursor = str(found[start + limit])
+            params = {key: values[0] for key, values in query.items()}
             metadata = {
                 "nextCursor": cursor,
-                "nextPage": self.url(f"/api/v1/models?cursor={cursor}"),
+                "nextPage": self.url(f"/api/v1/models?{urlencode({**params, 'cursor': cursor})}"),
             }
-        return {
-            "items": [self.model_json(model_id) for model_id in found[:limit]],
-            "metadata": metadata,
-        }
+        return {"items": [self.model_json(model_id) for model_id in page], "metadata": metadata}
 
     def api(self, path: str, query: dict | None = None) -> tuple[int, dict]:
         if path == "/api/v1/models":
@@ -171,8 +174,10 @@ class FakeCivitai(LoopbackServer):
 
 class FakeHuggingFace(FileServer):
     """Files at /<org>/<repo>/resolve/<rev>/<path> (a FileServer, so Range and scripts
-    work), HTML at .../blob/..., and the JSON of /api/models?search=, /api/models/<repo>
-    (also .../revision/<rev>) and /api/models/<repo>/tree/<rev>[/<folder>][?recursive=1].
+    work), HTML at .../blob/..., and the JSON of /api/models?search=&limit=&sort=downloads
+    (pages like the real hub's: a `Link: <same search&cursor=…>; rel="next"` header while
+    more remain), /api/models/<repo> (also .../revision/<rev>) and
+    /api/models/<repo>/tree/<rev>[/<folder>][?recursive=1].
 
     With `token`, resolve routes want `Authorization: Bearer <token>`; the API does not.
     With `outage` set to a status, every request gets it (a site that is down)."""
@@ -217,7 +222,9 @@ class FakeHuggingFace(FileServer):
         if self.outage:
             return self.reply_json(h, record, self.outage, {"error": "Service unavailable"})
         if path == "/api/models":
-            return self.reply_json(h, record, 200, self.search(query))
+            found, more = self.search(query)
+            link = {"Link": f'<{self.url(f"/api/models?{more}")}>; rel="next"'} if more else {}
+            return self.reply_json(h, record, 200, found, link)
         if match := re.fullmatch(r"/api/models/([^/]+/[^/]+)/tree/([^/]+)/?(.*)", path):
             recursive = query.get("recursive", [""])[0] in {"1", "true", "True"}
             return self.reply_json(h, record, *self.tree(*match.groups(), recursive))
@@ -227,10 +234,24 @@ class FakeHuggingFace(FileServer):
             return self.blob_page(h, record, *match.groups())
         super().handle(h, record)
 
-    def search(self, query: dict) -> list[dict]:
+    def search(self, query: dict) -> tuple[list[dict], str]:
+        """One page of repos whose id holds the search, most downloaded first when asked,
+        and the query string of the next page ("" on the last)."""
         needle = query.get("search", [""])[0].lower()
         limit = int(query.get("limit", ["1000"])[0])
-        found = [repo for repo in self.repos if needle in repo.lower()][:limit]
+        found = [repo for repo in self.repos if needle in repo.lower()]
+        if query.get("sort") == ["downloads"]:
+            found.sort(key=lambda repo: self.repos[repo]["downloads"], reverse=True)
+        cursor = query.get("cursor", [""])[0]
+        start = int(base64.urlsafe_b64decode(cursor)) if cursor else 0
+        more = ""
+        if start + limit < len(found):
+            params = {key: values[0] for key, values in query.items()}
+            cursor = base64.urlsafe_b64encode(str(start + limit).encode()).decode()
+            more = urlencode({**params, "cursor": cursor})
+        return self.repo_json(found[start : start + limit]), more
+
+    def repo_json(self, found: list[str]) -> list[dict]:
         return [
             {
                 "_id": hashlib.md5(repo.encode(), usedforsecurity=False).hexdigest()[:24],

@@ -270,6 +270,7 @@ def test_the_link_given_with_the_model_ranks_above_a_name_match_elsewhere(hf):
     ]
     assert list(result.sources) == [
         "url",
+        "known",
         "local",
         "model-list",
         "templates",
@@ -326,6 +327,7 @@ def test_find_model_json_lists_candidates_best_first_and_every_source(hf):
             },
         ],
         "sources": {
+            "known": "ok",
             "local": "ok",
             "model-list": "ok",
             "templates": "ok",
@@ -343,6 +345,7 @@ def test_find_model_prints_candidates_and_sources_for_people(hf):
     assert lines[0].split() == ["70", "huggingface", "loras/ink.safetensors", "1.2", "KB"]
     assert lines[1].split() == [hf.url("/org/ink/resolve/main/loras/ink.safetensors"), "(org/ink)"]
     assert lines[2:] == [
+        "known: ok",
         "local: ok",
         "model-list: ok",
         "templates: ok",

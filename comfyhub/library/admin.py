@@ -7,7 +7,7 @@ so the admin cannot add or edit one; deleting stays allowed, like Clear.
 from django.contrib import admin
 from django.http import HttpRequest
 
-from comfyhub.library.models import StoredToken, mask
+from comfyhub.library.models import KnownModel, StoredToken, mask
 
 
 @admin.register(StoredToken)
@@ -25,3 +25,18 @@ class StoredTokenAdmin(admin.ModelAdmin):
     def token(self, stored: StoredToken) -> str:
         value = stored.value
         return mask(value) if value else "can't be read; enter it again on the Settings page"
+
+
+@admin.register(KnownModel)
+class KnownModelAdmin(admin.ModelAdmin):
+    """What imported files taught the finder; read-only (imports write it), deletable."""
+
+    list_display = ("directory", "name", "url", "sha256", "origin", "seen_at")
+    search_fields = ("name", "url", "sha256", "origin")
+    readonly_fields = ("directory", "name", "url", "sha256", "size", "origin", "seen_at")
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj=None) -> bool:
+        return False

@@ -1,12 +1,19 @@
 """Where to get a model file: `find(name, directory, sha256, url)`.
 
-Sources are asked in this order: the link given with the requirement (`url`), the local
-models folder (by name and by sha256), ComfyUI-Manager's model list, Hugging Face (repo
-search + file tree) and CivitAI (by-hash when a sha256 is known, then search). Candidates
-with the same URL are merged (blanks filled from later sources), scored and returned
-best first. A source that fails, or whose breaker is open, is named in `Result.sources`
-as "unavailable: <why>"; it never fails the search. Remote answers are cached in the
-database (`FinderAnswer`, FINDER_CACHE_SECONDS) and each request waits at most
+Sources are asked in this order: the link given with the requirement (`url`), what
+imported workflows and launcher.json files declared (`known`, by name and by sha256; see
+`knowledge`), the local models folder (by name and by sha256), ComfyUI-Manager's model
+list, the official templates' links, Hugging Face (repo search + file trees) and CivitAI
+(by-hash when a sha256 is known, then search), the last two reading later result pages
+while no file matches. "known" comes after the given link so that a link both give keeps
+the given link's points (merged candidates keep the first source's), and before the rest
+so that it wins their ties. Every source is asked: the remote ones' answers are cached,
+and one that is down only says so in `Result.sources`.
+
+Candidates with the same URL are merged (blanks filled from later sources), scored and
+returned best first. A source that fails, or whose breaker is open, is named in
+`Result.sources` as "unavailable: <why>"; it never fails the search. Remote answers are
+cached in the database (`FinderAnswer`, FINDER_CACHE_SECONDS) and each request waits at most
 FINDER_TIMEOUT seconds. ComfyUI-Manager's model list is a file instead (`manager_data`),
 revalidated once older than FINDER_CACHE_SECONDS, behind its own breaker.
 
@@ -50,6 +57,7 @@ logger = logging.getLogger(__name__)
 
 SOURCES = (
     ("url", finder_sources.embedded),
+    ("known", finder_sources.known),
     ("local", finder_sources.local),
     ("model-list", finder_sources.model_list),
     ("templates", finder_sources.templates),

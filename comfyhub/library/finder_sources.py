@@ -6,6 +6,11 @@ younger than FINDER_CACHE_SECONDS, otherwise from the network, once the source's
 breaker allows it. Response shapes are the real APIs' (tests/fakeapis.py mirrors them).
 ComfyUI-Manager's model list is a file instead (`manager_data`), revalidated once older
 than FINDER_CACHE_SECONDS, behind its own breaker (`finder:model-list`).
+
+Searches read later pages (Hugging Face's `Link: rel="next"` header, CivitAI's
+`metadata.nextPage`), up to SEARCH_PAGES pages, only while no page so far had a match
+(`Query.matches`: the same normalised file name, or the wanted sha256). Each page is one
+request like any other: cached, behind the breaker, within FINDER_TIMEOUT.
 """
 
 import functools
@@ -21,7 +26,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from comfyhub.library import folders, manager_data, sources
-from comfyhub.library.models import FinderAnswer, LocalModel
+from comfyhub.library.models import FinderAnswer, KnownModel, LocalModel
 from comfyhub.library.paths import BadInput, check_url
 from comfyhub.workflows import catalog
 from recovery.classify import in_brief
@@ -31,8 +36,11 @@ from recovery.models import Category, CircuitBreaker
 MODEL_SUFFIXES = (".safetensors", ".sft", ".ckpt", ".pt", ".pth", ".bin", ".gguf", ".onnx")
 SEPARATORS = re.compile(r"[-_.\s]+")
 SEARCH_LIMIT = 10
+SEARCH_PAGES = 3  # pages of one search read at most, while none has a match
 HF_SEARCHES = 3  # ever shorter search terms tried until one finds repos
-HF_TREES = 4  # repos whose file tree is read
+HF_TREES = 4  # repos per search page, each one's file tree read
+KNOWN_ROWS = 50  # rows of the knowledge table read per search, newest first
+NEXT_URL_MAX = FinderAnswer._meta.get_field("next_url").max_length
 CIVITAI_SEARCHES = 2
 CIVITAI_VERSIONS = 3  # newest versions of each model found
 
@@ -64,6 +72,13 @@ class Query:
     @property
     def filename(self) -> str:
         return PurePosixPath(self.name).name
+
+    def matches(self, filename: str, sha256: str = "") -> bool:
+        """Whether a file is the wanted one by name (case, extension and separators
+        ignored) or by sha256."""
+        if self.sha256 and sha256 and self.sha256 == sha256.lower():
+            return True
+        return normalise(PurePosixPath(filename).name) == normalise(self.filename)
 
     def search_terms(self, most: int, joiner: str = "") -> list[str]:
         """The file's stem, then ever shorter prefixes of it cut at separators:
@@ -121,20 +136,24 @@ class Remote:
 
     def get_json(self, url: str):
         """The JSON body at `url`, or None when the source says there is nothing there."""
+        return self.get_page(url)[0]
+
+    def get_page(self, url: str) -> tuple[object, str]:
+        """get_json(url) and the link to the next page its `Link` header gives ("": none)."""
         cached = FinderAnswer.objects.fresh(url, self.now)
         if cached is not None:
-            return cached.payload
+            return cached.payload, cached.next_url
         with CircuitBreaker.guard(self.breaker):
-            payload = self.request(url)
-        FinderAnswer.objects.remember(self.source, url, payload, self.now)
-        return payload
+            payload, next_url = self.request(url)
+        FinderAnswer.objects.remember(self.source, url, payload, self.now, next_url)
+        return payload, next_url
 
-    def request(self, url: str):
+    def request(self, url: str) -> tuple[object, str]:
         response = self.client.get(url, headers=sources.auth_headers(url))
         if response.status_code in (404, 410):
-            return None
+            return None, ""
         response.raise_for_status()
-        return response.json()
+        return response.json(), same_site(response.links.get("next", {}).get("url", ""), url)
 
     def failure(self, exc: Exception) -> str:
         """The plain reason to show for `exc`, which made this source unavailable."""
@@ -142,6 +161,16 @@ class Remote:
             when = timezone.localtime(exc.retry_at)
             return f"it failed repeatedly; next try after {when:%H:%M:%S %Z}"
         return in_brief(exc)
+
+
+def same_site(link: object, asked: str) -> str:
+    """`link` (a next page) when it is an http(s) URL on the host that was asked, else "":
+    a page never sends the finder, or a token, to another site."""
+    if not isinstance(link, str) or not link or len(link) > NEXT_URL_MAX:
+        return ""
+    parts, origin = urlsplit(link), urlsplit(asked)
+    same = (parts.scheme, parts.netloc) == (origin.scheme, origin.netloc)
+    return link if same else ""
 
 
 def expect(payload, kind: type, what: str):
@@ -167,18 +196,39 @@ def embedded(query: Query, remote: Remote | None = None) -> list[Candidate]:
     return [Candidate("url", url, filename, query.directory, label="link given with the model")]
 
 
+def known(query: Query, remote: Remote | None = None) -> list[Candidate]:
+    """Links that imported workflows and launcher.json files declared for the wanted name
+    or sha256 (comfyhub.library.knowledge), most recently seen first."""
+    rows = KnownModel.objects.filter(name_or_hash(query))[:KNOWN_ROWS]
+    return [
+        Candidate(
+            "known",
+            row.url,
+            PurePosixPath(row.name).name,
+            row.directory,
+            row.size,
+            row.sha256,
+            label=f"declared by {row.origin}",
+        )
+        for row in rows
+        if query.matches(row.name, row.sha256)
+    ]
+
+
+def name_or_hash(query: Query) -> Q:
+    """Rows that may match `query`: a name holding its longest word, or its sha256
+    (Query.matches decides)."""
+    longest = max(normalise(query.filename).split(), key=len, default="")
+    match = Q(name__icontains=longest) if longest else Q(pk__in=[])
+    return match | Q(sha256=query.sha256) if query.sha256 else match
+
+
 def local(query: Query, remote: Remote | None = None) -> list[Candidate]:
     """Files in the models folder with the wanted name (any subfolder) or sha256."""
-    wanted = normalise(query.filename)
-    longest = max(wanted.split(), key=len, default="")
-    match = Q(name__icontains=longest) if longest else Q(pk__in=[])
-    if query.sha256:
-        match |= Q(sha256=query.sha256)
     found = {
         (row.directory, row.name): row.sha256
-        for row in LocalModel.objects.filter(match)
-        if normalise(PurePosixPath(row.name).name) == wanted
-        or (query.sha256 and row.sha256 == query.sha256)
+        for row in LocalModel.objects.filter(name_or_hash(query))
+        if query.matches(row.name, row.sha256)
     }
     if query.directory:  # present but not indexed yet
         found.setdefault((query.directory, query.name), "")
@@ -257,16 +307,31 @@ def template_links() -> tuple[Candidate, ...]:
 
 
 def huggingface(query: Query, remote: Remote) -> list[Candidate]:
-    """Model files in the most downloaded repos whose id matches the name."""
+    """Model files in the most downloaded repos whose id matches the name: the first search
+    term that finds repos, page after page while no file matches (SEARCH_PAGES)."""
     base = settings.HF_ENDPOINT.rstrip("/")
-    repos = []
     for term in query.search_terms(HF_SEARCHES):
-        params = {"search": term, "limit": SEARCH_LIMIT, "sort": "downloads", "direction": -1}
-        found = expect(remote.get_json(f"{base}/api/models?{urlencode(params)}"), list, base)
-        repos = [item["id"] for item in found if isinstance(item, dict) and "id" in item]
-        if repos:
+        params = {"search": term, "limit": HF_TREES, "sort": "downloads", "direction": -1}
+        found = hf_search(query, remote, base, f"{base}/api/models?{urlencode(params)}")
+        if found is not None:
+            return found
+    return []
+
+
+def hf_search(query: Query, remote: Remote, base: str, url: str) -> list[Candidate] | None:
+    """The files of the repos on each page of one search, or None when it finds no repo."""
+    found, pages = [], 0
+    while url and pages < SEARCH_PAGES:
+        listed, url = remote.get_page(url)
+        items = [item for item in expect(listed, list, base) if isinstance(item, dict)]
+        repos = [item["id"] for item in items if isinstance(item.get("id"), str)]
+        if not repos:
             break
-    return [candidate for repo in repos[:HF_TREES] for candidate in hf_files(remote, base, repo)]
+        found += [c for repo in repos[:HF_TREES] for c in hf_files(remote, base, repo)]
+        pages += 1
+        if any(query.matches(c.filename, c.sha256) for c in found):
+            break
+    return found if pages else None
 
 
 def hf_files(remote: Remote, base: str, repo: str) -> list[Candidate]:
@@ -302,14 +367,30 @@ def civitai(query: Query, remote: Remote) -> list[Candidate]:
             found += civitai_files(version, version.get("model") or {})
     for term in query.search_terms(CIVITAI_SEARCHES, joiner=" "):
         url = f"{base}/api/v1/models?{urlencode({'query': term, 'limit': SEARCH_LIMIT})}"
-        items = expect(remote.get_json(url) or {}, dict, base).get("items") or []
-        models = [item for item in expect(items, list, base) if isinstance(item, dict)]
+        pages = civitai_search(query, remote, base, url, found)
+        if pages:
+            break
+    return found
+
+
+def civitai_search(query: Query, remote: Remote, base: str, url: str, found: list) -> int:
+    """Adds to `found` the files of each page of one search until one matches (by-hash
+    finds count: they came first); returns how many pages had models."""
+    pages = 0
+    while url and pages < SEARCH_PAGES:
+        page = expect(remote.get_json(url) or {}, dict, base)
+        items = expect(page.get("items") or [], list, base)
+        models = [item for item in items if isinstance(item, dict)]
+        if not models:
+            break
         for model in models:
             for version in (model.get("modelVersions") or [])[:CIVITAI_VERSIONS]:
                 found += civitai_files(version, model)
-        if models:
+        pages += 1
+        if any(query.matches(c.filename, c.sha256) for c in found):
             break
-    return found
+        url = same_site((page.get("metadata") or {}).get("nextPage"), url)
+    return pages
 
 
 def civitai_files(version: dict, model: dict) -> list[Candidate]:

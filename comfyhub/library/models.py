@@ -238,10 +238,16 @@ class FinderAnswerQuerySet(models.QuerySet):
         key = FinderAnswer.key_for(url)
         return self.filter(key=key, fetched_at__gt=finder_cutoff(now)).first()
 
-    def remember(self, source: str, url: str, payload, now) -> None:
+    def remember(self, source: str, url: str, payload, now, next_url: str = "") -> None:
         self.update_or_create(
             key=FinderAnswer.key_for(url),
-            defaults={"source": source, "url": url, "payload": payload, "fetched_at": now},
+            defaults={
+                "source": source,
+                "url": url,
+                "payload": payload,
+                "next_url": next_url,
+                "fetched_at": now,
+            },
         )
 
 
@@ -254,6 +260,7 @@ class FinderAnswer(models.Model):
     source = models.CharField(max_length=32)
     url = models.URLField(max_length=2000)
     payload = models.JSONField(null=True, blank=True)
+    next_url = models.URLField(max_length=2000, blank=True)  # the next page (a Link header)
     fetched_at = models.DateTimeField(db_index=True)
 
     objects = FinderAnswerQuerySet.as_manager()
@@ -264,6 +271,32 @@ class FinderAnswer(models.Model):
     @staticmethod
     def key_for(url: str) -> str:
         return hashlib.sha256(url.encode()).hexdigest()
+
+
+class KnownModel(models.Model):
+    """A model file an imported workflow or launcher.json declared: where it goes, where it
+    can be downloaded and, when the file said, its sha256 and size. The finder's "known"
+    source reads it (comfyhub.library.knowledge writes it)."""
+
+    directory = models.CharField(max_length=200)
+    name = models.CharField(max_length=300)  # as the workflow names it (may hold subfolders)
+    url = models.URLField(max_length=2000)
+    sha256 = models.CharField(max_length=64, blank=True, db_index=True)
+    size = models.BigIntegerField(null=True, blank=True)
+    origin = models.CharField(max_length=300)  # "workflow <file>" | "launcher <file>"
+    seen_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        # Newest import first; within one, the file's own order (a launcher's first choice).
+        ordering = ["-seen_at", "id"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["directory", "name", "url"], name="one_known_model_per_link"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.directory}/{self.name} <- {self.url}"
 
 
 class TokenName(models.TextChoices):

@@ -6,7 +6,7 @@ from urllib.parse import unquote, urlsplit
 import httpx
 from django import forms
 
-from comfyhub.library import finder, index
+from comfyhub.library import finder, index, knowledge
 from comfyhub.library.fetch import human
 from comfyhub.library.paths import BadInput, check_url
 from comfyhub.projects import specs
@@ -19,6 +19,7 @@ FETCH_TIMEOUT = 20.0
 MAX_CANDIDATES = 5
 SOURCE_NAMES = {
     "url": "link in the workflow",
+    "known": "a file imported before",
     "model-list": "ComfyUI-Manager's model list",
     "templates": "an official template",
     "huggingface": "Hugging Face",
@@ -144,6 +145,20 @@ class ImportForm(forms.Form):
         upload, url = self.cleaned_data.get("file"), self.data.get("url", "")
         named = self.files["file"].name if upload is not None else unquote(urlsplit(url).path)
         return PurePosixPath(named or "").stem[:100] or "Imported workflow"
+
+    def learn(self) -> int:
+        """Teach the finder the model links the workflow declares (knowledge.learn)."""
+        requirements = self.cleaned_data["requirements"]
+        origin = knowledge.origin(requirements.format, self.file_label())
+        return knowledge.learn(requirements.models, origin)
+
+    def file_label(self) -> str:
+        """The uploaded file's name, the linked file's name, or "pasted JSON"."""
+        if self.cleaned_data.get("file") is not None:
+            return self.files["file"].name
+        if self.cleaned_data.get("url") is not None:
+            return unquote(PurePosixPath(urlsplit(self.data["url"].strip()).path).name) or "link"
+        return "pasted JSON"
 
     def state(self) -> dict:
         """What the next step needs, kept on the server (session): the workflow, what it

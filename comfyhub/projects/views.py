@@ -105,6 +105,7 @@ def import_workflow(request: HttpRequest) -> HttpResponse:
     posted = request.method == "POST"
     form = ImportForm(request.POST if posted else None, request.FILES if posted else None)
     if posted and form.is_valid():
+        form.learn()
         return redirect("project-import-confirm", token=remember_import(request, form.state()))
     return render(request, "projects/import.html", {"form": form}, status=400 if posted else 200)
 

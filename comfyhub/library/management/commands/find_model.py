@@ -10,9 +10,11 @@ from comfyhub.library.paths import BadInput, check_url
 
 class Command(BaseCommand):
     help = (
-        "Find where to get the model file NAME: the link given with it (--url), the local "
-        "models folder, ComfyUI-Manager's model list, Hugging Face and CivitAI; best "
-        "candidate first. A source that is down is reported, it does not fail the search. "
+        "Find where to get the model file NAME: the link given with it (--url), links "
+        "that imported workflows and launcher.json files declared, the local models folder, "
+        "ComfyUI-Manager's model list, the official templates, Hugging Face and CivitAI "
+        "(a few result pages while none matches); best candidate first. A source that is "
+        "down is reported, it does not fail the search. "
         "Exit 0 found at least one candidate, 1 none, 2 bad input."
     )
 

@@ -1,7 +1,9 @@
 import json
+from pathlib import Path
 
 from django.core.management.base import BaseCommand, CommandError
 
+from comfyhub.library import knowledge
 from comfyhub.projects import install, specs
 from comfyhub.projects.models import MAX_NAME, Project, ProjectStatus, check_name
 from recovery.engine import run_foreground
@@ -12,7 +14,8 @@ class Command(BaseCommand):
     help = (
         "Create a project from a workflow file, an official template or a launcher.json, "
         "and install it here (same job as the worker: re-running after a kill resumes); the "
-        "install ends by asking its ComfyUI what it sees (see check_project). Prints "
+        "install ends by asking its ComfyUI what it sees (see check_project). The model "
+        "links a workflow or launcher.json declares are remembered for the finder. Prints "
         "{status, slug, error, check} with --json (status: ready, attention or failed). "
         "Exit 0 ready, 1 attention or failed, 2 bad input "
         f"(e.g. a name longer than {MAX_NAME} characters)."
@@ -49,9 +52,14 @@ class Command(BaseCommand):
     def spec(self, options: dict) -> dict:
         if options["template"]:
             return specs.from_template(options["template"])
+        path = options["launcher"] or options["workflow"]
+        data = specs.read_json(path)
         if options["launcher"]:
-            return specs.from_launcher(specs.read_json(options["launcher"]))
-        return specs.from_workflow(specs.read_json(options["workflow"]), options["name"])
+            spec = specs.from_launcher(data)
+        else:
+            spec = specs.from_workflow(data, options["name"])
+        knowledge.learn_json(data, Path(path).name)
+        return spec
 
     def report(self, project: Project, job, as_json: bool) -> None:
         installed = project.installed

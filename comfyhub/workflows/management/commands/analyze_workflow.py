@@ -4,7 +4,7 @@ from pathlib import Path
 
 from django.core.management.base import BaseCommand, CommandError
 
-from comfyhub.library import index
+from comfyhub.library import index, knowledge
 from comfyhub.workflows.analyze import analyze_file
 from comfyhub.workflows.parse import Format
 from recovery.classify import classify
@@ -22,7 +22,8 @@ class Command(BaseCommand):
     help = (
         "Show what each workflow needs: model files (and whether they are already in the "
         "models folder), custom node packs (with pinned commits when known) and node types "
-        "nobody provides. PATH is a workflow, API prompt or launcher.json, or a folder "
+        "nobody provides; the model links they declare are remembered for the finder "
+        "(find_model). PATH is a workflow, API prompt or launcher.json, or a folder "
         "(every *.json below it, except index*.json catalogs). With --json, one JSON object "
         "per workflow per line. Without ComfyUI-Manager's node map (package missing, its "
         "site unreachable) models are still reported and custom-node resolution is marked "
@@ -51,6 +52,7 @@ class Command(BaseCommand):
         try:
             requirements = analyze_file(path)
             index.mark_present(requirements.models)
+            knowledge.learn(requirements.models, knowledge.origin(requirements.format, path.name))
             return {"file": str(path), **requirements.as_json(), "error": None}
         except Exception as exc:  # each file gets its own verdict; the others still run
             failure = classify(exc)
