@@ -1,5 +1,6 @@
 # make run  : set up .venv, migrate, start web + worker on http://127.0.0.1:4000
 # make test : set up .venv and run the whole suite
+# make media: add the video, audio/3D and API templates' pictures to the gallery
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -7,7 +8,7 @@ STAMP := $(VENV)/.installed-stamp
 SCALE_ENV := COMFYHUB_DATABASE_URL=postgresql://postgres@127.0.0.1:5432/test \
 	COMFYHUB_REDIS_URL=redis://127.0.0.1:6379/0
 
-.PHONY: install run migrate test test-scale lint format clean
+.PHONY: install media run migrate test test-scale lint format clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -19,6 +20,9 @@ $(STAMP): pyproject.toml Makefile
 	touch $(STAMP)
 
 install: $(STAMP)
+
+media: install
+	$(BIN)/python -m pip install --quiet -e ".[test,scale,media]"
 
 migrate: install
 	$(BIN)/python manage.py migrate --noinput

@@ -11,36 +11,20 @@ from pathlib import Path
 
 import pytest
 
+from tests.browsing import chromium
 from tests.conftest import ROOT, Server, free_port
 from tests.fakecomfy import comfyui_repo
 from tests.fileserver import FileServer
 
 pytestmark = [pytest.mark.browser, pytest.mark.e2e]
 
-CHROMIUM = "/usr/bin/chromium"
 SCREENS = ROOT / "test-artifacts" / "screens"
 MiB = 1024 * 1024
 
 
 @pytest.fixture(scope="module")
 def browser():
-    if not os.path.exists(CHROMIUM):
-        pytest.skip("needs Debian's chromium package: apt-get install -y chromium")
-    from playwright.sync_api import sync_playwright
-
-    flags = [
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-    ]
-    with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=CHROMIUM, args=flags)
-        yield launched
-        launched.close()
+    yield from chromium()
 
 
 @pytest.fixture(scope="module")

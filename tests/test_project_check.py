@@ -95,6 +95,8 @@ def test_a_pack_whose_init_raises_ends_attention_and_check_again_makes_it_ready(
     assert project.status == ProjectStatus.ATTENTION
     assert project.last_check["packs_failed"] == failed
     assert project.last_check["node_types_missing"] == ["FakeSampler"]
+    printed = project.last_check["failure_lines"]["Broken-Nodes"]
+    assert printed.startswith("Traceback") and "RuntimeError: boom" in printed
     code, report = check_json(project.slug)
     assert code == 1 and report["packs_failed"] == failed and not report["ok"]
     folder = project.comfyui_dir / "custom_nodes/Broken-Nodes"
@@ -137,6 +139,22 @@ def test_a_model_comfyui_cannot_see_is_missing_under_its_key(comfy, folders):
     assert code == 1
     assert report["models_missing"] == ["clip/t5.safetensors", "diffusion_models/flux-q4.gguf"]
     assert Project.objects.get(pk=project.pk).status == ProjectStatus.ATTENTION
+
+
+def test_relink_points_comfyui_at_the_models_folder_again_and_the_model_is_seen(comfy, folders):
+    (folders / "models/loras").mkdir(parents=True)
+    (folders / "models/loras/style.safetensors").write_bytes(b"weights")
+    model = {"directory": "loras", "name": "style.safetensors", "url": ""}
+    project = build("Relink", comfy, models=[model])
+    (project.comfyui_dir / "extra_model_paths.yaml").write_text("")  # lost, say by hand
+    assert check.check(project, timeout=30)["models_missing"] == ["loras/style.safetensors"]
+    assert project.unseen_models() == [
+        {"key": "loras/style.safetensors", "present": True, "url": ""}
+    ]
+    job = project.queue_job("project_check", dispatch=False, relink=True)
+    assert run_foreground(job.pk).status == Status.SUCCEEDED
+    project.refresh_from_db()
+    assert project.last_check["ok"] and project.status == ProjectStatus.READY
 
 
 def test_check_project_on_an_unknown_slug_exits_2():

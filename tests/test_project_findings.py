@@ -6,8 +6,9 @@ import sys
 
 import pytest
 
+from comfyhub.library.models import Download
 from comfyhub.live.consumers import JobConsumer
-from comfyhub.projects import runtime
+from comfyhub.projects import check, runtime
 from comfyhub.projects.models import Project, ProjectStatus, RunState, follow_install_job
 from recovery.models import Job, Status
 from tests.projectpages import make
@@ -149,3 +150,58 @@ def test_the_live_cards_of_a_check_and_a_pack_addition_say_what_runs_and_refresh
     Job.objects.filter(pk=check.pk).update(status=Status.SUCCEEDED)
     done = consumer.load(check.pk)[1]
     assert "ComfyUI was asked" in done and f'id="findings-{project.pk}"' in done
+
+
+def test_a_model_comfyui_cannot_see_offers_a_download_or_a_relink_when_the_file_is_there(
+    client, folders, settings
+):
+    project = installed(folders, last_check=FOUND)
+    html = client.get(f"/projects/{project.slug}/").content.decode()
+    assert 'name="model" value="checkpoints/a.safetensors"' in html and "Download it" in html
+    assert "Relink and check again" not in html
+    (settings.MODELS_DIR / "checkpoints").mkdir(parents=True, exist_ok=True)
+    (settings.MODELS_DIR / "checkpoints" / "a.safetensors").write_bytes(b"weights")
+    html = client.get(f"/projects/{project.slug}/").content.decode()
+    assert 'name="relink" value="1"' in html and "Relink and check again" in html
+    assert 'value="checkpoints/a.safetensors"' not in html.split('id="models-h"')[0]
+
+
+def test_download_it_queues_the_model_the_check_missed(client, dispatch, folders):
+    project = installed(folders, last_check=FOUND)
+    data = {"model": "checkpoints/a.safetensors"}
+    response, _ = dispatch(lambda: client.post(f"/projects/{project.slug}/models/download/", data))
+    assert response.status_code == 302
+    assert Download.objects.get().dest == "checkpoints/a.safetensors"
+
+
+def test_relink_queues_a_check_that_points_comfyui_at_the_models_again(client, dispatch, folders):
+    project = installed(folders, last_check=FOUND)
+    url = f"/projects/{project.slug}/check/"
+    response, sent = dispatch(lambda: client.post(url, {"relink": "1"}))
+    job = Job.objects.get(kind="project_check")
+    assert response.status_code == 302 and sent == 1
+    assert job.params == {"project": project.pk, "relink": True}
+
+
+def test_a_failed_pack_shows_the_lines_comfyui_printed_for_it(client, folders):
+    lines = 'Traceback (most recent call last):\n  File "x"\nModuleNotFoundError: cv2'
+    found = {**FOUND, "failure_lines": {"Broken-Pack": lines}}
+    project = installed(folders, last_check=found)
+    html = client.get(f"/projects/{project.slug}/").content.decode()
+    assert "What ComfyUI printed" in html and "ModuleNotFoundError: cv2</pre>" in html
+
+
+def test_the_failure_lines_are_the_traceback_before_each_cannot_import_line():
+    lines = [
+        "Traceback (most recent call last):",
+        "  an older, unrelated failure",
+        "Starting server",
+        "Traceback (most recent call last):",
+        '  File "/p/custom_nodes/Broken/__init__.py", line 1',
+        "RuntimeError: boom",
+        "Cannot import /p/custom_nodes/Broken module for custom nodes: boom",
+        "Cannot import /p/custom_nodes/Quiet module for custom nodes: no traceback",
+    ]
+    found = check.failure_lines(lines)
+    assert found["Broken"] == "\n".join(lines[3:7])
+    assert found["Quiet"] == lines[7]

@@ -114,7 +114,7 @@ def test_create_from_a_template_queues_the_install_and_lands_on_the_project(clie
     response, sent = dispatch(lambda: client.post("/projects/new/", data))
     project = Project.objects.get()
     assert response.status_code == 302 and response["Location"] == "/projects/my-flux/"
-    assert project.spec["workflow_name"] == template.name
+    assert project.spec["workflow_name"] == project.spec["template"] == template.name
     # The install, and each missing model's download started right away.
     downloads = Download.objects.count()
     assert downloads and project.install_job.status == Status.QUEUED and sent == 1 + downloads

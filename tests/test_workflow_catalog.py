@@ -40,10 +40,12 @@ def test_api_only_templates_need_no_model_files():
     assert all(t.models == () for t in api)
 
 
-def test_thumbnails_are_none_without_a_media_bundle():
+def test_pictures_are_none_without_a_media_bundle_and_never_audio():
     installed = any(importlib.util.find_spec(name) for name in catalog.MEDIA_PACKAGES)
-    thumbnails = {t.thumbnail for c in catalog.catalog() for t in c.templates}
-    assert installed or thumbnails == {None}
+    pictures = {t.picture for c in catalog.catalog() for t in c.templates}
+    assert installed or pictures == {None}
+    audio = {t.name for c in catalog.catalog() for t in c.templates if t.media_type == "audio"}
+    assert audio and not audio & set(catalog.pictures())
 
 
 def test_load_template_returns_the_workflow_json():

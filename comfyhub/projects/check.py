@@ -42,6 +42,8 @@ IMPORT_FAILED = re.compile(r"\(IMPORT FAILED\): (?P<path>.+)")
 LISTED_EXTENSIONS = frozenset(
     {".ckpt", ".pt", ".pt2", ".bin", ".pth", ".safetensors", ".pkl", ".sft"}
 )
+TRACEBACK_SCAN = 400  # how far back a failure's "Traceback" line is looked for
+TRACEBACK_LINES = 40  # the most kept of a failure's traceback: its last frames
 FINDINGS = ("node_types_missing", "models_missing", "packs_failed", "environment")
 
 
@@ -80,13 +82,15 @@ def in_use(project: Project, timeout: float) -> bool:
 
 
 def ask(project: Project) -> dict:
+    """The findings (FINDINGS), and `failure_lines`: {pack: the log lines of its failure}."""
     known = get(project, "object_info")
+    lines = run_lines(project.run_log, project.run_log_start)
     return {
         "node_types_missing": sorted(node_types(project.spec) - set(known)),
         "models_missing": models_missing(project),
-        "packs_failed": packs_left_out(project)
-        + packs_failed(project.run_log, project.run_log_start),
+        "packs_failed": packs_left_out(project) + packs_failed(lines),
         "environment": envs.environment_findings(project),
+        "failure_lines": failure_lines(lines),
     }
 
 
@@ -157,16 +161,32 @@ def read_by_a_pack(model: dict) -> bool:
         return False
 
 
-def packs_failed(log: Path, start: int) -> list[dict]:
+def packs_failed(lines: list[str]) -> list[dict]:
     """[{"name": custom_nodes folder, "error": message}] from ComfyUI's failure lines
     ("Cannot import … module for custom nodes: …", "… (IMPORT FAILED): …")."""
     failed: dict[str, str] = {}
-    for line in run_lines(log, start):
+    for line in lines:
         if match := CANNOT_IMPORT.search(line):
             failed[Path(match["path"]).name] = match["error"].strip() or "It failed to import."
         elif match := IMPORT_FAILED.search(line):
             failed.setdefault(Path(match["path"].strip()).name, "It failed to import.")
     return [{"name": name, "error": error} for name, error in failed.items()]
+
+
+def failure_lines(lines: list[str]) -> dict[str, str]:
+    """{custom_nodes folder: the traceback ComfyUI printed before its "Cannot import"
+    line, and that line}: what the page shows beside the finding."""
+    found = {}
+    for number, line in enumerate(lines):
+        if match := CANNOT_IMPORT.search(line):
+            before = lines[max(0, number - TRACEBACK_SCAN) : number]
+            # Another pack's failure before this one bounds it: its traceback is not ours.
+            ends = [i for i, text in enumerate(before) if CANNOT_IMPORT.search(text)]
+            before = before[ends[-1] + 1 :] if ends else before
+            starts = [i for i, text in enumerate(before) if text.startswith("Traceback")]
+            kept = before[starts[-1] :][-TRACEBACK_LINES:] if starts else []
+            found[Path(match["path"]).name] = "\n".join([*kept, line])
+    return found
 
 
 def run_lines(log: Path, start: int) -> list[str]:

@@ -8,7 +8,7 @@ templates/live/project_<kind>.html with the context registered here.
 
 from comfyhub.live.consumers import card_context
 from comfyhub.projects import check, restore, runtime
-from comfyhub.projects.install import STEP_LABELS, run_steps
+from comfyhub.projects.install import STEP_LABELS, model_paths, run_steps
 from comfyhub.projects.models import (
     Project,
     ProjectStatus,
@@ -43,7 +43,10 @@ def check_again(job: Job) -> None:
     project = runtime_turn(job)
     if why := project.why_not_checkable():  # e.g. Retry started the install meanwhile
         raise JobError(why, category=Category.VALIDATION)
-    check.check(project, timeout=job.params.get("timeout", runtime.HEALTH_TIMEOUT))
+    relink = bool(job.params.get("relink"))
+    if relink:  # ComfyUI reads extra_model_paths.yaml when it starts: restart it for this
+        model_paths(project, job)
+    check.check(project, timeout=job.params.get("timeout", runtime.HEALTH_TIMEOUT), fresh=relink)
 
 
 @recoverable("project_add_node")

@@ -84,11 +84,13 @@ class Project(models.Model):
     `spec` is what the project should be: {"comfyui": {"repository", "commit"},
     "nodes": [{"repository", "commit", "name"}], "models": [{"directory", "name", "url",
     "sha256", "size", "sources"}], "files": [{"path": "input/NAME", "url", "sha256",
-    "size", "sources"}], "workflow": {...} | None, "workflow_name": str}. The pins actually
+    "size", "sources"}], "workflow": {...} | None, "workflow_name": str, "template": the
+    official template's name, only for a project made from one}. The pins actually
     installed are recorded in comfyui_commit / node_pins.
 
     `last_check` is what its ComfyUI saw when last asked (comfyhub.projects.check): {"ok",
-    "node_types_missing", "models_missing", "packs_failed", "checked_at"}, {} before.
+    "node_types_missing", "models_missing", "packs_failed", "environment", "providers",
+    "failure_lines": {pack: its log lines}, "checked_at"}, {} before.
     `run_log_start` is where the current run's lines begin in its ComfyUI log.
     """
 
@@ -190,6 +192,25 @@ class Project(models.Model):
         missing = self.last_check.get("node_types_missing", [])
         rows = [{"type": t, "repository": self.provider(t)} for t in missing]
         return [{**row, "installed": row["repository"].lower() in pinned} for row in rows]
+
+    def failed_packs(self) -> list[dict]:
+        """Each pack the last check found failed, with the log lines of its failure ("" when
+        it left none: a pack the install left out)."""
+        lines = self.last_check.get("failure_lines", {})
+        failed = self.last_check.get("packs_failed", [])
+        return [{**pack, "lines": lines.get(pack["name"], "")} for pack in failed]
+
+    def unseen_models(self) -> list[dict]:
+        """Each model the last check found ComfyUI cannot see, with what helps: the file is
+        in the models folder (`present`: ComfyUI is pointed at it again) or not, and whether
+        a download link is known."""
+        wanted = {model_key(m): m for m in self.spec.get("models", [])}
+        rows = []
+        for key in self.last_check.get("models_missing", []):
+            model = wanted.get(key, {})
+            found = bool(model) and present(model)
+            rows.append({"key": key, "present": found, "url": model.get("url", "")})
+        return rows
 
     @property
     def checked_at(self) -> datetime | None:

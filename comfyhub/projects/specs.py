@@ -32,7 +32,7 @@ def from_template(template_id: str) -> dict:
     except (LookupError, OSError) as exc:
         missing = f"No official template {template_id!r}."
         raise JobError(missing, category=Category.NOT_FOUND) from exc
-    return from_workflow(data, template_id)
+    return {**from_workflow(data, template_id), "template": template_id}
 
 
 def from_launcher(data: object) -> dict:

@@ -5,6 +5,7 @@ from comfyhub.projects import views
 urlpatterns = [
     path("", views.projects, name="projects"),
     path("projects/new/", views.new, name="project-new"),
+    path("projects/templates/<str:name>/picture/", views.template_picture, name="template-picture"),
     path("projects/import/", views.import_workflow, name="project-import"),
     path("projects/import/<str:token>/", views.import_confirm, name="project-import-confirm"),
     path("projects/<slug:slug>/", views.project, name="project"),

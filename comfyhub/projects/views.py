@@ -12,10 +12,16 @@ browser.
 import secrets
 
 from django.core.paginator import Paginator
-from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
+from django.http import FileResponse, Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.utils.http import url_has_allowed_host_and_scheme
-from django.views.decorators.http import require_GET, require_http_methods, require_POST
+from django.views.decorators.http import (
+    condition,
+    require_GET,
+    require_http_methods,
+    require_POST,
+    require_safe,
+)
 
 from comfyhub.projects import install, jobs, runtime
 from comfyhub.projects.export import launcher_json
@@ -30,12 +36,15 @@ from comfyhub.projects.forms import (
     RollbackForm,
 )
 from comfyhub.projects.models import Project, ProjectStatus
+from comfyhub.workflows import catalog
 from recovery.models import Status
 
 PER_PAGE = 48
 IMPORTS = "project_imports"
 KEEP_IMPORTS = 3  # imports a session holds at once (each may be a large workflow)
 LOGS = ("install", "comfyui")
+FOR_GOOD = "public, max-age=31536000, immutable"  # the URL names the file's version
+ASK_AGAIN = "public, no-cache"  # no version in the URL: revalidate by ETag
 
 
 def project_or_404(slug: str) -> Project:
@@ -94,10 +103,29 @@ def new(request: HttpRequest) -> HttpResponse:
     gallery = GalleryForm(request.GET)
     results = gallery.results() if gallery.is_valid() else []
     page = Paginator(results, PER_PAGE).get_page(request.GET.get("page"))
-    context = {"gallery": gallery, "page": page, "form": form}
+    chosen = catalog.by_name().get(request.POST.get("template", ""))
+    context = {"gallery": gallery, "page": page, "form": form, "chosen": chosen}
     template = "projects/_gallery.html" if request.htmx else "projects/new.html"
     failed = request.method == "POST" or not gallery.is_valid()
     return render(request, template, context, status=400 if failed else 200)
+
+
+def picture_etag(request: HttpRequest, name: str) -> str | None:
+    found = catalog.pictures().get(name)
+    return f'"{found.version}"' if found else None
+
+
+@require_safe
+@condition(etag_func=picture_etag)
+def template_picture(request: HttpRequest, name: str) -> FileResponse:
+    """A template's picture from the installed media bundles (only files the catalog
+    found there for a template it lists; a 304 when the browser's ETag still matches)."""
+    found = catalog.pictures().get(name)
+    if found is None:
+        raise Http404(f"No picture for the template {name!r}.")
+    response = FileResponse(found.path.open("rb"), content_type=found.content_type)
+    response["Cache-Control"] = FOR_GOOD if request.GET.get("v") == found.version else ASK_AGAIN
+    return response
 
 
 @require_http_methods(["GET", "POST"])
@@ -158,6 +186,7 @@ def detail(request: HttpRequest, project: Project, status: int = 200, **forms) -
         "logs": {which: project.log_tail(which) for which in LOGS},
         "live_checks": live_checks(project),
         "uncheckable": project.why_not_checkable(),
+        "picture": catalog.pictures().get(project.spec.get("template", "")),
     }
     return render(request, "projects/detail.html", context, status=status)
 
@@ -186,11 +215,13 @@ def launch(request: HttpRequest, slug: str) -> HttpResponse:
 
 @require_POST
 def check_again(request: HttpRequest, slug: str) -> HttpResponse:
-    """Ask ComfyUI again what it sees (a job: it may start ComfyUI for it)."""
+    """Ask ComfyUI again what it sees (a job: it may start ComfyUI for it); with `relink`,
+    point it at the models folder again first."""
     project = project_or_404(slug)
     if why := project.why_not_checkable():
         return problem(request, project, why)
-    project.queue_job("project_check")
+    relink = {"relink": True} if request.POST.get("relink") else {}
+    project.queue_job("project_check", **relink)
     return back(request, project)
 
 
