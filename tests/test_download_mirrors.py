@@ -2,10 +2,13 @@
 good or rests behind an open breaker, keeping the bytes it has when the sha256 is known."""
 
 import hashlib
+import json
 import os
 from datetime import timedelta
+from io import StringIO
 
 import pytest
+from django.core.management import CommandError, call_command
 from django.template.loader import render_to_string
 from django.utils import timezone
 
@@ -200,3 +203,13 @@ def test_the_downloads_page_names_each_cards_mirror_in_three_queries(
     with django_assert_num_queries(3):  # the list, the count per status, the banner
         html = client.get("/downloads/").content.decode()
     assert html.count("mirror 2 of 3 (127.0.0.2:9)") == 4
+
+
+def test_the_download_command_takes_mirrors_and_refuses_a_bad_one(first, second):
+    out = StringIO()
+    args = [first.url("/gone.bin"), "--dest", DEST, "--sha256", SHA, "--json"]
+    call_command("download", *args, "--mirror", second.add("/m.bin", DATA), stdout=out)
+    assert json.loads(out.getvalue())["status"] == Status.SUCCEEDED
+    with pytest.raises(CommandError) as error:
+        call_command("download", *args, "--mirror", "ftp://h/x")
+    assert error.value.returncode == 2 and "ftp://h/x" in str(error.value)

@@ -355,6 +355,7 @@ def test_a_model_whose_first_source_fails_for_good_comes_from_the_next(repos, fo
         assert (folders / f"models/vae/{how}.bin").read_bytes() == data[how]
         log = project.install_log.read_text()
         assert f"vae/{how}.bin: downloaded from mirror 2 of 2 ({host_of(files.base)})" in log
+        assert Download.objects.filter(dest=f"vae/{how}.bin").count() == 1  # one, two sources
 
 
 def test_a_server_error_on_the_first_source_does_not_skip_to_the_next(repos, settings):
