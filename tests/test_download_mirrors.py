@@ -101,6 +101,16 @@ def test_kept_bytes_are_reused_from_the_next_mirror_when_the_sha256_is_known(fir
     assert second.bytes_sent() <= len(DATA) - half
 
 
+def test_kept_bytes_of_another_file_are_caught_by_the_hash_and_fetched_again(first, second):
+    half = len(DATA) // 2
+    wrong = first.add("/m.bin", os.urandom(len(DATA)), script=[f"drop:{half}", "status:404"])
+    download, job = fetch([wrong, second.add("/m.bin", DATA)], sleep=lambda seconds: None)
+    assert job.status == Status.SUCCEEDED and download.path.read_bytes() == DATA
+    ranges = [r["headers"].get("range") for r in second.requests]
+    assert ranges == [f"bytes={half}-", None]  # the kept half, then all of it once caught
+    assert job.integrity_restarts == 1
+
+
 def test_without_a_sha256_the_next_mirror_starts_from_byte_zero(first, second):
     half = len(DATA) // 2
     flaky = first.add("/m.bin", DATA, script=[f"drop:{half}", "status:404"])
