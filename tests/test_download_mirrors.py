@@ -17,6 +17,7 @@ from comfyhub.library.paths import host_of
 from recovery.choices import BreakerState
 from recovery.engine import run_foreground
 from recovery.models import CircuitBreaker, Status
+from recovery.signals import job_changed
 from tests.fileserver import FileServer
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -67,12 +68,22 @@ def open_breaker(url: str) -> None:
 def test_a_404_first_source_fails_over_to_the_second_and_the_file_lands_verified(
     first, second, models_dir
 ):
-    gone = first.url("/gone.bin")
-    download, job = fetch([gone, second.add("/m.bin", DATA)])
+    gone, notes = first.url("/gone.bin"), []
+
+    def record(sender, job, **kwargs):
+        notes.append(job.error_message)
+
+    job_changed.connect(record)
+    try:
+        download, job = fetch([gone, second.add("/m.bin", DATA)])
+    finally:
+        job_changed.disconnect(record)
     assert job.status == Status.SUCCEEDED and download.sha256 == SHA
     assert (models_dir / DEST).read_bytes() == DATA
     assert download.source_index == 1 and download.host == host_of(second.base)
-    assert "404" in download.sources_failed["0"] or "not" in download.sources_failed["0"]
+    assert download.sources_failed == {"0": f"Nothing was found at {gone} (HTTP 404)"}
+    left = f"Mirror 1 of 2 ({host_of(gone)}) failed for good (Nothing was found at {gone}"
+    assert any(note.startswith(left) for note in notes)
 
 
 def test_a_source_refusing_the_download_401_fails_over_to_the_next(first, second):
