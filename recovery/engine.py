@@ -18,7 +18,7 @@ from django.utils import timezone
 from recovery.choices import Category, Outcome, Requested, Status
 from recovery.classify import Failure, classify
 from recovery.conf import setting
-from recovery.errors import Defer, LeaseLost, PauseRequested
+from recovery.errors import BreakerOpen, Defer, LeaseLost, PauseRequested
 from recovery.models import (
     Attempt,
     CircuitBreaker,
@@ -108,8 +108,7 @@ def run_attempt(job: Job, kind: Kind, attempt: Attempt, now: datetime) -> None:
 
     with LeaseKeeper(job):
         try:
-            with CircuitBreaker.guard(job.breaker_key, job.owner, now, progressed=progressed):
-                kind.func(job)
+            run_guarded(job, kind, now, progressed)
         except LeaseLost:
             attempt.close(Outcome.LOST, progress_to=job.progress_done)
         except Defer as defer:
@@ -120,6 +119,26 @@ def run_attempt(job: Job, kind: Kind, attempt: Attempt, now: datetime) -> None:
             settle_failure(job, kind, attempt, classify(exc), progressed())
         else:
             settle(job, attempt, Outcome.SUCCEEDED, **succeeded(timezone.now()))
+
+
+def run_guarded(job: Job, kind: Kind, now: datetime, progressed: Callable[[], bool]) -> None:
+    """The task behind the job's breaker. When that breaker refuses, a kind with
+    `reroute` may move the job to another key, which is asked at once; each key is asked
+    once, so this ends. A refusal from inside the task (a nested guard) is not rerouted."""
+    refused: set[str] = set()
+    while True:
+        started = False
+        try:
+            with CircuitBreaker.guard(job.breaker_key, job.owner, now, progressed=progressed):
+                started = True
+                kind.func(job)
+            return
+        except BreakerOpen as refusal:
+            refused.add(refusal.key)
+            if started or kind.reroute is None or not kind.reroute(job, frozenset(refused)):
+                raise
+            if job.breaker_key in refused:
+                raise
 
 
 def succeeded(now: datetime) -> dict:

@@ -21,20 +21,32 @@ class Kind:
     func: Task
     policies: dict = field(default_factory=dict)
     on_cancel: Task | None = None
+    # reroute(job, refused_keys) -> bool: see recoverable().
+    reroute: Callable[[Any, frozenset], bool] | None = None
 
 
 REGISTRY: dict[str, Kind] = {}
 
 
-def recoverable(kind: str, *, policies: dict | None = None, on_cancel: Task | None = None):
+def recoverable(
+    kind: str,
+    *,
+    policies: dict | None = None,
+    on_cancel: Task | None = None,
+    reroute: Callable[[Any, frozenset], bool] | None = None,
+):
     """Register `func(job)` as the code for jobs of `kind`.
 
     `policies` overrides the retry policy per category for this kind, e.g.
     {Category.NETWORK: {"max_attempts": 20}}. `on_cancel(job)` cleans up after a cancel.
+    `reroute(job, refused_keys)` is asked when the job's breaker is open: a job that can
+    go elsewhere (a download with another mirror) sets `job.breaker_key` to a key not in
+    `refused_keys` and returns True, and runs behind that breaker at once instead of
+    waiting; False leaves it waiting as usual.
     """
 
     def register(func: Task) -> Task:
-        REGISTRY[kind] = Kind(kind, func, policies or {}, on_cancel)
+        REGISTRY[kind] = Kind(kind, func, policies or {}, on_cancel, reroute)
         return func
 
     return register

@@ -100,3 +100,19 @@ def asked_then_ends(job: Job) -> None:
     category = job.params.get("category", Category.NETWORK)
     if category:
         raise JobError(f"scripted {category}", category=category)
+
+
+def next_key(job: Job, refused: frozenset) -> bool:
+    """Reroute to the first of params.keys not refused; params.stubborn keeps the key."""
+    if job.params.get("stubborn"):
+        return True
+    keys = [key for key in job.params.get("keys", []) if key not in refused]
+    if keys:
+        job.breaker_key = keys[0]
+        job.save(update_fields=["breaker_key"])
+    return bool(keys)
+
+
+@recoverable("test.rerouted", reroute=next_key)
+def rerouted(job: Job) -> None:
+    job.checkpoint(ran_behind=job.breaker_key)

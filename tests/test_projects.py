@@ -12,6 +12,7 @@ import pytest
 from django.db import connection
 
 from comfyhub.library.models import Download
+from comfyhub.library.paths import host_of
 from comfyhub.projects import install, restore, runtime, specs, tools
 from comfyhub.projects.export import launcher_json
 from comfyhub.projects.models import Project, ProjectStatus, RunState
@@ -352,7 +353,9 @@ def test_a_model_whose_first_source_fails_for_good_comes_from_the_next(repos, fo
     assert project.status == ProjectStatus.READY
     for how in data:
         assert (folders / f"models/vae/{how}.bin").read_bytes() == data[how]
-        assert f"vae/{how}.bin: downloaded from source 2 of 2" in project.install_log.read_text()
+        log = project.install_log.read_text()
+        assert f"vae/{how}.bin: downloaded from mirror 2 of 2 ({host_of(files.base)})" in log
+        assert Download.objects.filter(dest=f"vae/{how}.bin").count() == 1  # one, two sources
 
 
 def test_a_server_error_on_the_first_source_does_not_skip_to_the_next(repos, settings):

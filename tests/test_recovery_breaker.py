@@ -114,3 +114,24 @@ def test_a_foreground_run_waiting_on_an_open_breaker_says_why_and_for_how_long()
     assert status == Status.WAITING and 0 < seconds <= 45
     assert message.startswith("files.example failed several times in a row")
     assert f"{breaker.next_probe_at:%H:%M:%S} UTC" in message
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_kind_with_reroute_leaves_an_open_breaker_for_another_key_at_once():
+    opened("a.example")
+    opened("b.example")
+    params = {"keys": ["a.example", "b.example", "c.example"]}
+    job = Job.objects.create(kind="test.rerouted", breaker_key="a.example", params=params)
+    finished = run_foreground(job.pk, sleep=lambda seconds: pytest.fail("it waited"))
+    assert finished.status == Status.SUCCEEDED
+    assert finished.checkpoint_data == {"ran_behind": "c.example"}
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_job_with_nowhere_else_to_go_waits_on_its_breaker():
+    opened("a.example")
+    for params in ({"keys": ["a.example"]}, {"stubborn": True}):
+        job = Job.objects.create(kind="test.rerouted", breaker_key="a.example", params=params)
+        run_foreground(job.pk, sleep=lambda seconds, pk=job.pk: Job.objects.get(pk=pk).pause())
+        job.refresh_from_db()
+        assert job.status == Status.PAUSED and job.checkpoint_data == {}

@@ -27,7 +27,7 @@ from urllib.parse import urljoin
 import httpx
 from django.conf import settings
 
-from comfyhub.library import index, sources
+from comfyhub.library import index, mirrors, sources
 from comfyhub.library.models import Download
 from comfyhub.library.paths import (
     BadInput,
@@ -56,18 +56,22 @@ def fetch(job: Job) -> None:
     download = Download.objects.get(job=job)
     # Requests from a launcher file or an old row were never checked: a bad URL or name
     # fails here, plainly and at once (BadInput is a validation error).
-    check_url(download.source_url)
+    check_url(download.source)
     download.hold_dest()
     if finish_if_present(download, job):
         return
     acquire_slot(download)
     timeout = httpx.Timeout(30.0, read=settings.STALL_TIMEOUT)
-    with httpx.Client(timeout=timeout, follow_redirects=False) as client:
-        if not download.url:
-            resolve_into(download, client)
-        transfer = Transfer(download, job)
-        transfer.prepare()
-        stream(client, transfer)
+    try:
+        with httpx.Client(timeout=timeout, follow_redirects=False) as client:
+            if not download.url:
+                resolve_into(download, client)
+            transfer = Transfer(download, job)
+            transfer.prepare()
+            stream(client, transfer)
+    except Exception as exc:
+        mirrors.leave_if_gone(download, job, exc)  # raises to go on from the next source
+        raise
     transfer.place()
 
 
@@ -98,11 +102,35 @@ def acquire_slot(download: Download) -> None:
 
 
 def resolve_into(download: Download, client: httpx.Client) -> None:
-    resolved = sources.resolve(download.source_url, client)
+    resolved = sources.resolve(download.source, client)
     download.url = check_url(resolved.url)  # an API's answer is input like any other
     download.expected_sha256 = download.expected_sha256 or resolved.sha256
     download.total_bytes = download.expected_size or resolved.size_hint
     download.save(update_fields=["url", "expected_sha256", "total_bytes"])
+    adopt_part(download)
+
+
+def adopt_part(download: Download) -> None:
+    """Keep a .part that came from another URL (another mirror) when the expected sha256
+    is known: the final hash check catches a different file. Its validator belongs to the
+    other server, so it is dropped (a plain Range, no If-Range). Without a sha256 the
+    .part is not kept (Transfer.prepare discards it): two files of one size would be
+    joined with nothing to notice."""
+    state = read_sidecar(download)
+    if not download.expected_sha256 or state.get("url") in (None, download.url):
+        return
+    if not download.part_path.is_file():
+        return
+    refuse_planted(*download.working_paths)
+    state.update(url=download.url, validator="")
+    tmp = download.sidecar_tmp_path
+    fd = open_own_file(tmp)
+    try:
+        os.ftruncate(fd, 0)
+        write_all(fd, json.dumps(state).encode())
+    finally:
+        os.close(fd)
+    os.replace(tmp, download.sidecar_path)
 
 
 def stream(client: httpx.Client, transfer: "Transfer") -> None:

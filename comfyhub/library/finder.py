@@ -201,3 +201,21 @@ def folder_points(have: str, want: str) -> int:
     if not (have and want):
         return 0
     return SAME_FOLDER if folders.canonical(have) == folders.canonical(want) else OTHER_FOLDER
+
+
+def mirrors_of(chosen: dict, candidates: list[dict]) -> list[str]:
+    """The chosen candidate's URL, then those of the other candidates (as_json) that are
+    the same file: the download's sources, in order (see library/mirrors.py)."""
+    same = [c["url"] for c in candidates if c is not chosen and same_file(chosen, c)]
+    return list(dict.fromkeys([chosen["url"], *same]))
+
+
+def same_file(one: dict, other: dict) -> bool:
+    """The same sha256; or, when either hash is unknown, the same size and file name.
+    Two known hashes that differ are two files, whatever their names."""
+    if one.get("sha256") and other.get("sha256"):
+        return one["sha256"] == other["sha256"]
+    return bool(one.get("size")) and (one.get("size"), one.get("filename")) == (
+        other.get("size"),
+        other.get("filename"),
+    )

@@ -1,3 +1,4 @@
+from comfyhub.library import mirrors
 from comfyhub.library.fetch import fetch
 from comfyhub.library.models import Download
 from comfyhub.live.consumers import card_context
@@ -26,6 +27,7 @@ def download_card(job: Job) -> dict:
 @recoverable(
     "download",
     on_cancel=discard_partial,
+    reroute=mirrors.reroute,
     policies={Category.NETWORK: QUICK, Category.TIMEOUT: QUICK},
 )
 def download(job: Job) -> None:

@@ -32,9 +32,17 @@ class DownloadQuerySet(models.QuerySet):
         running = self.filter(job__status=Status.RUNNING)
         return running.filter(host=host) if host else running
 
-    def request(self, url: str, dest: str, sha256: str = "", size: int | None = None):
+    def request(
+        self,
+        url: str,
+        dest: str,
+        sha256: str = "",
+        size: int | None = None,
+        sources: list[str] | None = None,
+    ):
         """(download, created): one active download per destination; a second request
-        joins it.
+        joins it, adding the URLs it brings (`url`, then `sources`) to the joined one's
+        mirrors.
 
         The database decides, not a look before the insert: `active_dest` is unique, so of
         two processes racing for one destination exactly one insert succeeds and the other
@@ -43,15 +51,17 @@ class DownloadQuerySet(models.QuerySet):
         """
         dest = canonical(dest)
         key = file_key(dest, settings.MODELS_DIR)
+        urls = list(dict.fromkeys(u for u in [url, *(sources or [])] if u))
         for _ in range(JOIN_TRIES):
             holder = self.filter(active_dest=key).select_related("job").first()
             if holder and not holder.job.is_terminal:
+                holder.add_sources(urls)
                 return holder, False
             if holder:
                 self.release_stale(key)
                 continue
             try:
-                return self.start(url, dest, sha256, size), True
+                return self.start(urls, dest, sha256, size), True
             except IntegrityError:
                 continue  # another process inserted first: the next look finds its row
         raise JobError(
@@ -59,13 +69,14 @@ class DownloadQuerySet(models.QuerySet):
             category=Category.UNKNOWN,
         )
 
-    def start(self, url: str, dest: str, sha256: str, size: int | None) -> "Download":
-        host = host_of(url)  # never the user:password@ a URL may carry
+    def start(self, urls: list[str], dest: str, sha256: str, size: int | None) -> "Download":
+        host = host_of(urls[0])  # never the user:password@ a URL may carry
         with transaction.atomic():
             job = Job.objects.create(kind="download", params={"dest": dest}, breaker_key=host)
             return self.create(
                 job=job,
-                source_url=url,
+                source_url=urls[0],
+                sources=urls,
                 dest=dest,
                 active_dest=file_key(dest, settings.MODELS_DIR),
                 host=host,
@@ -78,9 +89,16 @@ class DownloadQuerySet(models.QuerySet):
         still holds it (the process died between the job's last write and the hand-back)."""
         return self.filter(active_dest=key, job__status__in=TERMINAL).update(active_dest=None)
 
-    def queue(self, url: str, dest: str, sha256: str = "", size: int | None = None):
+    def queue(
+        self,
+        url: str,
+        dest: str,
+        sha256: str = "",
+        size: int | None = None,
+        sources: list[str] | None = None,
+    ):
         """request() for the worker: a new download is handed to the cluster."""
-        download, created = self.request(url, dest, sha256, size)
+        download, created = self.request(url, dest, sha256, size, sources)
         if created:
             download.job.dispatch()
         return download, created
@@ -90,7 +108,14 @@ class Download(models.Model):
     """A model file on its way into the models folder; the job carries status and errors."""
 
     job = models.OneToOneField(Job, on_delete=models.CASCADE, related_name="download")
-    source_url = models.URLField(max_length=2000)
+    source_url = models.URLField(max_length=2000)  # the URL first asked for: sources[0]
+    # Mirrors: every URL the file may come from, in order of preference, and the one in
+    # use; a source that fails for good (or whose breaker is open) hands over to the next
+    # (mirrors.py). `sources_failed` maps an index (as text) to why that source was left
+    # for good; a retry forgets it. Rows from before mirrors have no `sources`.
+    sources = models.JSONField(default=list, blank=True)
+    source_index = models.PositiveSmallIntegerField(default=0)
+    sources_failed = models.JSONField(default=dict, blank=True)
     url = models.URLField(max_length=2000, blank=True)  # the file URL after resolution
     dest = models.CharField(max_length=DEST_MAX, db_index=True)  # DIR/NAME in the models folder
     # `dest` while the download is unfinished, NULL once its job ended: the unique index
@@ -119,6 +144,43 @@ class Download(models.Model):
 
     def __str__(self) -> str:
         return f"{self.dest} ({self.job.status})"
+
+    @property
+    def source(self) -> str:
+        """The source URL in use."""
+        if self.source_index < len(self.sources):
+            return self.sources[self.source_index]
+        return self.source_url
+
+    @property
+    def mirror(self) -> str:
+        """ "mirror 2 of 3 (host)" when the file has more than one source, else ""."""
+        if len(self.sources) < 2:
+            return ""
+        return f"mirror {self.source_index + 1} of {len(self.sources)} ({self.host})"
+
+    def add_sources(self, urls: list[str]) -> None:
+        """Append the URLs not yet among this download's sources; under the row's lock, so
+        two requests joining at once both land."""
+        with transaction.atomic():
+            row = Download.objects.select_for_update().filter(pk=self.pk)
+            known = row.values_list("sources", flat=True).get() or [self.source_url]
+            fresh = [url for url in urls if url not in known]
+            if fresh:
+                row.update(sources=[*known, *fresh])
+            self.sources = [*known, *fresh]
+
+    def use_source(self, index: int) -> None:
+        """Go on from source `index`: resolved again, its own host and breaker."""
+        self.source_index, self.url = index, ""
+        self.host = host_of(self.sources[index])
+        with transaction.atomic():
+            self.save(update_fields=["source_index", "url", "host"])
+            Job.objects.filter(pk=self.job_id).update(breaker_key=self.host)
+
+    def fail_source(self, why: str) -> None:
+        self.sources_failed = {**self.sources_failed, str(self.source_index): why}
+        self.save(update_fields=["sources_failed"])
 
     @property
     def percent(self) -> int | None:
@@ -195,6 +257,8 @@ def follow_job(sender, job: Job, **kwargs) -> None:
     if job.status in TERMINAL:
         Download.objects.filter(job_id=job.pk, active_dest__isnull=False).update(active_dest=None)
     elif job.status == Status.QUEUED:
+        # Queued again (Retry, or a restart from zero): every source gets another chance.
+        Download.objects.filter(job_id=job.pk).update(sources_failed={})
         freed = Download.objects.filter(job_id=job.pk, active_dest__isnull=True).first()
         with contextlib.suppress(IntegrityError), transaction.atomic():
             if freed:

@@ -280,7 +280,8 @@ class ResolveForm(forms.Form):
         return self.cleaned_data
 
     def resolve(self, i: int, choice: str, url: str) -> dict | None:
-        """{url, sha256, size} to download the model from, or None to go without."""
+        """{url, sha256, size, sources} to download the model from (the sources: the
+        chosen candidate, then the others that are the same file), or None to go without."""
         if choice == "url":
             return self.pasted(i, url)
         if url:
@@ -288,7 +289,12 @@ class ResolveForm(forms.Form):
         if choice == "skip":
             return None
         found = self.candidates[i][int(choice.removeprefix("c"))]
-        return {"url": found["url"], "sha256": found["sha256"] or "", "size": found["size"]}
+        return {
+            "url": found["url"],
+            "sha256": found["sha256"] or "",
+            "size": found["size"],
+            "sources": finder.mirrors_of(found, self.candidates[i]),
+        }
 
     def pasted(self, i: int, url: str) -> dict | None:
         try:

@@ -38,9 +38,6 @@ from recovery.errors import Defer, JobError
 from recovery.models import Category, Job, Status
 
 PAUSED_RECHECK = 30.0  # seconds between two looks at a model download the user paused
-# A source that fails for good (gone, or closed to us) hands the file over to the next one;
-# any other failure already had the download's own retries and stops the step.
-NEXT_SOURCE = (Category.NOT_FOUND, Category.AUTH)
 # Filesystems that cannot hard-link the downloaded input file get a copy.
 NO_LINK = (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP)
 
@@ -59,10 +56,9 @@ def create(name: str, spec: dict, skipped: list[str] | None = None) -> Project:
         job = Job.objects.create(kind="project_install", params={"project": project.pk})
         project.touch(install_job=job)
     for model in project.required_models():
-        if model.get("url") and not present(model):
-            Download.objects.queue(
-                model["url"], model_key(model), model.get("sha256", ""), model.get("size")
-            )
+        if (urls := sources_of(model)) and not present(model):
+            sha256, size = model.get("sha256") or "", model.get("size")
+            Download.objects.queue(urls[0], model_key(model), sha256, size, sources=urls[1:])
     return project
 
 
@@ -247,44 +243,49 @@ def fetch_model(project: Project, model: dict) -> str:
             f"Put the file there, or choose to go without it, then press Retry.",
             category=Category.NOT_FOUND,
         )
-    child = fetch_first(project, urls, key, model)
+    child = fetch_sources(project, urls, key, model)
     # Cancelled: the step's end reports it with the ways forward.
     if child.status not in (Status.SUCCEEDED, Status.CANCELLED):
-        raise download_failed(f"Model {key}", child, len(urls))
+        raise download_failed(f"Model {key}", child)
     return child.status
 
 
-def fetch_first(project: Project, urls: list[str], dest: str, file: dict) -> Job:
-    """The download job of `dest` (models-folder relative) from the first of `urls` that
-    does not fail for good; the last one's job when every one does."""
-    for number, url in enumerate(urls, 1):
-        child = fetch_file(url, dest, file.get("sha256") or "", file.get("size"))
-        where = f"source {number} of {len(urls)} ({url})"
-        if child.status == Status.SUCCEEDED:
-            note(project, f"{dest}: downloaded from {where}")
-        if child.status != Status.FAILED or child.error_category not in NEXT_SOURCE:
-            return child
-        note(project, f"{dest}: {where} failed for good ({child.error_category})")
+def fetch_sources(project: Project, urls: list[str], dest: str, file: dict) -> Job:
+    """The download job of `dest` (models-folder relative): one download with `urls` as its
+    sources, in order; the engine goes on from the next one when a source fails for good
+    (library/mirrors.py)."""
+    sha256, size = file.get("sha256") or "", file.get("size")
+    download, child = fetch_file(urls[0], dest, sha256, size, sources=urls[1:])
+    if child.status == Status.SUCCEEDED and download.mirror:
+        note(project, f"{dest}: downloaded from {download.mirror}")
     return child
 
 
-def download_failed(what: str, child: Job, tried: int) -> JobError:
-    message = child.error_message or child.status
-    if tried > 1 and child.error_category in NEXT_SOURCE:
-        message = f"none of its {tried} sources worked; the last: {message}"
-    return JobError(f"{what}: {message}", category=child.error_category or Category.UNKNOWN)
+def download_failed(what: str, child: Job) -> JobError:
+    return JobError(
+        f"{what}: {child.error_message or child.status}",
+        category=child.error_category or Category.UNKNOWN,
+    )
 
 
-def fetch_file(url: str, dest: str, sha256: str = "", size: int | None = None) -> Job:
-    """Join (or start) the download of `url` into `dest` (relative to the models folder)
-    and run it here until it ends: its job, succeeded, failed or cancelled. Long waits
-    free the worker (Defer), and so does a download the user paused."""
-    download, _ = Download.objects.request(url, dest, sha256, size)
+def fetch_file(
+    url: str,
+    dest: str,
+    sha256: str = "",
+    size: int | None = None,
+    sources: list[str] | None = None,
+) -> tuple[Download, Job]:
+    """Join (or start) the download of `url` (then `sources`) into `dest` (relative to the
+    models folder) and run it here until it ends: the download and its job, succeeded,
+    failed or cancelled. Long waits free the worker (Defer), and so does a download the
+    user paused."""
+    download, _ = Download.objects.request(url, dest, sha256, size, sources)
     child = run_foreground(download.job_id, sleep=defer_long_waits(dest))
     if child.status == Status.PAUSED:
         # The user paused it: the install goes on by itself once they resume it.
         raise Defer(f"Waiting for the download of {dest}: it is paused.", seconds=PAUSED_RECHECK)
-    return child
+    download.refresh_from_db()
+    return download, child
 
 
 def defer_long_waits(key: str):
@@ -324,9 +325,9 @@ def fetch_input(project: Project, file: dict) -> Path:
         )
     folder = file.get("sha256") or hashlib.sha256("\n".join(urls).encode()).hexdigest()
     dest = f"{folders.DOWNLOADS}/input/{folder}/{PurePosixPath(file['path']).name}"
-    child = fetch_first(project, urls, dest, file)
+    child = fetch_sources(project, urls, dest, file)
     if child.status != Status.SUCCEEDED:
-        raise download_failed(f"Input file {file['path']}", child, len(urls))
+        raise download_failed(f"Input file {file['path']}", child)
     return Download.objects.get(job=child).path
 
 

@@ -266,8 +266,10 @@ class Project(models.Model):
     def download_again(self, model: dict) -> Download:
         """A new download of a model of the spec (one already under way is joined), then
         the install goes on."""
+        urls = sources_of(model)
+        sha256, size = model.get("sha256") or "", model.get("size")
         download, _ = Download.objects.queue(
-            model["url"], model_key(model), model.get("sha256") or "", model.get("size")
+            urls[0], model_key(model), sha256, size, sources=urls[1:]
         )
         self.retry_install()
         return download

@@ -52,17 +52,26 @@ class Command(BaseCommand):
         parser.add_argument("--dest", required=True, help="DIR/NAME inside the models folder")
         parser.add_argument("--sha256", default="", help="expected sha256 (64 hex)")
         parser.add_argument("--size", type=int, default=None, help="expected size in bytes")
+        parser.add_argument(
+            "--mirror",
+            action="append",
+            default=[],
+            metavar="URL",
+            help="another source of the same file, tried when the ones before it fail for "
+            "good or rest behind an open breaker (repeatable, in order)",
+        )
         parser.add_argument("--json", action="store_true", help="print one JSON object")
 
     def handle(self, *args, **options) -> None:
         try:
             url = check_url(options["url"])
+            mirrors = [check_url(mirror) for mirror in options["mirror"]]
             check_destination(options["dest"], settings.MODELS_DIR)
             sha256 = check_sha256(options["sha256"])
             size = check_size(options["size"], "--size")
         except BadInput as exc:
             raise CommandError(str(exc), returncode=2) from None
-        download, _ = Download.objects.request(url, options["dest"], sha256, size)
+        download, _ = Download.objects.request(url, options["dest"], sha256, size, mirrors)
         if download.job.status == Status.PAUSED:
             download.job.retry_now()
         job = self.run(download, bar=sys.stderr.isatty() and not options["json"])
