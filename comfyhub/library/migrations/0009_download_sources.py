@@ -5,7 +5,7 @@ from django.db import migrations, models
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("library", "0007_encrypt_stored_tokens"),
+        ("library", "0008_knownmodel"),
     ]
 
     operations = [
