@@ -1,13 +1,15 @@
 """Stored tokens in the admin: which are set and when, masked; never the token itself.
 
 Tokens are saved and cleared on the Settings page (validated there, sealed on the way in),
-so the admin cannot add or edit one; deleting stays allowed, like Clear.
+so the admin cannot add or edit one; deleting stays allowed, like Clear. The local model
+index is listed too, with what the one-copy store saves.
 """
 
 from django.contrib import admin
 from django.http import HttpRequest
 
-from comfyhub.library.models import StoredToken, mask
+from comfyhub.library import store
+from comfyhub.library.models import LocalModel, StoredToken, mask
 
 
 @admin.register(StoredToken)
@@ -25,3 +27,23 @@ class StoredTokenAdmin(admin.ModelAdmin):
     def token(self, stored: StoredToken) -> str:
         value = stored.value
         return mask(value) if value else "can't be read; enter it again on the Settings page"
+
+
+@admin.register(LocalModel)
+class LocalModelAdmin(admin.ModelAdmin):
+    """The local model index, read-only (the models folder is the truth; downloads and
+    scans write it), with the bytes the one-copy store saves above the list."""
+
+    list_display = ("directory", "name", "size", "sha256", "seen_at")
+    list_filter = ("directory",)
+    search_fields = ("name", "sha256")
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj=None) -> bool:
+        return False
+
+    def changelist_view(self, request: HttpRequest, extra_context=None):
+        extra_context = {**(extra_context or {}), "store": store.stats()}
+        return super().changelist_view(request, extra_context)
