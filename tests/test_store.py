@@ -205,3 +205,44 @@ def test_across_filesystems_a_name_gets_a_copy_instead_of_a_link(models_dir, tmp
         assert copied.read_bytes() == DATA and copied.stat().st_nlink == 1
     finally:
         elsewhere.unlink()
+
+
+def stored(models_dir, name: str = "checkpoints/other.safetensors") -> Path:
+    """DATA under `name`, kept in the store, as a finished download leaves it."""
+    path = models_dir / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(DATA)
+    store.keep(path, SHA)
+    return path
+
+
+def test_the_import_page_says_a_model_in_the_store_is_linked_at_once(client, pages_dir):
+    stored(pages_dir / "models")
+    model = {"name": "dreamy.safetensors", "directory": "checkpoints", "hash": SHA}
+    node = {"id": 1, "type": "CheckpointLoaderSimple", "mode": 0, "properties": {}}
+    node["widgets_values"], node["properties"]["models"] = ["dreamy.safetensors"], [model]
+    workflow = {"nodes": [node], "links": []}
+    confirm = client.post("/projects/import/", {"text": json.dumps(workflow)})["Location"]
+    html = client.get(confirm).content.decode()
+    assert "in the store, linked at once" in html and "is missing" not in html
+
+
+def test_the_install_links_a_model_in_the_store_without_a_download(pages_dir):
+    from comfyhub.projects import install
+
+    stored(pages_dir / "models")
+    model = {"directory": "checkpoints", "name": "dreamy.safetensors", "url": "", "sha256": SHA}
+    project = install.create("Stored", {"models": [model], "nodes": [], "comfyui": {}})
+    project.folder.mkdir(parents=True, exist_ok=True)
+    assert install.fetch_model(project, model) == Status.SUCCEEDED
+    linked = pages_dir / "models/checkpoints/dreamy.safetensors"
+    assert linked.stat().st_ino == store.entry_path(SHA).stat().st_ino
+    assert not Download.objects.exists()
+
+
+def test_a_symbolic_link_in_the_models_folder_never_joins_the_store(models_dir):
+    (models_dir / "vae").mkdir()
+    (models_dir / "vae/real.bin").write_bytes(DATA)
+    (models_dir / "vae/alias.bin").symlink_to(models_dir / "vae/real.bin")
+    store.keep(models_dir / "vae/alias.bin", SHA)
+    assert not store.has(SHA)

@@ -55,7 +55,9 @@ def keep(path: Path, sha256: str) -> None:
     """`path` was just verified to hold `sha256`: make it a name of the store's one copy."""
     entry = entry_path(sha256)
     mine = os.lstat(path)
-    if same_file(entry, mine):
+    # A symbolic link found by a scan is not bytes of its own (and link() would copy the
+    # link, not the file): only plain files join the store.
+    if not stat.S_ISREG(mine.st_mode) or same_file(entry, mine):
         return
     if sound(entry, sha256, mine.st_size):
         replace_with_link(entry, path)
