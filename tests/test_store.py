@@ -216,15 +216,28 @@ def stored(models_dir, name: str = "checkpoints/other.safetensors") -> Path:
     return path
 
 
-def test_the_import_page_says_a_model_in_the_store_is_linked_at_once(client, pages_dir):
-    stored(pages_dir / "models")
+def needing_dreamy() -> dict:
+    """A workflow whose checkpoint loader names dreamy.safetensors, declared with SHA."""
     model = {"name": "dreamy.safetensors", "directory": "checkpoints", "hash": SHA}
     node = {"id": 1, "type": "CheckpointLoaderSimple", "mode": 0, "properties": {}}
     node["widgets_values"], node["properties"]["models"] = ["dreamy.safetensors"], [model]
-    workflow = {"nodes": [node], "links": []}
+    return {"nodes": [node], "links": []}
+
+
+def test_the_import_page_says_a_model_in_the_store_is_linked_at_once(client, pages_dir):
+    stored(pages_dir / "models")
+    workflow = needing_dreamy()
     confirm = client.post("/projects/import/", {"text": json.dumps(workflow)})["Location"]
     html = client.get(confirm).content.decode()
     assert "in the store, linked at once" in html and "is missing" not in html
+
+
+def test_analyze_workflow_says_a_missing_model_is_in_the_store(models_dir, tmp_path):
+    stored(models_dir)
+    (tmp_path / "w.json").write_text(json.dumps(needing_dreamy()))
+    out = StringIO()
+    call_command("analyze_workflow", str(tmp_path / "w.json"), stdout=out)
+    assert "[in the store, linked at once] checkpoints/dreamy.safetensors" in out.getvalue()
 
 
 def test_the_install_links_a_model_in_the_store_without_a_download(pages_dir):
