@@ -47,12 +47,14 @@ def test_a_known_hash_that_differs_means_not_present(models_dir):
     assert index.is_present("vae", "a.bin", sha256="0" * 64)
 
 
-def test_a_file_with_the_hash_anywhere_counts_as_present(models_dir):
+def test_a_file_with_the_hash_under_another_name_is_not_present(models_dir):
     data = b"same weights"
     index.record(
         put(models_dir, "checkpoints/renamed.safetensors", data), hashlib.sha256(data).hexdigest()
     )
-    assert index.is_present("checkpoints", "original.safetensors", hashlib.sha256(data).hexdigest())
+    sha = hashlib.sha256(data).hexdigest()
+    assert not index.is_present("checkpoints", "original.safetensors", sha)
+    assert index.is_present("checkpoints", "renamed.safetensors", sha)
 
 
 def test_a_changed_file_forgets_its_old_hash(models_dir):

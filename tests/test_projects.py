@@ -11,6 +11,7 @@ import httpx
 import pytest
 from django.db import connection
 
+from comfyhub.library import store
 from comfyhub.library.models import Download
 from comfyhub.library.paths import host_of
 from comfyhub.projects import install, restore, runtime, specs, tools
@@ -200,10 +201,13 @@ def test_commits_must_be_hex():
 def test_deleting_a_project_removes_its_folder_and_never_models(repos, folders):
     (folders / "models/vae").mkdir()
     (folders / "models/vae/keep.bin").write_bytes(b"shared")
+    store.keep(folders / "models/vae/keep.bin", hashlib.sha256(b"shared").hexdigest())
     project = build("Gone", spec(repos))
+    os.link(folders / "models/vae/keep.bin", project.folder / "linked.bin")  # a name it held
     runtime.delete(project)
     assert not project.folder.exists() and not Project.objects.filter(pk=project.pk).exists()
     assert (folders / "models/vae/keep.bin").read_bytes() == b"shared"
+    assert (folders / "models/vae/keep.bin").stat().st_nlink == 2  # the name + the store
 
 
 def test_adding_a_node_takes_a_restore_point_and_rollback_removes_it(repos, tmp_path):

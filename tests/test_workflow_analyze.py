@@ -136,7 +136,7 @@ def test_subgraphs_multiplying_into_too_many_nodes_are_refused():
 
 
 @pytest.mark.django_db
-def test_presence_comes_from_the_models_folder_and_known_hashes(settings, tmp_path):
+def test_presence_comes_from_the_models_folder_at_the_path_not_a_hash_elsewhere(settings, tmp_path):
     settings.MODELS_DIR = tmp_path
     (tmp_path / "vae").mkdir()
     (tmp_path / "vae" / "here.safetensors").write_bytes(b"weights")
@@ -156,5 +156,5 @@ def test_presence_comes_from_the_models_folder_and_known_hashes(settings, tmp_pa
     assert {m.name: m.present for m in result.models} == {
         "here.safetensors": True,
         "gone.safetensors": False,
-        "wanted.bin": True,
+        "wanted.bin": False,  # its bytes are under another name, not where ComfyUI looks
     }

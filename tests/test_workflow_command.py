@@ -51,7 +51,14 @@ def test_json_prints_one_object_per_workflow_in_the_documented_shape(folder):
     assert all(set(line) == LINE_KEYS and line["error"] is None for line in lines)
     assert all(line["custom_nodes_unavailable"] is None for line in lines)
     launcher = lines[1]
-    assert set(launcher["models"][0]) == {"directory", "name", "url", "sha256", "present"}
+    assert set(launcher["models"][0]) == {
+        "directory",
+        "name",
+        "url",
+        "sha256",
+        "present",
+        "in_store",
+    }
     assert launcher["custom_nodes"][0] == {
         "repository": "https://github.com/cubiq/ComfyUI_IPAdapter_plus",
         "commit": "7d8adfa5a4d8a2c2f3c2e4d1a4b1e3f9c0d7a6b5",

@@ -27,7 +27,7 @@ from urllib.parse import urljoin
 import httpx
 from django.conf import settings
 
-from comfyhub.library import index, mirrors, sources
+from comfyhub.library import index, mirrors, sources, store
 from comfyhub.library.models import Download
 from comfyhub.library.paths import (
     BadInput,
@@ -77,17 +77,27 @@ def fetch(job: Job) -> None:
 
 def finish_if_present(download: Download, job: Job) -> bool:
     """A file already at the destination with the expected sha256 (or, without one, the
-    expected size) finishes the download without touching the network."""
+    expected size), or an expected sha256 the one-copy store holds (linked into place),
+    finishes the download without touching the network."""
     path = download.path
     if not path.is_file():
-        return False
+        return finish_from_store(download, job)
     size = path.stat().st_size
     if download.expected_size is not None and size != download.expected_size:
-        return False
+        return finish_from_store(download, job)
     digest = hash_file(path, size)
     if download.expected_sha256 and digest != download.expected_sha256:
-        return False
+        return finish_from_store(download, job)
     record_done(download, job, digest, size)
+    return True
+
+
+def finish_from_store(download: Download, job: Job) -> bool:
+    sha256 = download.expected_sha256
+    size = store.link_into(download.path, sha256, download.expected_size) if sha256 else None
+    if size is None:
+        return False
+    record_done(download, job, sha256, size)
     return True
 
 
@@ -571,6 +581,7 @@ def fsync_dir(path) -> None:
 
 
 def record_done(download: Download, job: Job, digest: str, size: int) -> None:
+    store.keep(download.path, digest)
     if index.is_model(download.path, settings.MODELS_DIR.resolve()):
         index.record(download.path, digest)
     download.sha256 = digest

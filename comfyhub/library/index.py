@@ -10,6 +10,7 @@ from pathlib import Path
 from django.conf import settings
 from django.utils import timezone
 
+from comfyhub.library import store
 from comfyhub.library.models import LocalModel
 from comfyhub.library.paths import WORKING_SUFFIXES, BadInput, models_path
 
@@ -39,21 +40,26 @@ def record(path: Path, sha256: str = "") -> LocalModel:
 
 
 def scan() -> int:
-    """Bring the index in line with the folder: add/refresh files, drop vanished ones."""
+    """Bring the index in line with the folder: add/refresh files, drop vanished ones.
+
+    A file whose sha256 is known (and unchanged since) joins the one-copy store; scan
+    computes no hashes, so other files stay as they are."""
     root = settings.MODELS_DIR.resolve()
     seen = set()
     for path in root.glob("*/**/*"):
         if is_model(path, root):
-            seen.add(record(path).pk)
+            row = record(path)
+            if row.sha256:
+                store.keep(path, row.sha256)
+            seen.add(row.pk)
     LocalModel.objects.exclude(pk__in=seen).delete()
     return len(seen)
 
 
 def is_present(directory: str, name: str, sha256: str = "") -> bool:
-    """True if the file is in the models folder (and, when a sha256 is given and the file's
-    hash is known, it matches), or any local file is known to have that sha256."""
-    if sha256 and LocalModel.objects.filter(sha256=sha256.lower()).exists():
-        return True
+    """True if the file is at directory/name in the models folder (and, when a sha256 is
+    given and the file's hash is known, it matches). The same bytes under another name or
+    in the store do not count: ComfyUI looks for this name (see `store.has`)."""
     try:
         path = models_path(f"{directory}/{name}", settings.MODELS_DIR)
     except BadInput:  # e.g. a link to a file outside the models folder: not ours to use
@@ -74,9 +80,22 @@ def is_model(path: Path, root: Path) -> bool:
 
 
 def mark_present(models) -> None:
-    """Set `present` on each model requirement (anything with directory, name, sha256)."""
+    """Set `present` on each model requirement (anything with directory, name, sha256), and
+    `in_store` on a missing one whose sha256 the store holds: linked at once, no network."""
     for model in models:
         model.present = is_present(model.directory, model.name, model.sha256)
+        model.in_store = not model.present and store.has(model.sha256)
+
+
+def link_from_store(directory: str, name: str, sha256: str) -> bool:
+    """Put the store's copy of `sha256` at directory/name (a hard link) and index it."""
+    if not sha256:
+        return False
+    path = models_path(f"{directory}/{name}", settings.MODELS_DIR)
+    if store.link_into(path, sha256.lower()) is None:
+        return False
+    record(path, sha256.lower())
+    return True
 
 
 def inside(path: Path, root: Path) -> bool:

@@ -3,6 +3,7 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_http_methods, require_POST
 
+from comfyhub.library import store
 from comfyhub.library.forms import DownloadFilter, DownloadForm
 from comfyhub.library.models import Download
 from recovery.models import Status
@@ -47,7 +48,8 @@ def downloads(request: HttpRequest) -> HttpResponse:
 
 
 def listing(form: DownloadForm, shown: DownloadFilter) -> dict:
-    """The page's context: at most LISTED downloads (one query) and a count per status."""
+    """The page's context: at most LISTED downloads (one query), a count per status and
+    the one-copy store's figures (one stat per entry, no query)."""
     status = shown.cleaned_data["status"] if shown.is_valid() else ""
     rows = Download.objects.select_related("job").only(*CARD_FIELDS)
     listed = list((rows.filter(job__status=status) if status else rows)[: LISTED + 1])
@@ -61,6 +63,7 @@ def listing(form: DownloadForm, shown: DownloadFilter) -> dict:
         "tabs": tabs,
         "downloads": listed[:LISTED],
         "more": len(listed) > LISTED,
+        "store": store.stats(),
     }
 
 

@@ -165,7 +165,8 @@ class ImportForm(forms.Form):
         requires, and finder candidates for each missing model."""
         requirements = self.cleaned_data["requirements"]
         index.mark_present(requirements.models)
-        missing = [model for model in requirements.models if not model.present]
+        # A model the one-copy store holds is linked at install, with no network: no choice.
+        missing = [m for m in requirements.models if not (m.present or m.in_store)]
         return {
             "name": self.default_name(),
             "workflow": self.cleaned_data["workflow"],

@@ -17,7 +17,7 @@ from pathlib import Path, PurePosixPath
 from django.conf import settings
 from django.db import transaction
 
-from comfyhub.library import folders
+from comfyhub.library import folders, index
 from comfyhub.library.models import Download
 from comfyhub.library.paths import models_path
 from comfyhub.projects import envs, registry, tools
@@ -236,6 +236,9 @@ def fetch_model(project: Project, model: dict) -> str:
     """Join (or start) the model's download until it succeeds (its status) or the user
     cancels it (Status.CANCELLED), trying its sources in order; raises for anything else."""
     key = model_key(model)
+    if index.link_from_store(model["directory"], model["name"], model.get("sha256") or ""):
+        note(project, f"{key}: linked from the one-copy store, no download needed")
+        return Status.SUCCEEDED
     urls = sources_of(model)
     if not urls:
         raise JobError(

@@ -88,6 +88,7 @@ class ModelRequirement:
     hash_type: str = ""
     node: str = ""  # the type of the (first) node that needs it
     present: bool | None = None  # None: not checked
+    in_store: bool | None = None  # missing, but the one-copy store has its sha256
     size: int | None = None  # bytes, when a launcher.json says
     sources: list[str] = field(default_factory=list)  # a launcher's URLs, tried in order
 
@@ -103,6 +104,7 @@ class ModelRequirement:
             "url": self.url or None,
             "sha256": self.sha256 or None,
             "present": self.present,
+            "in_store": self.in_store,
         }
 
 

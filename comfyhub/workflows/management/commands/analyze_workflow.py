@@ -84,6 +84,7 @@ def summary(report: dict) -> str:
 
 def _model_line(model: dict) -> str:
     state = {True: "present", False: "missing", None: "?"}[model["present"]]
+    state = "in the store, linked at once" if model.get("in_store") else state
     source = f"  <- {model['url']}" if model["url"] else ""
     return f"  [{state}] {model['directory']}/{model['name']}{source}"
 

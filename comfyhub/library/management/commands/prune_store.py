@@ -1,0 +1,50 @@
+import json
+
+from django.core.management.base import BaseCommand
+
+from comfyhub.library import store
+from comfyhub.library.fetch import human
+
+
+class Command(BaseCommand):
+    help = (
+        "List the one-copy store's entries that no name in the models folder links to any "
+        "more (<models>/.store/sha256/…, link count 1), with their sizes. A dry run by "
+        "default: nothing is deleted until you run it again with --yes. Only store entries "
+        "are ever deleted (never a .part, never a model file, nothing outside .store). "
+        "Exit 0."
+    )
+
+    def add_arguments(self, parser) -> None:
+        parser.add_argument("--yes", action="store_true", help="delete the listed entries")
+        parser.add_argument("--json", action="store_true", help="print one JSON object")
+
+    def handle(self, *args, **options) -> None:
+        unlinked = store.unlinked()
+        total = sum(entry.size for entry in unlinked)
+        freed = store.prune(unlinked) if options["yes"] else 0
+        if options["json"]:
+            self.stdout.write(json.dumps(report(unlinked, total, freed, options["yes"])))
+            return
+        for entry in unlinked:
+            self.stdout.write(f"{human(entry.size):>10}  {entry.path}")
+        if options["yes"]:
+            self.stdout.write(
+                f"Deleted {len(unlinked)} unlinked store entries; freed {human(freed)}."
+            )
+        elif unlinked:
+            self.stdout.write(
+                f"Would free {human(total)} ({total:,} bytes) from {len(unlinked)} unlinked "
+                "store entries; run with --yes to delete them."
+            )
+        else:
+            self.stdout.write("Every store entry is in use; nothing to prune.")
+
+
+def report(unlinked: list[store.Entry], total: int, freed: int, deleted: bool) -> dict:
+    return {
+        "entries": [{"path": str(e.path), "bytes": e.size} for e in unlinked],
+        "bytes": total,
+        "deleted": deleted,
+        "freed": freed,
+    }
