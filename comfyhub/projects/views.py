@@ -17,6 +17,8 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
+from comfyhub.library.models import with_breakers
+from comfyhub.live.page import page_url
 from comfyhub.projects import install, jobs, runtime
 from comfyhub.projects.export import launcher_json
 from comfyhub.projects.forms import (
@@ -30,7 +32,7 @@ from comfyhub.projects.forms import (
     RollbackForm,
 )
 from comfyhub.projects.models import Project, ProjectStatus
-from recovery.models import Status
+from recovery.models import Job, Status
 
 PER_PAGE = 48
 IMPORTS = "project_imports"
@@ -82,7 +84,9 @@ def problem(request: HttpRequest, project: Project, message: str) -> HttpRespons
 def projects(request: HttpRequest) -> HttpResponse:
     listed = Project.objects.select_related("install_job")
     cards = [card(runtime.observed(project)) for project in listed]
-    return render(request, "projects/list.html", {"cards": cards})
+    jobs = [c["launch"] if c["project"].installed else c["job"] for c in cards]
+    live = page_url(unfinished(*jobs), projects=[c["project"].pk for c in cards])
+    return render(request, "projects/list.html", {"cards": cards, "live": live})
 
 
 @require_http_methods(["GET", "POST"])
@@ -158,7 +162,16 @@ def detail(request: HttpRequest, project: Project, status: int = 200, **forms) -
         "live_checks": live_checks(project),
         "uncheckable": project.why_not_checkable(),
     }
+    downloads = with_breakers([m["download"] for m in context["models"] if m["download"]])
+    jobs = [context["job"], context["launch"], context["rollback"], *context["live_checks"]]
+    live = unfinished(*jobs, *(download.job for download in downloads))
+    context["live"] = page_url(live, projects=[project.pk])
     return render(request, "projects/detail.html", context, status=status)
+
+
+def unfinished(*jobs: Job | None) -> list[int]:
+    """The jobs whose cards the page socket keeps live."""
+    return [job.pk for job in jobs if job and not job.is_terminal]
 
 
 def live_checks(project: Project) -> list:
