@@ -10,12 +10,15 @@ message. The socket stays open while the page is: the attention banner is always
 
 import asyncio
 import contextlib
+import logging
 
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 
 from comfyhub.live.page import Watch
+
+log = logging.getLogger(__name__)
 
 
 class PageConsumer(AsyncWebsocketConsumer):
@@ -48,12 +51,24 @@ class PageConsumer(AsyncWebsocketConsumer):
         self.woken.set()
 
     async def look(self) -> None:
+        try:
+            await self.keep_looking()
+        except Exception:
+            # A dead loop would leave a socket that says nothing; a closed one makes the
+            # page reconnect (htmx's ws extension backs off) and start afresh.
+            log.exception("page socket stopped looking")
+            await self.close(code=1011)
+
+    async def keep_looking(self) -> None:
         while True:
             # Hints only wake the loop: a burst of them (500 downloads reporting) costs
             # one look, not one per hint.
             self.woken.clear()
+            groups = set(self.watch.groups)
             if fragments := await database_sync_to_async(self.watch.poll)():
                 await self.send(text_data="\n".join(fragments))
+            for finished in groups - set(self.watch.groups):
+                await self.channel_layer.group_discard(finished, self.channel_name)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.woken.wait(), settings.LIVE_POLL_SECONDS)
 

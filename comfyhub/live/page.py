@@ -21,6 +21,7 @@ from django.template.loader import render_to_string, select_template
 from django.utils import timezone
 
 from comfyhub.context_processors import attention_counts
+from comfyhub.live.broadcast import group_for
 from recovery.models import BreakerState, CircuitBreaker, Job
 
 # Rows are stamped by the writer's clock before its commit, so a row may land a little
@@ -134,7 +135,7 @@ class Watch:
     @property
     def groups(self) -> list[str]:
         """The channel-layer groups whose hints should wake this watch early."""
-        return [f"job-{pk}" for pk in self.jobs]
+        return [group_for("job", pk) for pk in list(self.jobs)]  # list(): a look may be on
 
     def poll(self) -> list[str]:
         """The fragments that changed since the last poll (all of them on the first)."""
@@ -146,16 +147,16 @@ class Watch:
         rows = Job.objects.filter(pk__in=list(self.jobs), updated_at__gte=self.since["jobs"])
         fresh = {job.pk: job for job in rows if self.jobs[job.pk] != job.updated_at}
         fresh.update(self.behind_changed_breakers(fresh))
-        if not fresh:
-            return []
-        self.since["jobs"] = max(
-            self.since["jobs"], *(j.updated_at - MARGIN for j in fresh.values())
-        )
-        for job in fresh.values():
+        self.remember(fresh.values())
+        return render_cards(list(fresh.values()), self.csrf_token)
+
+    def remember(self, sent: Iterable[Job]) -> None:
+        """Note the versions sent; a finished job's card goes out once, then drops out."""
+        for job in sent:
+            self.since["jobs"] = max(self.since["jobs"], job.updated_at - MARGIN)
             self.jobs[job.pk] = job.updated_at
             if job.is_terminal:
                 del self.jobs[job.pk]
-        return render_cards(list(fresh.values()), self.csrf_token)
 
     def behind_changed_breakers(self, fresh: dict[int, Job]) -> dict[int, Job]:
         """Jobs whose host's breaker opened, re-opened or closed: their cards name it."""
