@@ -1,5 +1,7 @@
 """Server-side render time of /downloads/ with 500 downloads, on the embedded SQLite default,
-and of the template gallery's first page with its pictures.
+and what one look of its page socket costs (comfyhub.live.page.Watch.poll) with all 500
+watched: when nothing changed, and when every running download reported; and the template
+gallery's first page with its pictures.
 
 The whole Django stack (middleware, view, template, banner) through the test client, on a
 mix of running, waiting, failed, paused and finished downloads, each with its live card and
@@ -20,7 +22,8 @@ from django.test import Client
 from django.utils import timezone
 
 from comfyhub.library.models import Download
-from recovery.models import Job, Status
+from comfyhub.live.page import Watch, page_url
+from recovery.models import TERMINAL, Job, Status
 
 MIX = [
     {"status": Status.SUCCEEDED},
@@ -73,6 +76,30 @@ def main(n: int, renders: int) -> None:
     print(f"median: {statistics.median(timings):.1f} ms")
     print(f"min:    {min(timings):.1f} ms")
     print(f"max:    {max(timings):.1f} ms")
+    socket_looks(renders)
+
+
+def socket_looks(looks: int) -> None:
+    """Median time of one page-socket look, idle and with every running download changed."""
+    unfinished = Download.objects.exclude(job__status__in=TERMINAL)
+    watched = list(unfinished.values_list("job_id", flat=True))
+    url = page_url(watched, panels=["banner", "downloads"])
+    watch = Watch.from_query(url.split("?", 1)[1].encode())
+    watch.poll()
+    running = Job.objects.filter(status=Status.RUNNING)
+    idle, busy = [], []
+    for _ in range(looks):
+        idle.append(timed(watch.poll))
+        running.update(updated_at=timezone.now())
+        busy.append(timed(watch.poll))
+    print(f"socket look, {len(watched)} watched, none changed: {statistics.median(idle):.1f} ms")
+    print(f"socket look, {running.count()} running changed: {statistics.median(busy):.1f} ms")
+
+
+def timed(func) -> float:
+    start = time.perf_counter()
+    func()
+    return (time.perf_counter() - start) * 1000
 
 
 def gallery(renders: int) -> None:

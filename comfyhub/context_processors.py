@@ -7,6 +7,7 @@ backoff, Retry-After, an open circuit breaker — and jobs the user paused do no
 the Recovery page lists them, the banner stays quiet.
 """
 
+from django.conf import settings
 from django.db.models import Count, Q, QuerySet
 from django.http import HttpRequest
 from django.utils.functional import SimpleLazyObject
@@ -37,3 +38,16 @@ def attention_counts() -> dict:
 def attention(request: HttpRequest) -> dict:
     # Lazy: pages that never show the banner (admin, login) never run the query.
     return {"attention": SimpleLazyObject(attention_counts)}
+
+
+def live(request: HttpRequest) -> dict:
+    """The page socket's URL when a view names nothing live: the banner alone. /recovery/
+    lists what the banner would say, and an anonymous visitor's socket would be refused."""
+    from comfyhub.live.page import page_url  # it renders the banner with attention_counts
+
+    user = getattr(request, "user", None)
+    if request.path == "/recovery/" or (
+        settings.LOGIN_REQUIRED and not (user and user.is_authenticated)
+    ):
+        return {"live": ""}
+    return {"live": page_url()}

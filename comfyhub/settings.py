@@ -145,6 +145,7 @@ TEMPLATES = [
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
                 "comfyhub.context_processors.attention",
+                "comfyhub.context_processors.live",
             ],
         },
     },

@@ -12,6 +12,7 @@ from comfyhub.context_processors import needing_user
 from comfyhub.library import sealing
 from comfyhub.library.forms import TokenForm
 from comfyhub.library.models import StoredToken, TokenName, mask
+from comfyhub.live.page import page_url
 from recovery import metrics
 from recovery.engine import enqueue
 from recovery.models import BreakerState, Category, CircuitBreaker, Job, Status, WorkerHeartbeat
@@ -48,8 +49,10 @@ def system(request: HttpRequest) -> HttpResponse:
     if request.method == "POST":
         queued = enqueue("selftest", {"step_seconds": 0.5})
         return redirect(f"/system/?job={queued.pk}#job-{queued.pk}")
+    jobs = list(Job.objects.filter(kind="selftest")[:5])
     ctx = {
-        "jobs": Job.objects.filter(kind="selftest")[:5],
+        "jobs": jobs,
+        "live": page_url(job.pk for job in jobs if not job.is_terminal),
         "worker_ok": WorkerHeartbeat.alive(settings.WORKER_STALE_SECONDS),
         "channel_layer": type(get_channel_layer()).__name__,
         "settings": settings,

@@ -1,11 +1,14 @@
 import contextlib
 import os
+import re
 import signal
 import socket
 import subprocess
 import sys
 import time
+from html import unescape
 from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
@@ -197,6 +200,19 @@ def subprocess_env(data_dir: Path, **extra: str) -> dict:
         "COMFYHUB_WORKER_TICK_SECONDS": "0.2",
         **extra,
     }
+
+
+def page_socket(html: str) -> str:
+    """The URL of the one WebSocket a rendered page opens (ws-connect on its <body>)."""
+    found = re.findall(r'ws-connect="([^"]*)"', html)
+    assert len(found) == 1, f"a page opens one socket, this one {len(found)}"
+    return unescape(found[0])
+
+
+def watched_jobs(html: str) -> set[int]:
+    """The jobs whose cards the page's socket keeps live."""
+    jobs = parse_qs(urlsplit(page_socket(html)).query).get("jobs", [""])[0]
+    return {int(pk) for pk in jobs.split(",") if pk}
 
 
 def wait_until(predicate, timeout: float = 60, what: str = "condition"):

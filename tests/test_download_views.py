@@ -11,6 +11,7 @@ from django_q.brokers import get_broker
 
 from comfyhub.asgi import application
 from comfyhub.library.models import Download
+from comfyhub.live.page import page_url
 from recovery.models import Job, Status
 
 pytestmark = pytest.mark.django_db
@@ -169,14 +170,15 @@ def test_dismissing_a_failed_download_deletes_its_partial_file(client, models_di
     assert not download.part_path.exists()
 
 
-def test_the_list_takes_three_queries_however_many_downloads_it_shows(
+def test_the_list_takes_five_queries_however_many_downloads_it_shows(
     client, django_assert_num_queries
 ):
     due = timezone.now() + timedelta(seconds=30)
     for n, status in enumerate([*Status.values] * 4):
         queued(f"vae/{n}.bin", status=status, next_attempt_at=due, transient_failures=1)
     Job.objects.update(error_category="auth", error_message="Set HF_TOKEN.", error_detail="401")
-    with django_assert_num_queries(3):  # the list, the count per status, the banner
+    # The list, the count per status, the open breakers, the totals in flight, the banner.
+    with django_assert_num_queries(5):
         assert client.get("/downloads/").content.count(b'class="job ') == 28
 
 
@@ -186,7 +188,10 @@ async def test_the_live_card_of_a_download_carries_a_usable_csrf_token(settings)
     settings.CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
     download = await sync_to_async(queued)()
     headers = [(b"origin", b"http://127.0.0.1:4000"), (b"cookie", b"csrftoken=" + b"a" * 32)]
-    ws = WebsocketCommunicator(application, f"/ws/jobs/{download.job_id}/", headers=headers)
+    url = page_url([download.job_id], panels=[])
+    running = {"status": Status.RUNNING, "updated_at": timezone.now()}
+    await sync_to_async(Job.objects.filter(pk=download.job_id).update)(**running)
+    ws = WebsocketCommunicator(application, url, headers=headers)
     assert (await ws.connect())[0]
     fragment = await ws.receive_from(timeout=5)
     assert "loras/a.safetensors" in fragment and 'value="' + "a" * 32 in fragment

@@ -37,7 +37,7 @@ def session_cookie(base: str) -> str:
 
 async def handshake(base: str, origin: str, cookie: str) -> int:
     """101 when the socket opened, else the HTTP status the handshake was refused with."""
-    url = base.replace("http://", "ws://") + "/ws/jobs/1/"
+    url = base.replace("http://", "ws://") + "/ws/page/"
     try:
         async with websockets.connect(url, origin=origin, additional_headers={"Cookie": cookie}):
             return 101

@@ -6,6 +6,7 @@ from django.utils import timezone
 from django_q.brokers import get_broker
 
 from recovery.models import Job, Status, WorkerHeartbeat
+from tests.conftest import watched_jobs
 
 pytestmark = pytest.mark.django_db
 
@@ -63,7 +64,7 @@ def test_posting_the_self_test_queues_a_job_for_the_worker_and_redirects(
 def test_the_system_page_connects_an_unfinished_job_to_its_websocket(client):
     job = Job.objects.create(kind="selftest")
     html = client.get("/system/").content.decode()
-    assert f'ws-connect="/ws/jobs/{job.pk}/"' in html
+    assert watched_jobs(html) == {job.pk}
     assert f'id="job-{job.pk}"' in html
 
 

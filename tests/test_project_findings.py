@@ -7,10 +7,11 @@ import sys
 import pytest
 
 from comfyhub.library.models import Download
-from comfyhub.live.consumers import JobConsumer
+from comfyhub.live.page import render_cards
 from comfyhub.projects import check, runtime
 from comfyhub.projects.models import Project, ProjectStatus, RunState, follow_install_job
 from recovery.models import Job, Status
+from tests.conftest import watched_jobs
 from tests.projectpages import make
 
 pytestmark = pytest.mark.django_db
@@ -86,10 +87,7 @@ def test_check_again_queues_one_check_job(client, dispatch, folders):
     _, again = dispatch(lambda: client.post(url))
     job = Job.objects.get(kind="project_check")
     assert response.status_code == 302 and (sent, again) == (1, 0)
-    assert (
-        f'ws-connect="/ws/jobs/{job.pk}/"'
-        in client.get(f"/projects/{project.slug}/").content.decode()
-    )
+    assert job.pk in watched_jobs(client.get(f"/projects/{project.slug}/").content.decode())
 
 
 def test_check_again_of_a_project_not_installed_says_why(client):
@@ -136,19 +134,22 @@ def test_the_project_page_shows_a_registry_pack_at_its_version(client):
     assert "fake-pack <code>1.2.0</code> <small>(Comfy Registry)</small>" in html
 
 
+def live_card(pk: int) -> str:
+    """The fragment the page socket sends for the job's card."""
+    return render_cards([Job.objects.get(pk=pk)], "")[0]
+
+
 def test_the_live_cards_of_a_check_and_a_pack_addition_say_what_runs_and_refresh_the_findings(
     folders,
 ):
     project = installed(folders, last_check=FOUND)
     check = project.queue_job("project_check", dispatch=False)
     adding = project.queue_job("project_add_node", dispatch=False, repository="https://x/pack")
-    consumer = JobConsumer()
-    consumer.scope = {"cookies": {}}
     Job.objects.filter(pk=check.pk).update(status=Status.RUNNING)
-    assert "Asking ComfyUI what it sees" in consumer.load(check.pk)[1]
-    assert "<h3>Adding <code>https://x/pack</code></h3>" in consumer.load(adding.pk)[1]
+    assert "Asking ComfyUI what it sees" in live_card(check.pk)
+    assert "<h3>Adding <code>https://x/pack</code></h3>" in live_card(adding.pk)
     Job.objects.filter(pk=check.pk).update(status=Status.SUCCEEDED)
-    done = consumer.load(check.pk)[1]
+    done = live_card(check.pk)
     assert "ComfyUI was asked" in done and f'id="findings-{project.pk}"' in done
 
 

@@ -9,7 +9,7 @@ import pytest
 from django.test import Client
 
 from comfyhub.library.models import Download
-from comfyhub.live.consumers import JobConsumer
+from comfyhub.live.page import render_cards
 from comfyhub.projects import install
 from comfyhub.projects.models import (
     Project,
@@ -21,7 +21,7 @@ from comfyhub.workflows import catalog
 from recovery.engine import run_foreground
 from recovery.errors import JobError
 from recovery.models import Category, Job, Status
-from tests.conftest import ROOT, free_port
+from tests.conftest import ROOT, free_port, watched_jobs
 from tests.fileserver import FileServer
 from tests.projectpages import MODEL, SPEC, csrf_client, make
 
@@ -59,7 +59,7 @@ def test_an_installing_project_shows_its_live_install_card(client):
     project = make()
     html = client.get("/").content.decode()
     assert project.name in html and "Installing" in html
-    assert f'ws-connect="/ws/jobs/{project.install_job_id}/"' in html
+    assert watched_jobs(html) == {project.install_job_id}
     assert f'id="job-{project.install_job_id}"' in html and "Get ComfyUI" in html
 
 
@@ -293,7 +293,7 @@ def test_the_page_shows_the_projects_downloads_live(client):
     project = make()
     download, _ = Download.objects.request(MODEL["url"], "checkpoints/a.safetensors")
     html = client.get(f"/projects/{project.slug}/").content.decode()
-    assert f'ws-connect="/ws/jobs/{download.job_id}/"' in html
+    assert download.job_id in watched_jobs(html)
     assert f'id="job-{download.job_id}"' in html
 
 
@@ -326,7 +326,7 @@ def test_launch_queues_one_launch_job_and_goes_back(client, dispatch):
     job = Job.objects.get(kind="project_launch")
     assert response.status_code == 302 and response["Location"] == "/"
     assert job.params == {"project": project.pk} and (sent, again) == (1, 0)
-    assert f'ws-connect="/ws/jobs/{job.pk}/"' in client.get("/").content.decode()
+    assert watched_jobs(client.get("/").content.decode()) == {job.pk}
 
 
 def test_launching_a_project_not_installed_says_why(client):
@@ -436,29 +436,30 @@ def test_read_only_pages_refuse_post(client, page):
     assert client.post(f"/projects/{project.slug}/{page}").status_code == 405
 
 
+def live_card(pk: int, csrf_token: str = "") -> str:
+    """The fragment the page socket sends for the job's card."""
+    return render_cards([Job.objects.get(pk=pk)], csrf_token)[0]
+
+
 def test_the_live_install_card_renders_steps_for_the_socket():
     project = make()
     Job.objects.filter(pk=project.install_job_id).update(
         status=Status.RUNNING,
         checkpoint_data={"steps": ["clone_comfyui"], "current": "create_venv"},
     )
-    consumer = JobConsumer()
-    consumer.scope = {"cookies": {"csrftoken": "t" * 32}}
-    _, html, terminal = consumer.load(project.install_job_id)
+    html = live_card(project.install_job_id, "t" * 32)
     assert f'id="job-{project.install_job_id}" class="job install' in html
-    assert 'hx-swap-oob="true"' in html and not terminal
+    assert 'hx-swap-oob="true"' in html
     assert 'data-state="current"' in html and "Create the Python environment" in html
 
 
 def test_the_live_launch_card_says_it_is_starting_then_offers_launch_again():
     project = make(status=ProjectStatus.READY)
     job = Job.objects.create(kind="project_launch", params={"project": project.pk})
-    consumer = JobConsumer()
-    consumer.scope = {"cookies": {}}
-    assert "waiting for the worker to start ComfyUI" in consumer.load(job.pk)[1]
+    assert "waiting for the worker to start ComfyUI" in live_card(job.pk)
     Job.objects.filter(pk=job.pk).update(status=Status.FAILED, error_message="exited with 1")
-    _, html, terminal = consumer.load(job.pk)
-    assert terminal and "Launch failed:" in html and "Launch again" in html
+    html = live_card(job.pk)
+    assert "Launch failed:" in html and "Launch again" in html
 
 
 # --- A cancelled model download ----------------------------------------------------------
@@ -553,8 +554,6 @@ def test_the_live_install_card_carries_the_header_status_badge(client):
     assert badge in client.get(f"/projects/{project.slug}/").content.decode()
     # The job's row is written first; the badge must not wait for the project's to follow.
     Job.objects.filter(pk=project.install_job_id).update(status=Status.SUCCEEDED)
-    consumer = JobConsumer()
-    consumer.scope = {"cookies": {}}
-    html = consumer.load(project.install_job_id)[1]
+    html = live_card(project.install_job_id)
     sent = re.search(rf"<span {badge}[^>]*>([^<]*)</span>", html)
     assert sent and 'hx-swap-oob="true"' in sent.group(0) and sent.group(1) == "Ready"

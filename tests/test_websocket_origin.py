@@ -50,7 +50,7 @@ async def opens(host: str | None, origin: str | None, cookie: bytes = b"") -> bo
     headers = [(b"host", host.encode())] if host else []
     headers += [(b"origin", origin.encode())] if origin else []
     headers += [(b"cookie", cookie)] if cookie else []
-    ws = WebsocketCommunicator(application, f"/ws/jobs/{job.pk}/", headers=headers)
+    ws = WebsocketCommunicator(application, f"/ws/page/?jobs={job.pk}", headers=headers)
     connected, _ = await ws.connect(timeout=5)
     await ws.disconnect()
     return connected

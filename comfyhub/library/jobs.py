@@ -1,7 +1,9 @@
+from django.template.loader import render_to_string
+
 from comfyhub.library import mirrors
 from comfyhub.library.fetch import fetch
-from comfyhub.library.models import Download
-from comfyhub.live.consumers import card_context
+from comfyhub.library.models import Download, with_breakers
+from comfyhub.live.page import cards_context, panel
 from recovery.models import Category, Job
 from recovery.registry import recoverable
 
@@ -19,9 +21,20 @@ def discard_partial(job: Job) -> None:
 QUICK = {"base": 0.25, "jitter": 0.25, "max_attempts": 10}
 
 
-@card_context("download")
-def download_card(job: Job) -> dict:
-    return {"download": Download.objects.filter(job=job).first()}
+@cards_context("download")
+def download_cards(jobs: list[Job]) -> dict[int, dict]:
+    """Each card's Download row and its host's breaker: two queries for any number."""
+    downloads = with_breakers(list(Download.objects.filter(job__in=jobs)))
+    return {download.job_id: {"download": download} for download in downloads}
+
+
+@panel("downloads")
+def at_a_glance() -> tuple[object, str]:
+    """The downloads page's summary. Its version is its HTML: it goes out when what it
+    says changed, not for every byte."""
+    glance = Download.objects.at_a_glance()
+    html = render_to_string("library/_glance.html", {"glance": glance, "oob": True})
+    return html, html
 
 
 @recoverable(

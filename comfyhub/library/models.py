@@ -5,6 +5,7 @@ from pathlib import Path
 
 from django.conf import settings
 from django.db import IntegrityError, models, transaction
+from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from comfyhub.library import sealing
@@ -21,13 +22,30 @@ from comfyhub.library.paths import (
     models_path,
 )
 from recovery.errors import JobError
-from recovery.models import TERMINAL, Category, Job, Status
+from recovery.models import ACTIVE, TERMINAL, BreakerState, Category, CircuitBreaker, Job, Status
 
 # A request that keeps meeting other processes' rows gives up after this many looks.
 JOIN_TRIES = 3
 
 
 class DownloadQuerySet(models.QuerySet):
+    def at_a_glance(self) -> dict:
+        """Totals for the downloads in flight (queued, running, waiting), in one query:
+        how many, the running ones' summed speed, the bytes still to come of those whose
+        size is known (`unsized` counts the rest) and the time left at that speed."""
+        flying = self.filter(job__status__in=ACTIVE)
+        size = Coalesce("total_bytes", "expected_size")
+        running = models.Q(job__status=Status.RUNNING)
+        totals = flying.aggregate(
+            in_flight=models.Count("id"),
+            running=models.Count("id", filter=running),
+            speed=Coalesce(models.Sum("speed", filter=running), 0.0),
+            left=Coalesce(models.Sum(size - models.F("bytes_done")), 0),
+            unsized=models.Count("id", filter=models.Q(total_bytes=None, expected_size=None)),
+        )
+        totals["eta"] = totals["left"] / totals["speed"] if totals["speed"] else None
+        return totals
+
     def running_on(self, host: str | None = None):
         running = self.filter(job__status=Status.RUNNING)
         return running.filter(host=host) if host else running
@@ -243,6 +261,16 @@ class Download(models.Model):
     @property
     def real_dest(self) -> str:
         return file_key(self.dest, settings.MODELS_DIR)
+
+
+def with_breakers(downloads: list[Download]) -> list[Download]:
+    """Set `breaker` on each download: its host's circuit breaker while not closed, else
+    None (one query), so its card names the host that is down and when it is tried again."""
+    shut = CircuitBreaker.objects.exclude(state=BreakerState.CLOSED)
+    by_key = {breaker.key: breaker for breaker in shut}
+    for download in downloads:
+        download.breaker = by_key.get(download.host)
+    return downloads
 
 
 def follow_job(sender, job: Job, **kwargs) -> None:

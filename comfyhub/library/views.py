@@ -5,7 +5,8 @@ from django.views.decorators.http import require_http_methods, require_POST
 
 from comfyhub.library import store
 from comfyhub.library.forms import DownloadFilter, DownloadForm
-from comfyhub.library.models import Download
+from comfyhub.library.models import Download, with_breakers
+from comfyhub.live.page import page_url
 from recovery.models import Status
 from recovery.views import act_on
 
@@ -22,6 +23,7 @@ CARD_FIELDS = [
     "total_bytes",
     "speed",
     "eta_seconds",
+    "host",
     "job__kind",
     "job__status",
     "job__attempt",
@@ -48,11 +50,14 @@ def downloads(request: HttpRequest) -> HttpResponse:
 
 
 def listing(form: DownloadForm, shown: DownloadFilter) -> dict:
-    """The page's context: at most LISTED downloads (one query), a count per status and
-    the one-copy store's figures (one stat per entry, no query)."""
+    """The page's context: at most LISTED downloads (one query), a count per status, the
+    open breakers, the totals in flight, the one-copy store's figures (one stat per entry,
+    no query) and the page socket watching the unfinished."""
     status = shown.cleaned_data["status"] if shown.is_valid() else ""
     rows = Download.objects.select_related("job").only(*CARD_FIELDS)
-    listed = list((rows.filter(job__status=status) if status else rows)[: LISTED + 1])
+    listed = with_breakers(
+        list((rows.filter(job__status=status) if status else rows)[: LISTED + 1])
+    )
     counts = dict(Download.objects.values_list("job__status").annotate(n=Count("id")).order_by())
     tabs = [("", "All", sum(counts.values()))]
     tabs += [(value, label, counts.get(value, 0)) for value, label in Status.choices]
@@ -64,7 +69,13 @@ def listing(form: DownloadForm, shown: DownloadFilter) -> dict:
         "downloads": listed[:LISTED],
         "more": len(listed) > LISTED,
         "store": store.stats(),
+        "glance": Download.objects.at_a_glance(),
+        "live": page_url(unfinished(listed[:LISTED]), panels=["banner", "downloads"]),
     }
+
+
+def unfinished(downloads: list[Download]) -> list[int]:
+    return [download.job_id for download in downloads if not download.job.is_terminal]
 
 
 @require_POST

@@ -1,100 +1,76 @@
-"""WebSocket consumers that keep a server-rendered fragment current.
+"""The page socket: one WebSocket carries every live fragment on a page.
 
-On connect the consumer sends the object's fragment (root with `id` + `hx-swap-oob`), then
-re-renders it whenever the object changes: woken by an `object.changed` hint when the
-channel layer reaches across processes, else by re-reading the row every
-LIVE_POLL_SECONDS (the embedded default's worker runs in another process). It closes with
-1000 once the object reaches a terminal state.
+The page names what it shows live in the URL (comfyhub.live.page.page_url). On connect
+the consumer sends what changed since the page was rendered, then looks again every
+LIVE_POLL_SECONDS (the embedded default's worker runs in another process, out of reach
+of an in-memory channel layer), or at once when an `object.changed` hint arrives for a
+watched job. Each look sends only the fragments that changed (`hx-swap-oob`), in one
+message. The socket stays open while the page is: the attention banner is always live.
 """
 
 import asyncio
-from collections.abc import Callable
+import contextlib
+import logging
 
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
-from django.template.loader import select_template
 
-from comfyhub.live.broadcast import group_for, is_cross_process
-from recovery.models import Job
+from comfyhub.live.page import Watch
 
-# Extra template context per job kind, registered by the app that owns the kind (e.g. a
-# download card needs its Download row): {kind: callable(job) -> dict}.
-CONTEXT: dict[str, Callable[[Job], dict]] = {}
+log = logging.getLogger(__name__)
 
 
-def card_context(kind: str):
-    def register(func: Callable[[Job], dict]) -> Callable[[Job], dict]:
-        CONTEXT[kind] = func
-        return func
-
-    return register
-
-
-class LiveConsumer(AsyncWebsocketConsumer):
-    kind = ""
-
-    def load(self, pk: int):
-        """Return (version, html, terminal) for the object, or None when it is gone."""
-        raise NotImplementedError
+class PageConsumer(AsyncWebsocketConsumer):
+    watch: Watch | None = None
+    looker: asyncio.Task | None = None
 
     async def connect(self) -> None:
         user = self.scope.get("user")
         if settings.LOGIN_REQUIRED and not (user and user.is_authenticated):
             await self.close()
             return
-        self.pk = int(self.scope["url_route"]["kwargs"]["pk"])
-        self.group = group_for(self.kind, self.pk)
-        self.version = None
-        self.poller = None
+        try:
+            self.watch = Watch.from_query(self.scope["query_string"], self.csrf_token())
+        except (ValueError, OverflowError):
+            await self.close(code=4400)
+            return
         await self.accept()
-        await self.channel_layer.group_add(self.group, self.channel_name)
-        if await self.refresh() and not is_cross_process(self.channel_layer):
-            self.poller = asyncio.create_task(self.poll())
+        for group in self.watch.groups:
+            await self.channel_layer.group_add(group, self.channel_name)
+        self.woken = asyncio.Event()
+        self.looker = asyncio.create_task(self.look())
 
     async def disconnect(self, code: int) -> None:
-        if getattr(self, "poller", None):
-            self.poller.cancel()
-        if hasattr(self, "group"):
-            await self.channel_layer.group_discard(self.group, self.channel_name)
+        if self.looker:
+            self.looker.cancel()
+        for group in self.watch.groups if self.watch else []:
+            await self.channel_layer.group_discard(group, self.channel_name)
 
     async def object_changed(self, event: dict) -> None:
-        await self.refresh()
+        self.woken.set()
 
-    async def poll(self) -> None:
-        while await self.refresh():
-            await asyncio.sleep(settings.LIVE_POLL_SECONDS)
+    async def look(self) -> None:
+        try:
+            await self.keep_looking()
+        except Exception:
+            # A dead loop would leave a socket that says nothing; a closed one makes the
+            # page reconnect (htmx's ws extension backs off) and start afresh.
+            log.exception("page socket stopped looking")
+            await self.close(code=1011)
 
-    async def refresh(self) -> bool:
-        """Send the fragment if it changed; return False once the socket is done."""
-        state = await database_sync_to_async(self.load)(self.pk)
-        if state is None:
-            await self.close(code=4404)
-            return False
-        version, html, terminal = state
-        if version != self.version:
-            self.version = version
-            await self.send(text_data=html)
-        if terminal:
-            await self.close(code=1000)
-            return False
-        return True
-
-
-class JobConsumer(LiveConsumer):
-    """A job's card; a kind may bring its own (templates/live/<kind>.html)."""
-
-    kind = "job"
-
-    def load(self, pk: int):
-        job = Job.objects.filter(pk=pk).first()
-        if job is None:
-            return None
-        template = select_template([f"live/{job.kind}.html", "live/job.html"])
-        context = {"job": job, "oob": True, "csrf_token": self.csrf_token()}
-        if job.kind in CONTEXT:
-            context.update(CONTEXT[job.kind](job))
-        return job.updated_at, template.render(context), job.is_terminal
+    async def keep_looking(self) -> None:
+        while True:
+            # Hints only wake the loop: a burst of them (500 downloads reporting) costs
+            # one look, not one per hint.
+            self.woken.clear()
+            groups = set(self.watch.groups)
+            if fragments := await database_sync_to_async(self.watch.poll)():
+                await self.send(text_data="\n".join(fragments))
+            for finished in groups - set(self.watch.groups):
+                await self.channel_layer.group_discard(finished, self.channel_name)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.woken.wait(), settings.LIVE_POLL_SECONDS)
 
     def csrf_token(self) -> str:
         # Forms inside a pushed fragment must post like the page's own; the cookie's

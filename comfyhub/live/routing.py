@@ -1,7 +1,7 @@
 from django.urls import path
 
-from comfyhub.live.consumers import JobConsumer
+from comfyhub.live.consumers import PageConsumer
 
 websocket_urlpatterns = [
-    path("ws/jobs/<int:pk>/", JobConsumer.as_asgi()),
+    path("ws/page/", PageConsumer.as_asgi()),
 ]

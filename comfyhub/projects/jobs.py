@@ -6,7 +6,9 @@ Launch and rollback are jobs, not view code: a launch waits for ComfyUI's health
 templates/live/project_<kind>.html with the context registered here.
 """
 
-from comfyhub.live.consumers import card_context
+from django.template.loader import render_to_string
+
+from comfyhub.live.page import card_context, watched_object
 from comfyhub.projects import check, restore, runtime
 from comfyhub.projects.install import STEP_LABELS, model_paths, run_steps
 from comfyhub.projects.models import (
@@ -148,3 +150,15 @@ def check_card(job: Job) -> dict:
 @card_context("project_rollback")
 def rollback_card(job: Job) -> dict:
     return {"project": Project.objects.filter(pk=job.params.get("project")).first()}
+
+
+@watched_object("projects")
+def status_badges(pks: list[int], since) -> list[tuple]:
+    """The header status badge of each project written since `since` (one query)."""
+    rows = Project.objects.filter(pk__in=pks, updated_at__gte=since)
+    return [(project.pk, project.updated_at, status_badge(project)) for project in rows]
+
+
+def status_badge(project: Project) -> str:
+    context = {"project": project, "status": ProjectStatus(project.status), "oob": True}
+    return render_to_string("projects/_status.html", context)

@@ -23,6 +23,8 @@ from django.views.decorators.http import (
     require_safe,
 )
 
+from comfyhub.library.models import with_breakers
+from comfyhub.live.page import page_url
 from comfyhub.projects import install, jobs, runtime
 from comfyhub.projects.export import launcher_json
 from comfyhub.projects.forms import (
@@ -37,7 +39,7 @@ from comfyhub.projects.forms import (
 )
 from comfyhub.projects.models import Project, ProjectStatus
 from comfyhub.workflows import catalog
-from recovery.models import Status
+from recovery.models import Job, Status
 
 PER_PAGE = 48
 IMPORTS = "project_imports"
@@ -91,7 +93,9 @@ def problem(request: HttpRequest, project: Project, message: str) -> HttpRespons
 def projects(request: HttpRequest) -> HttpResponse:
     listed = Project.objects.select_related("install_job")
     cards = [card(runtime.observed(project)) for project in listed]
-    return render(request, "projects/list.html", {"cards": cards})
+    jobs = [c["launch"] if c["project"].installed else c["job"] for c in cards]
+    live = page_url(unfinished(*jobs), projects=[c["project"].pk for c in cards])
+    return render(request, "projects/list.html", {"cards": cards, "live": live})
 
 
 @require_http_methods(["GET", "POST"])
@@ -188,7 +192,16 @@ def detail(request: HttpRequest, project: Project, status: int = 200, **forms) -
         "uncheckable": project.why_not_checkable(),
         "picture": catalog.pictures().get(project.spec.get("template", "")),
     }
+    downloads = with_breakers([m["download"] for m in context["models"] if m["download"]])
+    jobs = [context["job"], context["launch"], context["rollback"], *context["live_checks"]]
+    live = unfinished(*jobs, *(download.job for download in downloads))
+    context["live"] = page_url(live, projects=[project.pk])
     return render(request, "projects/detail.html", context, status=status)
+
+
+def unfinished(*jobs: Job | None) -> list[int]:
+    """The jobs whose cards the page socket keeps live."""
+    return [job.pk for job in jobs if job and not job.is_terminal]
 
 
 def live_checks(project: Project) -> list:
