@@ -1,3 +1,4 @@
+from comfyhub.library import searches
 from comfyhub.library.fetch import fetch
 from comfyhub.library.models import Download
 from comfyhub.live.consumers import card_context
@@ -30,3 +31,18 @@ def download_card(job: Job) -> dict:
 )
 def download(job: Job) -> None:
     fetch(job)
+
+
+# A search with every remote source down fails at once with the reason: the user is on
+# the import page now, can paste a link, and an import later searches again.
+@recoverable(
+    searches.KIND,
+    policies={c: {"max_attempts": 1} for c in (Category.NETWORK, Category.TIMEOUT)},
+)
+def find_model(job: Job) -> None:
+    searches.search(job)
+
+
+@card_context(searches.KIND)
+def search_card(job: Job) -> dict:
+    return searches.card(job)
