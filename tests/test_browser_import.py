@@ -78,7 +78,7 @@ def test_five_missing_models_show_at_once_and_their_candidates_arrive_live(brows
     shown_in = check_needs(page, server, workflow())
     assert shown_in < 1.0, f"the requirements page took {shown_in:.2f} s"
     assert page.locator("fieldset.model").count() == 5
-    assert page.locator("fieldset.model", has_text="Searching").count() == 5
+    assert page.locator("fieldset.model", has_text="Refresh to see what it found").count() == 5
     shoot(page, "import-searching")
     page.evaluate("window.notReloaded = true")
     chosen = page.locator('fieldset.model input[type="radio"][value="c0"]')

@@ -75,7 +75,7 @@ def test_the_requirements_page_renders_without_asking_any_remote_source(client, 
     confirm, pk = imported(client)
     html = client.get(confirm).content.decode()
     assert hf.requests == [] and civitai.requests == []
-    assert f'ws-connect="/ws/jobs/{pk}/"' in html and "Searching" in html
+    assert f'ws-connect="/ws/jobs/{pk}/"' in html and "starts as soon as a worker is free" in html
     assert f'name="model_{pk}" value="url"' in html and 'value="skip"' in html
 
 
@@ -190,7 +190,10 @@ def test_nothing_found_while_the_sources_answered_says_so_and_succeeds(client, h
 def test_the_live_card_says_it_searches_with_a_refresh_link_then_brings_radios(hf, civitai):
     pk = searches.queue({"directory": "checkpoints", "name": "ink_mix_v2.safetensors"}).pk
     html, terminal = card(pk)
-    assert not terminal and "Searching" in html and '<a href="">Refresh</a>' in html
+    assert not terminal and "Queued" in html and '<a href="">Refresh</a>' in html
+    Job.objects.filter(pk=pk).update(status=Status.RUNNING)
+    assert "Searching</span> the models folder" in card(pk)[0]
+    Job.objects.filter(pk=pk).update(status=Status.QUEUED)
     run_foreground(pk)
     html, terminal = card(pk)
     assert terminal and f'id="job-{pk}"' in html and 'hx-swap-oob="true"' in html
