@@ -206,3 +206,11 @@ def test_a_name_the_finder_refuses_fails_its_search_with_the_reason(hf, civitai)
     job = run_foreground(pk)
     assert (job.status, job.error_category) == (Status.FAILED, Category.VALIDATION)
     assert "may not contain '..'" in job.error_message and "may not contain" in card(pk)[0]
+
+
+def test_an_import_kept_by_a_version_without_searches_is_gone_not_a_crash(client):
+    session = client.session
+    session["project_imports"] = {"old": {"name": "x", "missing": [], "candidates": []}}
+    session.save()
+    response = client.get("/projects/import/old/")
+    assert response.status_code == 404

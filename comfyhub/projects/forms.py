@@ -201,11 +201,11 @@ class ResolveForm(forms.Form):
 
     name = name_field()
 
-    def __init__(self, missing: list[dict], searches: list[int], *args, packs=(), **kwargs):
+    def __init__(self, missing: list[dict], search_ids: list[int], *args, packs=(), **kwargs):
         super().__init__(*args, **kwargs)
-        jobs = Job.objects.in_bulk(searches)
+        jobs = Job.objects.in_bulk(search_ids)
         self.models = [
-            (model, str(pk), jobs.get(pk)) for model, pk in zip(missing, searches, strict=True)
+            (model, str(pk), jobs.get(pk)) for model, pk in zip(missing, search_ids, strict=True)
         ]
         for model, pk, job in self.models:
             self.fields[f"model_{pk}"] = model_choice(model_key(model), job)
