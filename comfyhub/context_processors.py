@@ -4,7 +4,9 @@ A job needs the user when waiting will not fix it: it failed (including a missin
 refused token, which fails at once), it paused because the disk is full, or it waits with
 an auth error (only with a policy that retries auth). Jobs that retry on their own —
 backoff, Retry-After, an open circuit breaker — and jobs the user paused do not count:
-the Recovery page lists them, the banner stays quiet.
+the Recovery page lists them, the banner stays quiet. Nor does a failed model search: it
+says why on the import page that asked, where a link can be pasted instead, and importing
+again searches again; there is nothing to fix elsewhere.
 """
 
 from django.conf import settings
@@ -12,6 +14,7 @@ from django.db.models import Count, Q, QuerySet
 from django.http import HttpRequest
 from django.utils.functional import SimpleLazyObject
 
+from comfyhub.library import searches
 from recovery.models import Category, Job, Status
 
 NEEDS_USER = (
@@ -22,7 +25,7 @@ NEEDS_USER = (
 
 
 def needing_user() -> QuerySet:
-    return Job.objects.filter(NEEDS_USER)
+    return Job.objects.filter(NEEDS_USER).exclude(kind=searches.KIND)
 
 
 def attention_counts() -> dict:

@@ -180,12 +180,14 @@ class FakeHuggingFace(FileServer):
     /api/models/<repo>/tree/<rev>[/<folder>][?recursive=1].
 
     With `token`, resolve routes want `Authorization: Bearer <token>`; the API does not.
-    With `outage` set to a status, every request gets it (a site that is down)."""
+    With `outage` set to a status, every request gets it (a site that is down). With
+    `search_delay` (seconds), each search answers that late (a slow site)."""
 
     def __init__(self, host: str = "127.0.0.1", token: str | None = None):
         super().__init__(host)
         self.token = token
         self.outage: int | None = None
+        self.search_delay = 0.0
         self.repos: dict[str, dict] = {}
         self.trees: dict[tuple[str, str], dict[str, dict]] = {}
 
@@ -222,6 +224,7 @@ class FakeHuggingFace(FileServer):
         if self.outage:
             return self.reply_json(h, record, self.outage, {"error": "Service unavailable"})
         if path == "/api/models":
+            self._stopped.wait(self.search_delay)  # stop() cuts the delay short
             found, more = self.search(query)
             link = {"Link": f'<{self.url(f"/api/models?{more}")}>; rel="next"'} if more else {}
             return self.reply_json(h, record, 200, found, link)

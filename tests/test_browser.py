@@ -187,10 +187,10 @@ def test_an_imported_workflow_downloads_both_models_live_through_drops(page, ser
     page.locator("#id_text").fill(json.dumps({"nodes": nodes, "links": [], "version": 0.4}))
     page.get_by_role("button", name="Check what it needs").click()
     shoot(page, "import-requirements")
-    for i, fieldset in enumerate(page.locator("fieldset.model").all()):
-        fieldset.locator(f'input[name="model_{i}"][value="url"]').check()
+    for fieldset in page.locator("fieldset.model").all():
+        fieldset.locator('input[type="radio"][value="url"]').check()
         name = "sure" if "sure.safetensors" in fieldset.inner_text() else "flaky"
-        fieldset.locator(f'input[name="url_{i}"]').fill(files.url(f"/{name}.safetensors"))
+        fieldset.locator('input[type="url"]').fill(files.url(f"/{name}.safetensors"))
     page.get_by_label("Project name").fill("Two Models")
     page.get_by_role("button", name="Create the project").click()
     page.wait_for_url(re.compile(r"/projects/two-models/$"))

@@ -156,6 +156,11 @@ def import_pasted(client, workflow=WORKFLOW) -> str:
     return response["Location"]
 
 
+def search_of(client, confirm: str, i: int = 0) -> int:
+    """The pk of the search job of the import's i-th missing model (it names its fields)."""
+    return client.session["project_imports"][confirm.rstrip("/").rsplit("/", 1)[-1]]["searches"][i]
+
+
 def test_the_import_page_offers_file_paste_and_link(client):
     html = client.get("/projects/import/").content.decode()
     assert 'type="file"' in html and "<textarea" in html and 'name="url"' in html
@@ -169,8 +174,8 @@ def test_a_pasted_workflow_lists_its_missing_model(client):
 
 def test_confirming_with_a_link_creates_the_project_with_that_link(client, dispatch):
     confirm = import_pasted(client)
-    url = "https://example.org/dreamy_v1.safetensors"
-    data = {"name": "Dreamy", "model_0": "url", "url_0": url}
+    url, pk = "https://example.org/dreamy_v1.safetensors", search_of(client, confirm)
+    data = {"name": "Dreamy", f"model_{pk}": "url", f"url_{pk}": url}
     response, sent = dispatch(lambda: client.post(confirm, data))
     project = Project.objects.get()
     assert response.status_code == 302 and response["Location"] == "/projects/dreamy/"
@@ -180,7 +185,8 @@ def test_confirming_with_a_link_creates_the_project_with_that_link(client, dispa
 
 
 def test_going_without_a_model_records_it_as_skipped(client):
-    client.post(import_pasted(client), {"name": "Lean", "model_0": "skip"})
+    confirm = import_pasted(client)
+    client.post(confirm, {"name": "Lean", f"model_{search_of(client, confirm)}": "skip"})
     project = Project.objects.get()
     assert project.models_skipped == ["checkpoints/dreamy_v1.safetensors"]
 
@@ -189,16 +195,19 @@ def test_a_launcher_json_keeps_its_pins_and_a_chosen_candidate_becomes_the_link(
     with open(ROOT / "tests/data/workflows/launcher.json", "rb") as upload:
         confirm = client.post("/projects/import/", {"file": upload})["Location"]
     state = client.session["project_imports"][confirm.rstrip("/").rsplit("/", 1)[-1]]
-    choices = {f"model_{i}": "c0" for i in range(len(state["missing"]))}
-    client.post(confirm, {"name": "Portraits", **choices})
+    for pk in state["searches"]:
+        run_foreground(pk)
+    client.post(confirm, {"name": "Portraits", **{f"model_{pk}": "c0" for pk in state["searches"]}})
     project = Project.objects.get()
-    first = state["candidates"][0][0]
+    first = Job.objects.get(pk=state["searches"][0]).checkpoint_data["candidates"][0]
     assert first["url"] in [m["url"] for m in project.spec["models"]]
     assert project.spec["comfyui"]["commit"] == "0a6a6b8ee0bb28ef1f0d3e9ee00cf5e4e4d8d2f1"
 
 
 def test_choosing_a_link_without_pasting_one_says_so(client):
-    response = client.post(import_pasted(client), {"name": "X", "model_0": "url", "url_0": ""})
+    confirm = import_pasted(client)
+    pk = search_of(client, confirm)
+    response = client.post(confirm, {"name": "X", f"model_{pk}": "url", f"url_{pk}": ""})
     assert response.status_code == 400 and b"Paste the link" in response.content
     assert not Project.objects.exists()
 

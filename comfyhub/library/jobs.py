@@ -1,9 +1,9 @@
 from django.template.loader import render_to_string
 
-from comfyhub.library import mirrors
+from comfyhub.library import mirrors, searches
 from comfyhub.library.fetch import fetch
 from comfyhub.library.models import Download, with_breakers
-from comfyhub.live.page import cards_context, panel
+from comfyhub.live.page import card_context, cards_context, panel
 from recovery.models import Category, Job
 from recovery.registry import recoverable
 
@@ -45,3 +45,18 @@ def at_a_glance() -> tuple[object, str]:
 )
 def download(job: Job) -> None:
     fetch(job)
+
+
+# A search with every remote source down fails at once with the reason: the user is on
+# the import page now, can paste a link, and an import later searches again.
+@recoverable(
+    searches.KIND,
+    policies={c: {"max_attempts": 1} for c in (Category.NETWORK, Category.TIMEOUT)},
+)
+def find_model(job: Job) -> None:
+    searches.search(job)
+
+
+@card_context(searches.KIND)
+def search_card(job: Job) -> dict:
+    return searches.card(job)

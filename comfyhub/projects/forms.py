@@ -6,25 +6,16 @@ from urllib.parse import unquote, urlsplit
 import httpx
 from django import forms
 
-from comfyhub.library import finder, index, knowledge
-from comfyhub.library.fetch import human
+from comfyhub.library import finder, index, knowledge, searches
 from comfyhub.library.paths import BadInput, check_url
 from comfyhub.projects import specs
 from comfyhub.projects.models import MAX_NAME, RestorePoint, model_key, node_key
 from comfyhub.workflows import catalog, parse
-from comfyhub.workflows.analyze import ModelRequirement, analyze
+from comfyhub.workflows.analyze import analyze
 from recovery.errors import JobError
+from recovery.models import Job
 
 FETCH_TIMEOUT = 20.0
-MAX_CANDIDATES = 5
-SOURCE_NAMES = {
-    "url": "link in the workflow",
-    "known": "a file imported before",
-    "model-list": "ComfyUI-Manager's model list",
-    "templates": "an official template",
-    "huggingface": "Hugging Face",
-    "civitai": "CivitAI",
-}
 
 
 def checked(func, *args):
@@ -162,17 +153,17 @@ class ImportForm(forms.Form):
 
     def state(self) -> dict:
         """What the next step needs, kept on the server (session): the workflow, what it
-        requires, and finder candidates for each missing model."""
+        requires, and the search (a job, see library.searches) for each missing model."""
         requirements = self.cleaned_data["requirements"]
         index.mark_present(requirements.models)
         # A model the one-copy store holds is linked at install, with no network: no choice.
-        missing = [m for m in requirements.models if not (m.present or m.in_store)]
+        missing = [m.as_json() for m in requirements.models if not (m.present or m.in_store)]
         return {
             "name": self.default_name(),
             "workflow": self.cleaned_data["workflow"],
             "requirements": requirements.as_json(),
-            "missing": [model.as_json() for model in missing],
-            "candidates": [candidates_for(model) for model in missing],
+            "missing": missing,
+            "searches": [searches.queue(model).pk for model in missing],
         }
 
 
@@ -214,30 +205,26 @@ def github_raw(url: str) -> str:
     return f"https://raw.githubusercontent.com/{owner_repo}/{rest}"
 
 
-def candidates_for(model: ModelRequirement) -> list[dict]:
-    """Where the finder says the model can be downloaded from, best first."""
-    try:
-        result = finder.find(model.name, model.directory, model.sha256, model.url)
-    except BadInput:
-        return []
-    found = [c for c in result.candidates if c.url.startswith(("http://", "https://"))]
-    return [{**c.as_json(), "label": c.label} for c in found[:MAX_CANDIDATES]]
-
-
 class ResolveForm(forms.Form):
-    """For each missing model: a finder candidate, a pasted link, or going without; for
-    each node type several packs provide (`packs`, the analysis' custom_nodes): which."""
+    """For each missing model: a candidate its search found, a pasted link, or going
+    without; for each node type several packs provide (`packs`, the analysis'
+    custom_nodes): which.
+
+    A model's fields are named after its search job (`model_<pk>`, `url_<pk>`), so the
+    search's live card, which knows only its job, renders radio buttons of the same
+    group. Only the candidates found by the time of the POST can be chosen."""
 
     name = name_field()
 
-    def __init__(
-        self, missing: list[dict], candidates: list[list[dict]], *args, packs=(), **kwargs
-    ):
+    def __init__(self, missing: list[dict], search_ids: list[int], *args, packs=(), **kwargs):
         super().__init__(*args, **kwargs)
-        self.missing, self.candidates = missing, candidates
-        for i, (model, found) in enumerate(zip(missing, candidates, strict=True)):
-            self.fields[f"model_{i}"] = model_choice(model_key(model), found)
-            self.fields[f"url_{i}"] = forms.CharField(
+        jobs = Job.objects.in_bulk(search_ids)
+        self.models = [
+            (model, str(pk), jobs.get(pk)) for model, pk in zip(missing, search_ids, strict=True)
+        ]
+        for model, pk, job in self.models:
+            self.fields[f"model_{pk}"] = model_choice(model_key(model), job)
+            self.fields[f"url_{pk}"] = forms.CharField(
                 required=False, max_length=2000, label=f"Link for {model_key(model)}"
             )
         self.packs = list(packs)
@@ -260,50 +247,54 @@ class ResolveForm(forms.Form):
         return {t: url for t, url in chosen if url and url != current[t]}
 
     def rows(self) -> list[dict]:
-        """One row per missing model, its radio buttons paired with their candidates."""
+        """One row per missing model: its search (a job, maybe still running), what its
+        card shows, the choice made so far and the link field."""
         return [
             {
                 "key": model_key(model),
-                "choice": self[f"model_{i}"],
-                "options": list(zip(self[f"model_{i}"], [*found, None, None], strict=True)),
-                "url": self[f"url_{i}"],
+                "search": job,
+                "choice": self[f"model_{pk}"],
+                "chosen": self[f"model_{pk}"].value(),
+                "url": self[f"url_{pk}"],
+                **searches.card(job),
             }
-            for i, (model, found) in enumerate(zip(self.missing, self.candidates, strict=True))
+            for model, pk, job in self.models
         ]
 
     def clean(self) -> dict:
         chosen = {}
-        for i, model in enumerate(self.missing):
-            choice, url = self.cleaned_data.get(f"model_{i}"), self.cleaned_data.get(f"url_{i}")
+        for model, pk, job in self.models:
+            choice, url = self.cleaned_data.get(f"model_{pk}"), self.cleaned_data.get(f"url_{pk}")
             if choice:
-                chosen[model_key(model)] = self.resolve(i, choice, (url or "").strip())
+                chosen[model_key(model)] = self.resolve(pk, job, choice, (url or "").strip())
         self.cleaned_data["chosen"] = chosen
         return self.cleaned_data
 
-    def resolve(self, i: int, choice: str, url: str) -> dict | None:
+    def resolve(self, pk: str, job: Job | None, choice: str, url: str) -> dict | None:
         """{url, sha256, size, sources} to download the model from (the sources: the
         chosen candidate, then the others that are the same file), or None to go without."""
         if choice == "url":
-            return self.pasted(i, url)
+            return self.pasted(pk, url)
         if url:
-            self.add_error(f"url_{i}", "You pasted a link: choose “A link I paste” to use it.")
+            self.add_error(f"url_{pk}", "You pasted a link: choose “A link I paste” to use it.")
         if choice == "skip":
             return None
-        found = self.candidates[i][int(choice.removeprefix("c"))]
+        candidates = searches.candidates(job)
+        found = candidates[int(choice.removeprefix("c"))]
         return {
             "url": found["url"],
             "sha256": found["sha256"] or "",
             "size": found["size"],
-            "sources": finder.mirrors_of(found, self.candidates[i]),
+            "sources": finder.mirrors_of(found, candidates),
         }
 
-    def pasted(self, i: int, url: str) -> dict | None:
+    def pasted(self, pk: str, url: str) -> dict | None:
         try:
             if not url:
                 raise forms.ValidationError("Paste the link, or choose another option.")
             return {"url": checked(check_url, url)}
         except forms.ValidationError as error:
-            self.add_error(f"url_{i}", error)
+            self.add_error(f"url_{pk}", error)
             return None
 
     def spec(self, state: dict) -> tuple[dict, list[str]]:
@@ -335,24 +326,20 @@ def provider_choice(node_type: str, pack: dict) -> forms.ChoiceField:
     )
 
 
-def model_choice(key: str, found: list[dict]) -> forms.ChoiceField:
-    choices = [(f"c{n}", candidate_label(c)) for n, c in enumerate(found)]
+def model_choice(key: str, search: Job | None) -> forms.ChoiceField:
+    """A candidate the search found (c0 first, the default), a pasted link, or none."""
+    found = searches.candidates(search)
+    choices = [(f"c{n}", searches.candidate_label(c)) for n, c in enumerate(found)]
     return forms.ChoiceField(
         choices=[*choices, ("url", "A link I paste"), ("skip", "Go without it")],
         widget=forms.RadioSelect,
         initial="c0" if found else None,
         label=key,
-        error_messages={"required": f"Choose where to get {key}, or go without it."},
+        error_messages={
+            "required": f"Choose where to get {key}, or go without it.",
+            "invalid_choice": f"That download for {key} is not among those found; choose again.",
+        },
     )
-
-
-def candidate_label(candidate: dict) -> str:
-    parts = [candidate["filename"], SOURCE_NAMES.get(candidate["source"], candidate["source"])]
-    if candidate.get("label") and candidate["label"] != candidate["filename"]:
-        parts.append(candidate["label"])
-    if candidate.get("size"):
-        parts.append(human(candidate["size"]))
-    return " · ".join(parts)
 
 
 # --- Project page ----------------------------------------------------------------------

@@ -5,8 +5,9 @@ worker; a view only queues it and redirects. Stop runs here: it takes at most
 runtime.STOP_GRACE seconds. A GET only reads: a ComfyUI that died shows as crashed
 (runtime.observed), and the worker's tick records it.
 An import in progress lives in the session (server side), keyed by a random token, so
-the parsed workflow and the finder's candidates are never round-tripped through the
-browser.
+the parsed workflow is never round-tripped through the browser. The finder never runs in
+a request: the import queues a search job per missing model (library.searches) and the
+page shows each search's live card.
 """
 
 import secrets
@@ -151,7 +152,7 @@ def remember_import(request: HttpRequest, state: dict) -> str:
 
 def import_or_404(request: HttpRequest, token: str) -> dict:
     state = request.session.get(IMPORTS, {}).get(token)
-    if state is None:
+    if state is None or "searches" not in state:  # gone, or kept by an older version
         raise Http404("This import is no longer here; start again from Import.")
     return state
 
@@ -162,7 +163,7 @@ def import_confirm(request: HttpRequest, token: str) -> HttpResponse:
     data = request.POST if request.method == "POST" else None
     packs = state["requirements"]["custom_nodes"]
     form = ResolveForm(
-        state["missing"], state["candidates"], data, initial={"name": state["name"]}, packs=packs
+        state["missing"], state["searches"], data, initial={"name": state["name"]}, packs=packs
     )
     if data is not None and form.is_valid():
         spec, skipped = form.spec(state)
