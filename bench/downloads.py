@@ -73,11 +73,11 @@ ARIA2 = ["aria2c", "-x4", "-s4", "--allow-overwrite=true", "--file-allocation=no
 
 
 class Bench:
-    def __init__(self, work: Path, server: FileServer, digests: dict[str, str], extra: list):
+    def __init__(self, work: Path, server: FileServer, digests: dict[str, str]):
         self.work = work
         self.server = server
         self.digests = digests
-        self.extra = extra  # more arguments for every download command
+        self.extra: list[str] = []  # more arguments for every download command
         self.models = work / "data" / "models"
         self.logs = work / "logs"
         self.logs.mkdir()
@@ -123,6 +123,16 @@ class Bench:
         if result["status"] != "succeeded" or result["sha256"] != self.digests[name]:
             sys.exit(f"download of {name} did not succeed: {result}")
         return result
+
+    def connections_option(self, connections: int | None) -> list[str]:
+        """`--connections N` if this download command has that option (segmented
+        downloads), else nothing: the same bench runs before and after them."""
+        if connections is None:
+            return []
+        if b"--connections" not in self.command([*MANAGE, "download", "--help"], "help").stdout:
+            print("    (this download command has no --connections: one stream)", flush=True)
+            return []
+        return ["--connections", str(connections)]
 
     def startup(self) -> tuple[float, float, float]:
         """Medians of 5: `download --help`, and spawn -> first request line and whole
@@ -369,18 +379,6 @@ def sizes(figures: list[str], scale: float) -> dict[str, int]:
     }
 
 
-def connections_option(connections: int | None) -> list[str]:
-    if connections is None:
-        return []
-    helptext = subprocess.run(
-        [*MANAGE, "download", "--help"], capture_output=True, text=True, check=True
-    ).stdout
-    if "--connections" not in helptext:
-        print("    (this download command has no --connections: one stream)", flush=True)
-        return []
-    return ["--connections", str(connections)]
-
-
 def main() -> None:
     args = options()
     require_tools(args.only)
@@ -393,8 +391,9 @@ def main() -> None:
         digests = make_files(served, files)
         print(f"files written in {time.perf_counter() - started:.1f} s ({work})", flush=True)
         with FileServer(served) as server, FileServer(served, rate=CAP) as capped:
-            bench = Bench(work, server, digests, connections_option(args.connections))
+            bench = Bench(work, server, digests)
             bench.command([*MANAGE, "migrate", "--noinput"], "migrate")
+            bench.extra = bench.connections_option(args.connections)
             Report(bench, capped, files).run(args.only)
     finally:
         shutil.rmtree(work, ignore_errors=True)
