@@ -1,9 +1,18 @@
 """A fast loopback HTTP/1.1 file server for the download benchmarks (stdlib only).
 
 Serves the files of one directory with Content-Length, a strong ETag (size + mtime),
-Accept-Ranges, `Range: bytes=N-` (206 + Content-Range) and If-Range (a validator that no
-longer matches gets the whole file, 200). Bodies go out with sendfile(2), so the kernel
-copies page cache to socket and the server is never the bottleneck on loopback.
+Accept-Ranges, `Range: bytes=N-` and `bytes=N-M` (206 + Content-Range) and If-Range (a
+validator that no longer matches gets the whole file, 200). Bodies go out with
+sendfile(2), so the kernel copies page cache to socket and the server is never the
+bottleneck on loopback.
+
+`FileServer(root, rate=16 * MiB)` caps each response at `rate` bytes/s, as a CDN caps each
+connection (and as nginx's `limit_rate` does): the body goes out in sendfile slices of
+1/RATE_SLICES s each, paced against the response's own clock, so the server sleeps rather
+than spins. `cpu_seconds` is the CPU the handler threads used (time.thread_time), to show
+that the server is not what limits a run; `peak_streams` is the most bodies in flight at
+once and `first_requests` the monotonic time of each request line, to time a client's
+start-up.
 
 `drop_next([n1, n2, ...])` cuts the next GETs after n1, n2, ... body bytes: the socket is
 shut down, so the client gets every byte counted and then EOF before Content-Length.
@@ -28,13 +37,19 @@ from typing import Self
 from urllib.parse import unquote, urlsplit
 
 SEND_BLOCK = 8 << 20
+RATE_SLICES = 50  # slices per second of a capped body
 
 
 class FileServer:
-    def __init__(self, root: Path, host: str = "127.0.0.1"):
+    def __init__(self, root: Path, host: str = "127.0.0.1", rate: int | None = None):
         self.root = Path(root).resolve()
+        self.rate = rate
         self.body_bytes = 0
         self.requests = 0
+        self.request_times: list[float] = []
+        self.cpu_seconds = 0.0
+        self.streams = 0
+        self.peak_streams = 0
         self.drops: list[float] = []
         self.resumes: list[float] = []
         self._cuts: deque[int] = deque()
@@ -67,6 +82,7 @@ class FileServer:
         with self._lock:
             self._cuts.clear()
             self.body_bytes, self.requests = 0, 0
+            self.request_times, self.cpu_seconds, self.peak_streams = [], 0.0, self.streams
             self.drops, self.resumes = [], []
             self._after_drop = False
 
@@ -74,6 +90,25 @@ class FileServer:
         with self._lock:
             self.requests += 1
             return self._cuts.popleft() if self._cuts else None
+
+    def asked(self) -> None:
+        with self._lock:
+            self.request_times.append(time.monotonic())
+
+    def used_cpu(self, seconds: float) -> None:
+        with self._lock:
+            self.cpu_seconds += seconds
+
+    @contextlib.contextmanager
+    def stream(self):
+        with self._lock:
+            self.streams += 1
+            self.peak_streams = max(self.peak_streams, self.streams)
+        try:
+            yield
+        finally:
+            with self._lock:
+                self.streams -= 1
 
     def sent(self, count: int, first: bool) -> None:
         with self._lock:
@@ -133,6 +168,10 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, format, *args) -> None:
         pass
 
+    def parse_request(self) -> bool:
+        self.server.app.asked()
+        return super().parse_request()
+
     def do_HEAD(self) -> None:
         self.answer(body=False)
 
@@ -140,6 +179,13 @@ class _Handler(BaseHTTPRequestHandler):
         self.answer(body=True)
 
     def answer(self, body: bool) -> None:
+        started = time.thread_time()
+        try:
+            self.answer_file(body)
+        finally:
+            self.server.app.used_cpu(time.thread_time() - started)
+
+    def answer_file(self, body: bool) -> None:
         app = self.server.app
         path = app.find(self.path)
         if path is None:
@@ -149,18 +195,18 @@ class _Handler(BaseHTTPRequestHandler):
         size = stat.st_size
         etag = f'"{size:x}-{stat.st_mtime_ns:x}"'
         modified = formatdate(stat.st_mtime, usegmt=True)
-        start = self.range_start(etag, modified)
-        if start is not None and start >= size:
+        span = self.byte_range(etag, modified, size)
+        if span is not None and span[0] >= size:
             self.send_response(416)
             self.send_header("Content-Range", f"bytes */{size}")
             self.send_header("Content-Length", "0")
             self.end_headers()
             return
-        self.send_response(206 if start is not None else 200)
-        if start is not None:
-            self.send_header("Content-Range", f"bytes {start}-{size - 1}/{size}")
-        start = start or 0
-        self.send_header("Content-Length", str(size - start))
+        self.send_response(206 if span is not None else 200)
+        start, end = span or (0, size - 1)
+        if span is not None:
+            self.send_header("Content-Range", f"bytes {start}-{end}/{size}")
+        self.send_header("Content-Length", str(end + 1 - start))
         self.send_header("Content-Type", "application/octet-stream")
         self.send_header("Accept-Ranges", "bytes")
         self.send_header("ETag", etag)
@@ -168,29 +214,37 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.flush()
         if body:
-            self.send_body(path, start, size - start, app.take_cut())
+            with app.stream():
+                self.send_body(path, start, end + 1 - start, app.take_cut())
 
-    def range_start(self, etag: str, modified: str) -> int | None:
-        """The first byte asked for, or None for the whole file (no Range, a Range form we
-        do not serve, or an If-Range that no longer matches)."""
+    def byte_range(self, etag: str, modified: str, size: int) -> tuple[int, int] | None:
+        """(first, last) byte asked for (`bytes=N-` or `bytes=N-M`, last clipped to the
+        file), or None for the whole file (no Range, a Range form we do not serve, or an
+        If-Range that no longer matches)."""
         spec = self.headers.get("Range", "")
         if_range = self.headers.get("If-Range")
         if not spec.startswith("bytes=") or (if_range and if_range not in (etag, modified)):
             return None
         first, dash, last = spec[len("bytes=") :].partition("-")
-        if not first.isdigit() or not dash or last:
+        if not first.isdigit() or not dash or not (last.isdigit() or not last):
             return None
-        return int(first)
+        if last and int(last) < int(first):
+            return None
+        return int(first), min(int(last), size - 1) if last else size - 1
 
     def send_body(self, path: Path, offset: int, length: int, cut: int | None) -> None:
         app = self.server.app
         limit = length if cut is None else min(cut, length)
+        block = max(1, min(SEND_BLOCK, app.rate // RATE_SLICES)) if app.rate else SEND_BLOCK
         done = 0
+        started = time.monotonic()
         with open(path, "rb") as fh:
             while done < limit:
+                if app.rate:
+                    time.sleep(max(0.0, started + done / app.rate - time.monotonic()))
                 # socket.sendfile, not os.sendfile: the handler's timeout makes the socket
                 # non-blocking underneath, and only socket.sendfile waits out EAGAIN.
-                count = self.connection.sendfile(fh, offset + done, min(SEND_BLOCK, limit - done))
+                count = self.connection.sendfile(fh, offset + done, min(block, limit - done))
                 if count == 0:
                     break
                 app.sent(count, first=done == 0)

@@ -5,14 +5,14 @@ manage.py and asgi.py turn that into a one-line message and exit status 2 instea
 traceback.
 """
 
+import base64
+import binascii
 import ipaddress
 import os
 import re
 import secrets
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
-
-from cryptography.fernet import Fernet
 
 
 class ConfigError(Exception):
@@ -209,16 +209,30 @@ def secret_key(data_dir: Path) -> str:
     return key
 
 
+def new_token_key() -> str:
+    """A Fernet key, as Fernet.generate_key() makes one: 32 random bytes, url-safe base64.
+
+    Settings are read by every command, and importing `cryptography` costs a command
+    ~15 ms that only sealing or opening a token needs (library/sealing.py imports it)."""
+    return base64.urlsafe_b64encode(os.urandom(32)).decode()
+
+
 def token_keys(text: str) -> list[str]:
     """The Fernet keys in `text`, comma- or line-separated; the first one seals.
 
-    Raises ValueError when there is none, or one is not a Fernet key.
+    Raises ValueError when there is none, or one is not a Fernet key (Fernet's own test:
+    url-safe base64 of 32 bytes).
     """
     keys = [key for key in re.split(r"[\s,]+", text) if key]
     if not keys:
         raise ValueError("no token key")
     for key in keys:
-        Fernet(key)
+        try:
+            raw = base64.urlsafe_b64decode(key)
+        except binascii.Error as exc:
+            raise ValueError("not a Fernet key") from exc
+        if len(raw) != 32:
+            raise ValueError("not a Fernet key")
     return keys
 
 
@@ -239,7 +253,7 @@ def envkeys(name: str) -> str:
 
 def file_token_keys(path: Path) -> list[str]:
     """The keys in the token key file, which is generated once (mode 0600) when absent."""
-    write_once(path, Fernet.generate_key().decode() + "\n")
+    write_once(path, new_token_key() + "\n")
     try:
         return token_keys(path.read_text())
     except ValueError:

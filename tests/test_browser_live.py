@@ -12,9 +12,14 @@ import time
 import pytest
 
 from tests.conftest import Server, manage
-from tests.test_browser import CHROMIUM, browser  # noqa: F401 (a fixture)
+from tests.browsing import chromium
 
 pytestmark = [pytest.mark.browser, pytest.mark.e2e]
+
+
+@pytest.fixture(scope="module")
+def browser():
+    yield from chromium()
 
 RUNNING = 50
 SIZE = 10_000_000
@@ -64,7 +69,7 @@ def bars_at_least(page, percent: int) -> int:
     )
 
 
-def test_fifty_running_downloads_open_one_socket_and_every_bar_moves(browser, server):  # noqa: F811
+def test_fifty_running_downloads_open_one_socket_and_every_bar_moves(browser, server):
     shell(server, SEED)
     context = browser.new_context(viewport={"width": 1280, "height": 900})
     page = context.new_page()

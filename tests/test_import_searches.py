@@ -8,7 +8,7 @@ import json
 import pytest
 
 from comfyhub.library import searches
-from comfyhub.live.consumers import JobConsumer
+from comfyhub.live.page import render_cards
 from comfyhub.projects.models import Project
 from recovery.engine import run_foreground
 from recovery.models import Category, Job, Status
@@ -64,18 +64,18 @@ def imported(client, workflow=INK) -> tuple[str, int]:
 
 
 def card(pk: int) -> tuple[str, bool]:
-    """The search's live card as the socket sends it, and whether the socket closes."""
-    consumer = JobConsumer()
-    consumer.scope = {"cookies": {}}
-    _, html, terminal = consumer.load(pk)
-    return html, terminal
+    """The search's live card as the page socket sends it, and whether the job ended (the
+    socket then stops watching it)."""
+    job = Job.objects.get(pk=pk)
+    return render_cards([job], "")[0], job.is_terminal
 
 
 def test_the_requirements_page_renders_without_asking_any_remote_source(client, hf, civitai):
     confirm, pk = imported(client)
     html = client.get(confirm).content.decode()
     assert hf.requests == [] and civitai.requests == []
-    assert f'ws-connect="/ws/jobs/{pk}/"' in html and "starts as soon as a worker is free" in html
+    assert f"jobs={pk}" in html.split('ws-connect="/ws/page/?', 1)[1].split('"')[0]
+    assert "starts as soon as a worker is free" in html
     assert f'name="model_{pk}" value="url"' in html and 'value="skip"' in html
 
 

@@ -7,11 +7,14 @@ bytes), so `rotate_token_key` run beside a live `serve` takes effect without a r
 """
 
 import os
+from typing import TYPE_CHECKING
 
-from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 from django.conf import settings
 
-from comfyhub.config import file_token_keys, token_keys
+from comfyhub.config import file_token_keys, new_token_key, token_keys
+
+if TYPE_CHECKING:
+    from cryptography.fernet import MultiFernet
 
 
 def keys() -> list[str]:
@@ -20,7 +23,11 @@ def keys() -> list[str]:
     return file_token_keys(settings.TOKEN_KEY_FILE)
 
 
-def ring() -> MultiFernet:
+def ring() -> "MultiFernet":
+    # Imported here, not above: every command loads this module with the models, and
+    # `cryptography` costs ~15 ms that only a command touching a token should pay.
+    from cryptography.fernet import Fernet, MultiFernet
+
     return MultiFernet([Fernet(key) for key in keys()])
 
 
@@ -30,6 +37,8 @@ def seal(value: str) -> str:
 
 def unseal(sealed: str) -> str | None:
     """The sealed value, or None when no key opens it (the key that sealed it is gone)."""
+    from cryptography.fernet import InvalidToken
+
     try:
         return ring().decrypt(sealed.encode()).decode()
     except InvalidToken:
@@ -38,6 +47,8 @@ def unseal(sealed: str) -> str | None:
 
 def reseal(sealed: str) -> str | None:
     """The value sealed again under the first key, or None when no key opens it."""
+    from cryptography.fernet import InvalidToken
+
     try:
         return ring().rotate(sealed.encode()).decode()
     except InvalidToken:
@@ -51,7 +62,7 @@ def keys_in_file() -> bool:
 
 def add_key() -> None:
     """Put a new key first in the key file; the old ones keep opening what they sealed."""
-    write_keys([Fernet.generate_key().decode(), *keys()])
+    write_keys([new_token_key(), *keys()])
 
 
 def drop_old_keys() -> None:

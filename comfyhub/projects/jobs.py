@@ -4,13 +4,16 @@ cards.
 Launch and rollback are jobs, not view code: a launch waits for ComfyUI's health check
 (up to minutes) and a rollback reinstalls pip packages. Their cards render
 templates/live/project_<kind>.html with the context registered here.
+
+The recovery app imports every jobs.py when any command starts, so the modules that do a
+project's work (install, check, restore: the pip/uv, node-map and workflow machinery) are
+imported by the job that needs them, not here; `manage.py download` never loads them.
 """
 
 from django.template.loader import render_to_string
 
 from comfyhub.live.page import card_context, watched_object
-from comfyhub.projects import check, restore, runtime
-from comfyhub.projects.install import STEP_LABELS, model_paths, run_steps
+from comfyhub.projects import runtime
 from comfyhub.projects.models import (
     Project,
     ProjectStatus,
@@ -27,6 +30,8 @@ STEP_STATE = {Status.RUNNING: "current", Status.FAILED: "failed", Status.CANCELL
 
 @recoverable("project_install")
 def install(job: Job) -> None:
+    from comfyhub.projects.install import run_steps
+
     run_steps(job)
 
 
@@ -42,6 +47,9 @@ def launch(job: Job) -> None:
 # A ComfyUI that did not answer was waited for minutes already: say so at once.
 @recoverable("project_check", policies={Category.TIMEOUT: {"max_attempts": 1}})
 def check_again(job: Job) -> None:
+    from comfyhub.projects import check
+    from comfyhub.projects.install import model_paths
+
     project = runtime_turn(job)
     if why := project.why_not_checkable():  # e.g. Retry started the install meanwhile
         raise JobError(why, category=Category.VALIDATION)
@@ -55,6 +63,8 @@ def check_again(job: Job) -> None:
 def add_node(job: Job) -> None:
     """Install the pack that provides a node type ComfyUI missed (ComfyUI stopped first:
     it loads packs only when it starts), then ask it again."""
+    from comfyhub.projects import check, restore
+
     project = runtime_turn(job)
     runtime.stop(project)
     if job.params["repository"] not in {pin["repository"] for pin in project.node_pins}:
@@ -64,6 +74,8 @@ def add_node(job: Job) -> None:
 
 @recoverable("project_rollback")
 def rollback(job: Job) -> None:
+    from comfyhub.projects import restore
+
     project = runtime_turn(job)
     point = project.restore_points.filter(pk=job.params.get("point")).first()
     if point is None:
@@ -102,6 +114,8 @@ def queue_rollback(project: Project, point: RestorePoint) -> Job:
 
 def install_steps(job: Job | None) -> list[dict]:
     """Each install step's label and state: done, current, failed, waiting or pending."""
+    from comfyhub.projects.install import STEP_LABELS
+
     data = job.checkpoint_data if job else {}
     done, current = set(data.get("steps", [])), data.get("current", "")
     return [

@@ -40,7 +40,7 @@ from comfyhub.projects.forms import (
 )
 from comfyhub.projects.models import Project, ProjectStatus
 from comfyhub.workflows import catalog
-from recovery.models import Job, Status
+from recovery.models import TERMINAL, Job, Status
 
 PER_PAGE = 48
 IMPORTS = "project_imports"
@@ -170,7 +170,9 @@ def import_confirm(request: HttpRequest, token: str) -> HttpResponse:
         project = start(form.cleaned_data["name"], spec, skipped)
         request.session[IMPORTS] = {k: v for k, v in request.session[IMPORTS].items() if k != token}
         return redirect("project", slug=project.slug)
-    context = {"form": form, "state": state, "token": token}
+    searching = Job.objects.filter(pk__in=state["searches"]).exclude(status__in=TERMINAL)
+    live = page_url(searching.values_list("pk", flat=True))
+    context = {"form": form, "state": state, "token": token, "live": live}
     return render(
         request, "projects/requirements.html", context, status=200 if data is None else 400
     )
