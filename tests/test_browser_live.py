@@ -11,8 +11,8 @@ import time
 
 import pytest
 
-from tests.conftest import Server, manage
 from tests.browsing import chromium
+from tests.conftest import Server, manage
 
 pytestmark = [pytest.mark.browser, pytest.mark.e2e]
 
