@@ -21,6 +21,7 @@ pytestmark = [pytest.mark.browser, pytest.mark.e2e]
 def browser():
     yield from chromium()
 
+
 RUNNING = 50
 SIZE = 10_000_000
 
