@@ -14,7 +14,6 @@ from django.db.models import Count, Q, QuerySet
 from django.http import HttpRequest
 from django.utils.functional import SimpleLazyObject
 
-from comfyhub.library import searches
 from recovery.models import Category, Job, Status
 
 NEEDS_USER = (
@@ -25,7 +24,11 @@ NEEDS_USER = (
 
 
 def needing_user() -> QuerySet:
-    return Job.objects.filter(NEEDS_USER).exclude(kind=searches.KIND)
+    # A failed search is not the user's to fix (import again searches again). Imported
+    # here: the searches module loads the finder, which a download command never needs.
+    from comfyhub.library.jobs import SEARCH
+
+    return Job.objects.filter(NEEDS_USER).exclude(kind=SEARCH)
 
 
 def attention_counts() -> dict:

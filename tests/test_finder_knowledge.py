@@ -10,6 +10,7 @@ from django.core.management import call_command
 from comfyhub.library import finder, knowledge
 from comfyhub.library.models import KnownModel
 from comfyhub.workflows.analyze import ModelRequirement
+from recovery.engine import run_foreground
 from tests.conftest import free_port
 from tests.fakeapis import FakeCivitai, FakeHuggingFace
 
@@ -99,6 +100,10 @@ def test_the_import_page_names_the_uploaded_file_as_the_origin(client, offline):
 def test_the_import_page_offers_what_an_earlier_import_declared(client, offline):
     knowledge.learn([ModelRequirement("loras", "gouache_v3.safetensors", MIRROR)], "workflow a")
     confirm = client.post("/projects/import/", {"text": json.dumps(workflow())})["Location"]
+    for search in client.session["project_imports"][confirm.rstrip("/").rsplit("/", 1)[-1]][
+        "searches"
+    ]:
+        run_foreground(search)
     html = client.get(confirm).content.decode()
     assert LINK in html and MIRROR in html and "a file imported before" in html
 

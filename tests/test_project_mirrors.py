@@ -6,10 +6,12 @@ from pathlib import Path
 
 import pytest
 
+from comfyhub.library import searches
 from comfyhub.library.finder import mirrors_of, same_file
 from comfyhub.library.models import Download
 from comfyhub.projects import install, specs
 from comfyhub.projects.forms import ResolveForm
+from recovery.models import Job, Status
 
 pytestmark = pytest.mark.django_db
 
@@ -73,7 +75,13 @@ def test_without_a_hash_the_same_size_and_file_name_make_a_mirror():
 def test_choosing_a_candidate_on_the_import_page_carries_its_mirrors_into_the_spec():
     missing = [{"directory": "checkpoints", "name": "x.bin", "url": "", "sha256": ""}]
     found = [candidate(A, SHA), candidate(B, filename="other.bin"), candidate(C, SHA)]
-    form = ResolveForm(missing, [found], {"name": "Chosen", "model_0": "c0"})
+    search = Job.objects.create(
+        kind=searches.KIND,
+        params=searches.params_for(missing[0]),
+        status=Status.SUCCEEDED,
+        checkpoint_data={"candidates": found},
+    )
+    form = ResolveForm(missing, [search.pk], {"name": "Chosen", f"model_{search.pk}": "c0"})
     assert form.is_valid(), form.errors
     chosen = form.cleaned_data["chosen"]["checkpoints/x.bin"]
     assert chosen["url"] == A and chosen["sources"] == [A, C]

@@ -1,6 +1,6 @@
 from django.template.loader import render_to_string
 
-from comfyhub.library import mirrors, searches
+from comfyhub.library import mirrors
 from comfyhub.library.fetch import fetch
 from comfyhub.library.models import Download, with_breakers
 from comfyhub.live.page import card_context, cards_context, panel
@@ -47,16 +47,25 @@ def download(job: Job) -> None:
     fetch(job)
 
 
+# The finder (and the workflow catalog it reads) loads with the first search, not with
+# every command: `manage.py download` never needs it.
+SEARCH = "find_model"  # library.searches.KIND
+
+
 # A search with every remote source down fails at once with the reason: the user is on
 # the import page now, can paste a link, and an import later searches again.
 @recoverable(
-    searches.KIND,
+    SEARCH,
     policies={c: {"max_attempts": 1} for c in (Category.NETWORK, Category.TIMEOUT)},
 )
 def find_model(job: Job) -> None:
+    from comfyhub.library import searches
+
     searches.search(job)
 
 
-@card_context(searches.KIND)
+@card_context(SEARCH)
 def search_card(job: Job) -> dict:
+    from comfyhub.library import searches
+
     return searches.card(job)
