@@ -154,7 +154,7 @@ def install_registry_pack(project: Project, node: dict, info: dict) -> dict:
     folder = project.comfyui_dir / "custom_nodes" / node_folder({"name": cnr_id})
     dest = registry.zip_dest(cnr_id, version)
     note(project, f"{cnr_id}@{version} from the Comfy Registry")
-    child = fetch_file(info["downloadUrl"], dest)
+    _, child = fetch_file(info["downloadUrl"], dest)
     if child.status != Status.SUCCEEDED:
         raise JobError(
             f"Pack {cnr_id}@{version}: {child.error_message or child.status}",
