@@ -101,7 +101,8 @@ def settings_context(form: TokenForm) -> dict:
         # Values, not the settings object: this template must have no path to a secret.
         "limits": {
             "max": settings.DOWNLOADS_MAX,
-            "per_host": settings.DOWNLOADS_PER_HOST,
+            "per_host": settings.CONNECTIONS_PER_HOST,
+            "connections": settings.DOWNLOAD_CONNECTIONS,
             "stall": settings.STALL_TIMEOUT,
             "backoff_scale": settings.RECOVERY_BACKOFF_SCALE,
             "breaker_threshold": settings.RECOVERY_BREAKER_THRESHOLD,

@@ -52,6 +52,13 @@ class Command(BaseCommand):
         parser.add_argument("--dest", required=True, help="DIR/NAME inside the models folder")
         parser.add_argument("--sha256", default="", help="expected sha256 (64 hex)")
         parser.add_argument("--size", type=int, default=None, help="expected size in bytes")
+        parser.add_argument(
+            "--connections",
+            type=int,
+            default=None,
+            help="connections for this file (1-64, default COMFYHUB_DOWNLOAD_CONNECTIONS); "
+            "1 = one stream",
+        )
         parser.add_argument("--json", action="store_true", help="print one JSON object")
 
     def handle(self, *args, **options) -> None:
@@ -60,9 +67,12 @@ class Command(BaseCommand):
             check_destination(options["dest"], settings.MODELS_DIR)
             sha256 = check_sha256(options["sha256"])
             size = check_size(options["size"], "--size")
+            connections = check_connections(options["connections"])
         except BadInput as exc:
             raise CommandError(str(exc), returncode=2) from None
         download, _ = Download.objects.request(url, options["dest"], sha256, size)
+        if connections:
+            download.want_connections(connections)
         if download.job.status == Status.PAUSED:
             download.job.retry_now()
         job = self.run(download, bar=sys.stderr.isatty() and not options["json"])
@@ -113,6 +123,12 @@ class Command(BaseCommand):
             self.stdout.write(
                 f"{download.path} {human(download.bytes_done)} sha256 {download.sha256}"
             )
+
+
+def check_connections(value: int | None) -> int | None:
+    if value is not None and not 1 <= value <= 64:
+        raise BadInput(f"--connections must be from 1 to 64 (got {value}).")
+    return value
 
 
 def progress_line(job: Job) -> str:
