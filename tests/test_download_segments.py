@@ -1,0 +1,219 @@
+"""Segmented downloads: several connections into one .part, each segment resumable."""
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from io import StringIO
+
+import pytest
+from django.core.management import call_command
+
+from comfyhub.library import segments
+from comfyhub.library.bandwidth import LIMITER
+from comfyhub.library.models import Download, Preference
+from recovery.engine import execute, run_foreground
+from recovery.models import Job, Status
+from recovery.signals import job_changed
+from tests.conftest import ROOT, subprocess_env, wait_until
+from tests.fileserver import FileServer
+from tests.test_downloads import Clock
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("models_dir")]
+
+MIB = 1 << 20
+DATA = os.urandom(16 * MIB)
+SHA = hashlib.sha256(DATA).hexdigest()
+
+
+@pytest.fixture(autouse=True)
+def quick(settings, monkeypatch):
+    settings.STALL_TIMEOUT = 2.0
+    settings.DOWNLOAD_CONNECTIONS = 4
+    monkeypatch.setattr(segments, "SEGMENT_BACKOFF", 0.01)
+    yield
+    LIMITER.read_at, LIMITER.rate = None, None  # the next test reads its own limit
+
+
+@pytest.fixture
+def server():
+    with FileServer() as running:
+        yield running
+
+
+def fetch(url: str, dest: str = "checkpoints/m.bin", sha256: str = SHA):
+    download, _ = Download.objects.request(url, dest, sha256)
+    job = run_foreground(download.job_id, sleep=Clock().sleep)
+    download.refresh_from_db()
+    return download, job
+
+
+def timed_fetch(url: str, dest: str) -> float:
+    started = time.monotonic()
+    download, job = fetch(url, dest)
+    assert job.status == Status.SUCCEEDED and download.sha256 == SHA
+    return time.monotonic() - started
+
+
+def ranges(server) -> list[str | None]:
+    return [r["headers"].get("range") for r in server.requests]
+
+
+def test_four_connections_are_in_flight_at_once_and_beat_one_by_twice(server, settings):
+    url = server.add("/m.bin", DATA, rate=8 * MIB)
+    split = timed_fetch(url, "checkpoints/split.bin")
+    assert server.most_sending == 4 and len(server.requests) == 4
+    settings.DOWNLOAD_CONNECTIONS = 1
+    server.most_sending = 0
+    single = timed_fetch(url, "checkpoints/single.bin")
+    assert server.most_sending == 1
+    assert single / split >= 2, (single, split)
+
+
+def test_the_file_is_hashed_as_its_prefix_grows_and_lands_verified(server, models_dir):
+    download, job = fetch(server.add("/m.bin", DATA, rate=16 * MIB))
+    assert job.status == Status.SUCCEEDED and download.sha256 == SHA
+    assert (models_dir / "checkpoints/m.bin").read_bytes() == DATA
+    assert sorted(p.name for p in (models_dir / "checkpoints").iterdir()) == ["m.bin"]
+    assert download.connections == 4
+
+
+def test_a_small_file_uses_one_connection(server):
+    small = DATA[: 7 * MIB]
+    fetch(server.add("/m.bin", small), sha256=hashlib.sha256(small).hexdigest())
+    assert len(server.requests) == 1 and server.most_sending == 1
+
+
+def test_a_file_split_in_segments_of_at_least_four_mib():
+    planned = segments.plan(3 * MIB, 3 * MIB + 10 * MIB, 8)
+    assert [(s.start, s.end) for s in planned] == [
+        (0, 3 * MIB),
+        (3 * MIB, 8 * MIB),
+        (8 * MIB, 13 * MIB),
+    ]
+    assert planned[0].finished and not planned[1].finished
+
+
+def test_one_connection_asks_once_without_a_range(server):
+    out = StringIO()
+    url = server.add("/m.bin", DATA)
+    call_command("download", url, "--dest", "vae/m.bin", "--connections", "1", "--json", stdout=out)
+    assert json.loads(out.getvalue())["sha256"] == SHA
+    assert ranges(server) == [None]
+
+
+def test_a_bad_connections_count_is_refused_as_bad_input():
+    with pytest.raises(Exception, match="--connections must be from 1 to 64") as error:
+        call_command("download", "http://h/x", "--dest", "vae/x.bin", "--connections", "0")
+    assert error.value.returncode == 2
+
+
+def test_a_server_without_range_falls_back_to_one_stream(server):
+    download, job = fetch(server.add("/m.bin", DATA, ranges=False))
+    assert job.status == Status.SUCCEEDED and download.sha256 == SHA
+    assert [r["status"] for r in server.requests] == [200]
+    assert server.bytes_sent() == len(DATA)
+
+
+def test_a_segment_answered_with_200_keeps_the_prefix_and_goes_on_as_one_stream(server):
+    url = server.add("/m.bin", DATA, rate=4 * MIB, script=["ok", "ignore_range"])
+    download, job = fetch(url)
+    assert job.status == Status.SUCCEEDED and download.sha256 == SHA
+    assert [r["status"] for r in server.requests[:2]] == [206, 200]
+    last = server.requests[-1]["headers"].get("range")
+    assert last is None or last.endswith("-")  # one stream to the end, from the prefix kept
+    assert server.bytes_sent() <= 2 * len(DATA)
+
+
+def test_a_server_that_keeps_dropping_one_segment_still_finishes_verified(server, settings):
+    settings.DOWNLOAD_CONNECTIONS = 2
+    # The first GET is segment 0's; every later one is segment 1 asking again.
+    script = ["ok", *["drop:0"] * 5, *["drop:300000"] * 3]
+    download, job = fetch(server.add("/m.bin", DATA, rate=8 * MIB, script=script))
+    assert job.status == Status.SUCCEEDED and download.sha256 == SHA
+    assert job.attempt >= 2  # four empty answers in a row ended the first attempt
+    assert server.bytes_sent() <= len(DATA) + 2 * MIB
+
+
+def test_a_segment_answered_for_a_changed_file_restarts_it_cleanly(server, settings, models_dir):
+    settings.DOWNLOAD_CONNECTIONS = 2
+    url = server.add("/m.bin", DATA, script=["ok", *["drop:0"] * 4])
+    download, _ = Download.objects.request(url, "checkpoints/m.bin")
+    execute(download.job_id)  # segment 0 lands, segment 1 gives up: the .part is split
+    assert json.loads(download.sidecar_path.read_text())["segments"][0][2] == 8 * MIB
+    new = os.urandom(len(DATA))
+    server.replace("/m.bin", new, etag='"v2"')
+    job = run_foreground(download.job_id, sleep=Clock().sleep)
+    download.refresh_from_db()
+    assert job.status == Status.SUCCEEDED
+    assert download.sha256 == hashlib.sha256(new).hexdigest()
+    assert (models_dir / "checkpoints/m.bin").read_bytes() == new
+
+
+def test_a_host_short_of_connections_gives_the_next_download_only_what_is_left(server, settings):
+    settings.CONNECTIONS_PER_HOST = 6
+    url = server.add("/m.bin", DATA, rate=16 * MIB)
+    busy, _ = Download.objects.request(url, "checkpoints/busy.bin")
+    Job.objects.filter(pk=busy.job_id).update(status=Status.RUNNING, lease_owner="w:1")
+    Download.objects.filter(pk=busy.pk).update(connections=4)
+    download, job = fetch(url)
+    assert job.status == Status.SUCCEEDED and download.connections == 2
+    assert server.most_sending == 2
+
+
+def test_the_bandwidth_limit_holds_all_connections_together(server):
+    Preference.objects.store("COMFYHUB_BANDWIDTH_LIMIT", str(8 * MIB))
+    elapsed = timed_fetch(server.add("/m.bin", DATA), "checkpoints/m.bin")
+    assert server.most_sending == 4
+    assert 1.5 <= elapsed <= 6, elapsed  # 16 MiB at 8 MiB/s is 2 s
+
+
+def test_a_bandwidth_limit_changed_on_the_page_applies_to_a_running_download(server, monkeypatch):
+    monkeypatch.setattr(LIMITER, "every", 0.1)
+    Preference.objects.store("COMFYHUB_BANDWIDTH_LIMIT", str(512 * 1024))  # 32 s for 16 MiB
+
+    def lift(sender, job, **kwargs):
+        if job.progress_done:
+            Preference.objects.store("COMFYHUB_BANDWIDTH_LIMIT", "")
+
+    job_changed.connect(lift)
+    try:
+        elapsed = timed_fetch(server.add("/m.bin", DATA), "checkpoints/m.bin")
+    finally:
+        job_changed.disconnect(lift)
+    assert elapsed < 8, elapsed
+
+
+@pytest.mark.e2e
+def test_a_killed_split_download_refetches_at_most_a_chunk_per_segment(
+    file_server, tmp_path, models_dir
+):
+    size = 32 * MIB
+    data = os.urandom(size)
+    url = file_server.add("/big.bin", data, rate=2 * MIB)
+    env = subprocess_env(tmp_path, COMFYHUB_MODELS_DIR=str(models_dir))
+    sha = hashlib.sha256(data).hexdigest()
+    command = [sys.executable, str(ROOT / "manage.py"), "download", url, "--dest"]
+    command += ["checkpoints/big.bin", "--sha256", sha, "--connections", "4", "--json"]
+    sidecar = models_dir / "checkpoints/big.bin.part.json"
+    first = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE)
+    wait_until(lambda: recorded(sidecar) >= 8 * MIB, what="8 MiB recorded in the sidecar")
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    kept = recorded(sidecar)
+    second = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert second.returncode == 0, second.stderr
+    assert json.loads(second.stdout)["sha256"] == sha
+    refetched = file_server.bytes_sent() - size
+    assert refetched <= 4 * 2 * MIB, (refetched, kept)
+
+
+def recorded(sidecar) -> int:
+    try:
+        rows = json.loads(sidecar.read_text()).get("segments") or []
+    except (OSError, ValueError):
+        return 0
+    return sum(done for _, _, done in rows)
