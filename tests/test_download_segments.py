@@ -1,5 +1,6 @@
 """Segmented downloads: several connections into one .part, each segment resumable."""
 
+import errno
 import hashlib
 import json
 import os
@@ -14,7 +15,7 @@ from django.core.management import call_command
 
 from comfyhub.library import segments
 from comfyhub.library.bandwidth import LIMITER
-from comfyhub.library.models import Download, Preference
+from comfyhub.library.models import Download
 from recovery.engine import execute, run_foreground
 from recovery.models import Job, Status
 from recovery.signals import job_changed
@@ -164,27 +165,41 @@ def test_a_host_short_of_connections_gives_the_next_download_only_what_is_left(s
     assert server.most_sending == 2
 
 
-def test_the_bandwidth_limit_holds_all_connections_together(server):
-    Preference.objects.store("COMFYHUB_BANDWIDTH_LIMIT", str(8 * MIB))
-    elapsed = timed_fetch(server.add("/m.bin", DATA), "checkpoints/m.bin")
-    assert server.most_sending == 4
-    assert 1.5 <= elapsed <= 6, elapsed  # 16 MiB at 8 MiB/s is 2 s
+def test_a_paused_split_download_keeps_its_segments_and_resumes_them(server):
+    url = server.add("/m.bin", DATA, rate=8 * MIB)
+    download, _ = Download.objects.request(url, "checkpoints/m.bin", SHA)
 
+    def pause(sender, job, **kwargs):
+        if job.pk == download.job_id and job.progress_done:
+            Job.objects.get(pk=job.pk).pause()
 
-def test_a_bandwidth_limit_changed_on_the_page_applies_to_a_running_download(server, monkeypatch):
-    monkeypatch.setattr(LIMITER, "every", 0.1)
-    Preference.objects.store("COMFYHUB_BANDWIDTH_LIMIT", str(512 * 1024))  # 32 s for 16 MiB
-
-    def lift(sender, job, **kwargs):
-        if job.progress_done:
-            Preference.objects.store("COMFYHUB_BANDWIDTH_LIMIT", "")
-
-    job_changed.connect(lift)
+    job_changed.connect(pause)
     try:
-        elapsed = timed_fetch(server.add("/m.bin", DATA), "checkpoints/m.bin")
+        assert run_foreground(download.job_id).status == Status.PAUSED
     finally:
-        job_changed.disconnect(lift)
-    assert elapsed < 8, elapsed
+        job_changed.disconnect(pause)
+    kept = recorded(download.sidecar_path)
+    assert kept > 0 and download.part_path.exists()
+    assert Job.objects.get(pk=download.job_id).resume()
+    assert run_foreground(download.job_id).status == Status.SUCCEEDED
+    assert server.bytes_sent() <= len(DATA) + 4 * 2 * MIB
+
+
+def test_a_full_disk_under_a_split_download_pauses_it_with_the_space_needed(server, monkeypatch):
+    download, _ = Download.objects.request(server.add("/m.bin", DATA), "checkpoints/m.bin", SHA)
+    pwrite = os.pwrite
+
+    def refusing(fd, data, offset):
+        if os.path.samestat(os.fstat(fd), os.stat(download.part_path)) and offset > 8 * MIB:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return pwrite(fd, data, offset)
+
+    monkeypatch.setattr(os, "pwrite", refusing)
+    job = run_foreground(download.job_id)
+    assert job.status == Status.PAUSED and job.error_category == "disk_full"
+    assert "Not enough disk space" in job.error_message
+    monkeypatch.undo()
+    assert job.retry_now() and run_foreground(job.pk).status == Status.SUCCEEDED
 
 
 @pytest.mark.e2e
