@@ -53,9 +53,7 @@ def test_the_bandwidth_limit_holds_all_connections_together(server, models_dir):
 
 
 @pytest.mark.django_db(transaction=True)
-def test_a_limit_changed_on_the_page_applies_to_a_running_download(
-    server, models_dir, monkeypatch
-):
+def test_a_limit_changed_on_the_page_applies_to_a_running_download(server, models_dir, monkeypatch):
     monkeypatch.setattr(LIMITER, "every", 0.1)
     Preference.objects.store("COMFYHUB_BANDWIDTH_LIMIT", str(512 * 1024))  # 32 s for 16 MiB
 

@@ -20,6 +20,7 @@ from recovery.engine import execute, run_foreground
 from recovery.models import Job, Status
 from recovery.signals import job_changed
 from tests.conftest import ROOT, subprocess_env, wait_until
+from tests.fakeapis import FakeHuggingFace
 from tests.fileserver import FileServer
 from tests.test_downloads import Clock
 
@@ -152,6 +153,25 @@ def test_a_segment_answered_for_a_changed_file_restarts_it_cleanly(server, setti
     assert job.status == Status.SUCCEEDED
     assert download.sha256 == hashlib.sha256(new).hexdigest()
     assert (models_dir / "checkpoints/m.bin").read_bytes() == new
+
+
+def test_a_stalled_segment_times_out_and_asks_again_by_itself(server, settings):
+    settings.STALL_TIMEOUT = 0.5
+    download, job = fetch(server.add("/m.bin", DATA, script=["ok", "stall:100000"]))
+    assert job.status == Status.SUCCEEDED and download.sha256 == SHA and job.attempt == 1
+    assert len(server.requests) == 5
+
+
+def test_segments_use_the_redirect_target_and_the_token_stays_home(settings, server):
+    with FakeHuggingFace(token="hf_secret_for_tests_0123456789") as hf:
+        settings.HF_ENDPOINT, settings.HF_TOKEN = hf.base, "hf_secret_for_tests_0123456789"
+        cdn = server.add("/lfs/unet.bin", DATA)
+        hf.add_file("org/model", "unet.safetensors", DATA, script=[f"redirect:{cdn}"])
+        download, job = fetch(f"{hf.base}/org/model/resolve/main/unet.safetensors")
+    assert job.status == Status.SUCCEEDED and download.sha256 == SHA
+    assert len(hf.requests) == 1 and hf.requests[0]["headers"]["authorization"]
+    assert len(server.requests) == 4
+    assert not any("authorization" in r["headers"] for r in server.requests)
 
 
 def test_a_host_short_of_connections_gives_the_next_download_only_what_is_left(server, settings):

@@ -175,8 +175,13 @@ class Split:
         return self.outcome()
 
     def coordinate(self, first: httpx.Response | None) -> None:
+        # The first answer carries the bytes from transfer.offset: the segment starting
+        # there is its own, whichever thread starts first.
+        opening = (first, self.next_segment()) if first is not None else (None, None)
         workers = [
-            threading.Thread(target=self.work, args=(first if n == 0 else None,), daemon=True)
+            threading.Thread(
+                target=self.work, args=opening if n == 0 else (None, None), daemon=True
+            )
             for n in range(self.connections)
         ]
         hasher = threading.Thread(target=self.hash_behind, daemon=True)
@@ -219,11 +224,11 @@ class Split:
 
     # --- connection threads: no database here ------------------------------------------
 
-    def work(self, first: httpx.Response | None) -> None:
+    def work(self, first: httpx.Response | None, segment: Segment | None) -> None:
         try:
-            while not self.stop.is_set() and (segment := self.next_segment()):
+            while not self.stop.is_set() and (segment := segment or self.next_segment()):
                 self.fetch_segment(segment, first)
-                first = None
+                first, segment = None, None
         except BaseException as exc:  # handed to the job's thread
             self.end_with(exc)
         finally:
