@@ -174,6 +174,32 @@ def test_segments_use_the_redirect_target_and_the_token_stays_home(settings, ser
     assert not any("authorization" in r["headers"] for r in server.requests)
 
 
+def test_a_segment_refused_with_403_fails_the_download_as_auth(server):
+    _, job = fetch(server.add("/m.bin", DATA, script=["ok", "status:403"]))
+    assert job.status == Status.FAILED and job.error_category == "auth"
+    assert "refused the download (HTTP 403)" in job.error_message
+
+
+def test_a_segment_answered_with_503_is_retried_from_the_sidecar(server):
+    download, job = fetch(server.add("/m.bin", DATA, rate=16 * MIB, script=["ok", "status:503"]))
+    assert job.status == Status.SUCCEEDED and download.sha256 == SHA
+    assert job.attempt == 2 and server.bytes_sent() <= len(DATA) + 4 * 2 * MIB
+
+
+@pytest.mark.parametrize(
+    "rows",
+    [
+        [[0, 5, 5], [6, 10, 0]],  # a gap
+        [[0, 5, 6], [5, 10, 0]],  # more done than the segment holds
+        [[0, 5, 5]],  # short of the total
+        [[0, 5, 5], [5, 10, "0"]],
+    ],
+)
+def test_a_sidecar_whose_segments_do_not_tile_the_file_is_not_trusted(rows):
+    assert segments.from_sidecar({"total": 10, "segments": rows}, 10) is None
+    assert segments.from_sidecar({"total": 10, "segments": [[0, 5, 5], [5, 10, 1]]}, 10)
+
+
 def test_a_host_short_of_connections_gives_the_next_download_only_what_is_left(server, settings):
     settings.CONNECTIONS_PER_HOST = 6
     url = server.add("/m.bin", DATA, rate=16 * MIB)
