@@ -397,12 +397,7 @@ class Transfer:
             hasher, start = known[2].copy(), known[0]
         else:
             hasher, start = hashlib.sha256(), 0
-        with open(open_unfollowed(self.part), "rb") as fh:
-            fh.seek(start)
-            remaining = length - start
-            while remaining and (block := fh.read(min(CHUNK * 4, remaining))):
-                hasher.update(block)
-                remaining -= len(block)
+        hash_into(self.part, length, hasher, start)
         return hasher, length
 
     def prefix_hash(self) -> "hashlib._Hash":
@@ -593,9 +588,11 @@ def content_range(header: str) -> tuple[int | None, int | None]:
     )
 
 
-def hash_into(path, length: int, hasher) -> None:
+def hash_into(path, length: int, hasher, start: int = 0) -> None:
+    """Feed bytes [start, length) of `path` to `hasher`."""
     with open(open_unfollowed(path), "rb") as fh:
-        remaining = length
+        fh.seek(start)
+        remaining = length - start
         while remaining and (block := fh.read(min(CHUNK * 4, remaining))):
             hasher.update(block)
             remaining -= len(block)
