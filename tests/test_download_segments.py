@@ -200,6 +200,13 @@ def test_a_sidecar_whose_segments_do_not_tile_the_file_is_not_trusted(rows):
     assert segments.from_sidecar({"total": 10, "segments": [[0, 5, 5], [5, 10, 1]]}, 10)
 
 
+def test_a_running_split_download_says_how_many_connections_it_uses(client):
+    download, _ = Download.objects.request("http://h/m.bin", "checkpoints/m.bin")
+    Job.objects.filter(pk=download.job_id).update(status=Status.RUNNING)
+    Download.objects.filter(pk=download.pk).update(connections=4)
+    assert "4 connections" in client.get("/downloads/").content.decode()
+
+
 def test_a_host_short_of_connections_gives_the_next_download_only_what_is_left(server, settings):
     settings.CONNECTIONS_PER_HOST = 6
     url = server.add("/m.bin", DATA, rate=16 * MIB)

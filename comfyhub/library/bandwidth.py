@@ -73,8 +73,8 @@ def current_limit() -> int | None:
     try:
         return parse_rate(stored)
     except ValueError:
-        # Only the form writes this row, and it checks first; an edit in the admin that
-        # slipped through must not stop downloads.
+        # Only the Settings form writes this row, and it checks first; a row written any
+        # other way must not stop downloads.
         return settings.BANDWIDTH_LIMIT
 
 

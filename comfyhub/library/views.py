@@ -18,6 +18,7 @@ CARD_FIELDS = [
     "total_bytes",
     "speed",
     "eta_seconds",
+    "connections",
     "job__kind",
     "job__status",
     "job__attempt",
