@@ -25,6 +25,7 @@ import time
 from dataclasses import dataclass, field
 from urllib.parse import urljoin
 
+import httpcore
 import httpx
 from django.conf import settings
 
@@ -52,6 +53,13 @@ SYNC_EVERY = 64 * CHUNK  # written bytes between two background flushes to disk
 REPORT_SECONDS = 0.5
 REDIRECTS = 10
 RESTARTS = 3
+
+# httpcore reads a connection 64 KiB at a time, and every read is a GIL hand-off: with
+# several connections in one process the hand-offs cost more than the bytes (512 MiB over
+# loopback, 8 connections: 4.9 s of CPU at 64 KiB, 3.4 s at 1 MiB; one connection 3.7 s).
+# A read returns whatever has arrived, so small answers are unaffected. httpcore has no
+# other knob than this class constant.
+httpcore.HTTP11Connection.READ_NUM_BYTES = CHUNK
 
 
 def fetch(job: Job) -> None:

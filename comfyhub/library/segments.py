@@ -312,11 +312,11 @@ class Split:
             piece = piece[: segment.end - segment.position]  # the first answer is open-ended
             write_at(self.fd, piece, segment.position)
             segment.written += len(piece)
-            self.grown.set()
             unannounced += len(piece)
-            if unannounced >= fetch.CHUNK:
+            if unannounced >= fetch.CHUNK or segment.finished:
                 unannounced = 0
                 self.wake.set()
+                self.grown.set()
             LIMITER.take(len(piece), self.stop)
             if segment.finished:
                 return
