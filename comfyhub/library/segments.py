@@ -241,24 +241,28 @@ class Split:
             return self.pending.popleft() if self.pending else None
 
     def fetch_segment(self, segment: Segment, response: httpx.Response | None) -> None:
+        """Ask again after a drop, at once while bytes keep coming, with a growing pause
+        after each try that brought none; after SEGMENT_TRIES of those, give up."""
         failures = 0
         while not segment.finished and not self.stop.is_set():
             before = segment.written
+            failure = None
             try:
-                with contextlib.closing(response or self.open_segment(segment)) as answer:
-                    response = None
-                    if self.usable(answer, segment):
-                        self.copy(answer, segment)
-            except httpx.TransportError:
-                failures = 0 if segment.written > before else failures + 1
-                if failures >= SEGMENT_TRIES:
-                    raise
-                self.stop.wait(SEGMENT_BACKOFF * 2 ** (failures - 1))
-                continue
-            if not segment.finished and not self.stop.is_set():
-                failures = 0 if segment.written > before else failures + 1
-                if failures >= SEGMENT_TRIES:
-                    raise self.cut_short(segment)
+                self.receive(response or self.open_segment(segment), segment)
+            except httpx.TransportError as exc:
+                failure = exc
+            response = None
+            if segment.finished or self.stop.is_set():
+                return
+            failures = 0 if segment.written > before else failures + 1
+            if failures >= SEGMENT_TRIES:
+                raise failure or self.cut_short(segment)
+            self.stop.wait(SEGMENT_BACKOFF * 2 ** (failures - 1) if failures else 0)
+
+    def receive(self, response: httpx.Response, segment: Segment) -> None:
+        with contextlib.closing(response):
+            if self.usable(response, segment):
+                self.copy(response, segment)
 
     def open_segment(self, segment: Segment) -> httpx.Response:
         headers = {**self.headers, "Range": f"bytes={segment.position}-{segment.end - 1}"}
@@ -279,21 +283,15 @@ class Split:
 
     def usable(self, response: httpx.Response, segment: Segment) -> bool:
         """Whether the body is this segment's bytes; otherwise say how the split ends."""
-        status, validator = response.status_code, self.transfer.validator
-        changed = validator and fetch.validator_of(response) not in ("", validator)
+        status = response.status_code
         if status == 206:
-            start, total = fetch.content_range(response.headers.get("content-range", ""))
-            if changed or total != self.transfer.total:
-                return self.end(Ending.CHANGED)
-            if start != segment.position:
-                raise JobError(
-                    f"{self.transfer.download.host} answered a request for bytes from "
-                    f"{segment.position:,} with bytes from {start}; retrying.",
-                    category=Category.SERVER,
-                )
-            return True
-        if status in (200, 416):
-            return self.end(Ending.CHANGED if changed or status == 416 else Ending.NO_RANGE)
+            return self.fits(response, segment)
+        if status == 200:
+            length = response.headers.get("content-length")
+            other = self.changed(response) or length not in (None, str(self.transfer.total))
+            return self.end(Ending.CHANGED if other else Ending.NO_RANGE)
+        if status == 416:  # a range inside the file we knew: it shrank
+            return self.end(Ending.CHANGED)
         if status in (401, 403):
             self.status = status
             return self.end(Ending.AUTH)
@@ -303,6 +301,22 @@ class Split:
             f"Unexpected answer HTTP {status} from {self.transfer.download.host}.",
             category=Category.SERVER,
         )
+
+    def fits(self, response: httpx.Response, segment: Segment) -> bool:
+        start, total = fetch.content_range(response.headers.get("content-range", ""))
+        if self.changed(response) or total != self.transfer.total:
+            return self.end(Ending.CHANGED)
+        if start != segment.position:
+            raise JobError(
+                f"{self.transfer.download.host} answered a request for bytes from "
+                f"{segment.position:,} with bytes from {start}; retrying.",
+                category=Category.SERVER,
+            )
+        return True
+
+    def changed(self, response: httpx.Response) -> bool:
+        validator = self.transfer.validator
+        return bool(validator) and fetch.validator_of(response) not in ("", validator)
 
     def copy(self, response: httpx.Response, segment: Segment) -> None:
         unannounced = 0
