@@ -16,7 +16,11 @@ A segment answered with a changed validator restarts the whole file cleanly; one
 with 200 for the same file (a server that does not honour Range after all) ends the split:
 the contiguous prefix is kept and the rest comes over one stream. A dropped segment is
 retried by itself a few times; if it stays dead the attempt fails as `network` and the job's
-next attempt resumes every segment from the sidecar.
+next attempt resumes each unfinished segment from the sidecar.
+
+The first request resolves redirects (by hand, fetch.open_response); the other segments ask
+its final URL directly, with a token only if that URL's own host has one. A split takes
+what the host's connection budget has left (connections_for) and records it on the row.
 """
 
 import contextlib
