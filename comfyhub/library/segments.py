@@ -96,6 +96,8 @@ def frontier(segments: list[Segment]) -> int:
     """End of the contiguous prefix of written bytes."""
     edge = 0
     for segment in segments:
+        if segment.start != edge:  # a list read just as a segment was cut in two
+            break
         edge = segment.position
         if not segment.finished:
             break
@@ -146,7 +148,13 @@ class Split:
         self.client, self.transfer = client, transfer
         self.segments: list[Segment] = transfer.segments
         self.pending = deque(s for s in self.segments if not s.finished)
-        self.connections = max(1, min(connections, len(self.pending)))
+        self.active: set[int] = set()  # id() of the segments a connection is working on
+        left = sum(s.end - s.position for s in self.pending)
+        self.connections = max(1, min(connections, max(len(self.pending), left // MIN_SEGMENT)))
+        # A resumed .part may have fewer segments left than connections: cut them before
+        # asking, not after (a cut after the ask wastes what that answer had in flight).
+        while len(self.pending) < self.connections and (back := self.cut_in_two(self.pending)):
+            self.pending.append(back)
         self.url = url
         # Computed here, on the thread that may read the database: the token for the final
         # URL's own host, and nothing for any other.
@@ -219,11 +227,12 @@ class Split:
             self.transfer.report(now)
 
     def checkpoint(self) -> None:
-        marks = [s.written for s in self.segments]
-        os.fdatasync(self.fd)
-        for segment, mark in zip(self.segments, marks, strict=True):
-            segment.done = mark
-        self.transfer.save_sidecar()
+        with self.lock:  # a segment cut in two while the sidecar is written would not tile
+            marks = [s.written for s in self.segments]
+            os.fdatasync(self.fd)
+            for segment, mark in zip(self.segments, marks, strict=True):
+                segment.done = mark
+            self.transfer.save_sidecar()
         self.checkpointed_at = time.monotonic()
 
     # --- connection threads: no database here ------------------------------------------
@@ -231,7 +240,11 @@ class Split:
     def work(self, first: httpx.Response | None, segment: Segment | None) -> None:
         try:
             while not self.stop.is_set() and (segment := segment or self.next_segment()):
-                self.fetch_segment(segment, first)
+                try:
+                    self.fetch_segment(segment, first)
+                finally:
+                    with self.lock:
+                        self.active.discard(id(segment))
                 first, segment = None, None
         except BaseException as exc:  # handed to the job's thread
             self.end_with(exc)
@@ -241,8 +254,31 @@ class Split:
             self.wake.set()
 
     def next_segment(self) -> Segment | None:
+        """A segment nobody started yet, else the back half of the one in flight with the
+        most left: a fast connection never idles while a slow one has far to go."""
         with self.lock:
-            return self.pending.popleft() if self.pending else None
+            if self.pending:
+                segment = self.pending.popleft()
+            else:
+                segment = self.cut_in_two(s for s in self.segments if id(s) in self.active)
+            if segment:
+                self.active.add(id(segment))
+            return segment
+
+    def cut_in_two(self, candidates) -> Segment | None:
+        """The back half of the candidate with the most left, if both halves are worth
+        a connection; the segments list takes it in."""
+        widest = max(candidates, key=lambda s: s.end - s.position, default=None)
+        if widest is None or widest.end - widest.position < 2 * MIN_SEGMENT:
+            return None
+        # At least MIN_SEGMENT - CHUNK ahead of its connection, which reads `end` before
+        # each piece and is never more than a piece or two beyond `position`.
+        cut = widest.position + (widest.end - widest.position) // 2
+        back = Segment(cut - cut % fetch.CHUNK, widest.end)
+        widest.end = back.start
+        self.segments = sorted([*self.segments, back], key=lambda s: s.start)
+        self.transfer.segments = self.segments
+        return back
 
     def fetch_segment(self, segment: Segment, response: httpx.Response | None) -> None:
         """Ask again after a drop, at once while bytes keep coming, with a growing pause
