@@ -12,7 +12,7 @@ from io import StringIO
 from itertools import pairwise
 
 import pytest
-from django.core.management import call_command
+from django.core.management import CommandError, call_command
 
 from comfyhub.library import segments
 from comfyhub.library.bandwidth import LIMITER
@@ -109,7 +109,7 @@ def test_one_connection_asks_once_without_a_range(server):
 
 
 def test_a_bad_connections_count_is_refused_as_bad_input():
-    with pytest.raises(Exception, match="--connections must be from 1 to 64") as error:
+    with pytest.raises(CommandError, match="--connections must be from 1 to 64") as error:
         call_command("download", "http://h/x", "--dest", "vae/x.bin", "--connections", "0")
     assert error.value.returncode == 2
 
