@@ -49,6 +49,38 @@ def envfloat(name: str, default: float, low: float = 0.0) -> float:
     return value
 
 
+RATE = re.compile(r"(\d+(?:\.\d+)?)\s*(?:([kmg])(i?))?b?(?:/s)?", re.IGNORECASE)
+RATE_MIN = 1000
+
+
+def parse_rate(text: str) -> int | None:
+    """Bytes per second from "500000", "50M", "2.5MB", "800 KiB/s"; "", "0" or "none" is
+    no limit. K/M/G count in thousands, KiB/MiB/GiB in 1024s. ValueError says why."""
+    raw = text.strip()
+    if raw.lower() in ("", "0", "none"):
+        return None
+    match = RATE.fullmatch(raw)
+    if not match:
+        raise ValueError(
+            f"{raw!r} is not a speed: write bytes per second, optionally with K, M or G "
+            "(for example 50M or 2.5MB)"
+        )
+    number, prefix, binary = match.groups()
+    base = 1024 if binary else 1000
+    value = int(float(number) * base ** (" kmg".index(prefix.lower()) if prefix else 0))
+    if value < RATE_MIN:
+        raise ValueError(f"{raw!r} is too slow to download with: at least {RATE_MIN} bytes/s")
+    return value
+
+
+def envrate(name: str) -> int | None:
+    """An optional speed limit in bytes/s (parse_rate); unset or empty is none."""
+    try:
+        return parse_rate(env(name))
+    except ValueError as exc:
+        raise ConfigError(f"{name}: {exc}") from None
+
+
 def envbool(name: str, default: bool = False) -> bool:
     raw = env(name).lower()
     if not raw:

@@ -15,6 +15,7 @@ from comfyhub.config import (
     envkeys,
     envnames,
     envrange,
+    envrate,
     envurl,
     file_token_keys,
     is_loopback,
@@ -45,7 +46,12 @@ CIVITAI_API_TOKEN = env("CIVITAI_API_TOKEN")
 # Downloads: no bytes for this long counts as a stall (timeout, then resume).
 STALL_TIMEOUT = envfloat("COMFYHUB_STALL_TIMEOUT", 60.0, low=0.1)
 DOWNLOADS_MAX = envint("COMFYHUB_DOWNLOADS_MAX", 3, 1, 64)
-DOWNLOADS_PER_HOST = envint("COMFYHUB_DOWNLOADS_PER_HOST", 2, 1, 64)
+# Connections, not files, are what a host sees: each download takes up to
+# DOWNLOAD_CONNECTIONS of its host's CONNECTIONS_PER_HOST (fetch.acquire_slot).
+DOWNLOAD_CONNECTIONS = envint("COMFYHUB_DOWNLOAD_CONNECTIONS", 8, 1, 64)
+CONNECTIONS_PER_HOST = envint("COMFYHUB_CONNECTIONS_PER_HOST", 16, 1, 1024)
+# All downloads of one worker process together, in bytes/s; the Settings page's value wins.
+BANDWIDTH_LIMIT = envrate("COMFYHUB_BANDWIDTH_LIMIT")
 
 # Python environments (comfyhub/projects/envs.py): uv with one shared cache, or pip;
 # torch picked once per project and the protected packages pinned after ComfyUI's own.

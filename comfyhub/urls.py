@@ -18,6 +18,7 @@ urlpatterns = [
     path("recovery/", views.recovery, name="recovery"),
     path("recovery/jobs/<int:pk>/<str:action>/", views.job_action, name="job-action"),
     path("settings/", views.settings_page, name="settings"),
+    path("settings/bandwidth/", views.bandwidth_setting, name="settings-bandwidth"),
     path("system/", views.system, name="system"),
     path("healthz", views.healthz, name="healthz"),
     # Browsers ask for it on every first visit, logged in or not.

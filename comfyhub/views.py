@@ -10,8 +10,10 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 
 from comfyhub.context_processors import needing_user
 from comfyhub.library import sealing
-from comfyhub.library.forms import TokenForm
-from comfyhub.library.models import StoredToken, TokenName, mask
+from comfyhub.library.bandwidth import current_limit
+from comfyhub.library.fetch import human
+from comfyhub.library.forms import BandwidthForm, TokenForm
+from comfyhub.library.models import Preference, PreferenceName, StoredToken, TokenName, mask
 from comfyhub.live.page import page_url
 from recovery import metrics
 from recovery.engine import enqueue
@@ -91,11 +93,22 @@ def settings_page(request: HttpRequest) -> HttpResponse:
     return render(request, "settings/settings.html", settings_context(form), status=status)
 
 
-def settings_context(form: TokenForm) -> dict:
+@require_POST
+def bandwidth_setting(request: HttpRequest) -> HttpResponse:
+    form = BandwidthForm(request.POST)
+    if form.is_valid():
+        messages.success(request, form.save())
+        return redirect("settings")
+    context = settings_context(TokenForm(), form)
+    return render(request, "settings/settings.html", context, status=400)
+
+
+def settings_context(form: TokenForm, bandwidth: BandwidthForm | None = None) -> dict:
     # name -> token, or None for a token no key opens any more
     stored = {token.name: token.value for token in StoredToken.objects.all()}
     return {
         "form": form,
+        "bandwidth": bandwidth_row(bandwidth or BandwidthForm()),
         "tokens": [token_row(name, stored, form) for name in TokenName],
         "token_key": settings.TOKEN_KEY_FILE if sealing.keys_in_file() else "COMFYHUB_TOKEN_KEY",
         "policies": [
@@ -104,7 +117,8 @@ def settings_context(form: TokenForm) -> dict:
         # Values, not the settings object: this template must have no path to a secret.
         "limits": {
             "max": settings.DOWNLOADS_MAX,
-            "per_host": settings.DOWNLOADS_PER_HOST,
+            "per_host": settings.CONNECTIONS_PER_HOST,
+            "connections": settings.DOWNLOAD_CONNECTIONS,
             "stall": settings.STALL_TIMEOUT,
             "backoff_scale": settings.RECOVERY_BACKOFF_SCALE,
             "breaker_threshold": settings.RECOVERY_BREAKER_THRESHOLD,
@@ -115,6 +129,16 @@ def settings_context(form: TokenForm) -> dict:
             ("Models", "COMFYHUB_MODELS_DIR", settings.MODELS_DIR),
             ("Projects", "COMFYHUB_PROJECTS_DIR", settings.PROJECTS_DIR),
         ],
+    }
+
+
+def bandwidth_row(form: BandwidthForm) -> dict:
+    limit = current_limit()
+    here = Preference.objects.value_of(PreferenceName.BANDWIDTH_LIMIT) is not None
+    return {
+        "form": form,
+        "limit": f"{human(limit)}/s" if limit else "",
+        "source": "here" if here else ("environment" if settings.BANDWIDTH_LIMIT else ""),
     }
 
 

@@ -195,9 +195,12 @@ class _File:
     rate: int | None
     auth: str | None
     body_416: bytes
+    ranges: bool = True  # False: no Accept-Ranges, and every Range is ignored (200)
 
     def headers(self) -> dict[str, str]:
-        headers = {"Content-Type": "application/octet-stream", "Accept-Ranges": "bytes"}
+        headers = {"Content-Type": "application/octet-stream"}
+        if self.ranges:
+            headers["Accept-Ranges"] = "bytes"
         if self.etag:
             headers["ETag"] = self.etag
         if self.last_modified:
@@ -264,6 +267,8 @@ class FileServer(LoopbackServer):
     def __init__(self, host: str = "127.0.0.1"):
         super().__init__(host)
         self.files: dict[str, _File] = {}
+        self.sending = 0  # bodies being written right now
+        self.most_sending = 0  # the most at any one time: how many connections a client used
 
     def add(
         self,
@@ -276,12 +281,14 @@ class FileServer(LoopbackServer):
         rate: int | None = None,
         auth: str | None = None,
         body_416: bytes = b"",
+        ranges: bool = True,
     ) -> str:
         """Serve `data` at `path`. `body_416` is what a Range past the end gets beside its
-        416 status: CDNs send an HTML error page there."""
+        416 status: CDNs send an HTML error page there. `ranges=False` is a server that
+        knows no Range at all."""
         path = "/" + path.lstrip("/")
         steps = deque(parse_step(entry) for entry in script or [])
-        self.files[path] = _File(data, etag, last_modified, steps, rate, auth, body_416)
+        self.files[path] = _File(data, etag, last_modified, steps, rate, auth, body_416, ranges)
         return self.url(path)
 
     def replace(
@@ -291,7 +298,7 @@ class FileServer(LoopbackServer):
         path = "/" + path.lstrip("/")
         old = self.files[path]
         self.files[path] = _File(
-            data, etag, last_modified, old.script, old.rate, old.auth, old.body_416
+            data, etag, last_modified, old.script, old.rate, old.auth, old.body_416, old.ranges
         )
 
     def handle(self, h, record: dict) -> None:
@@ -338,14 +345,25 @@ class FileServer(LoopbackServer):
         self.send_head(h, record, 206 if wanted else 200, headers)
         if h.command != "HEAD":
             cut = int(arg) if kind in {"drop", "short", "stall"} else len(body)
-            self.write(h, record, body[:cut], file.rate)
+            self.count_sending(+1)
+            try:
+                self.write(h, record, body[:cut], file.rate)
+            finally:
+                self.count_sending(-1)
             self.misbehave(h, kind)
+
+    def count_sending(self, step: int) -> None:
+        with self._lock:
+            self.sending += step
+            self.most_sending = max(self.most_sending, self.sending)
 
     def chosen_range(self, h, file: _File, kind: str) -> tuple[int, int] | None:
         """RFC 9110: when If-Range no longer matches, the Range is ignored, not refused."""
         if_range = h.headers.get("If-Range")
-        if kind == "ignore_range" or (
-            if_range and not if_range_matches(if_range, file.etag, file.last_modified)
+        if (
+            kind == "ignore_range"
+            or not file.ranges
+            or (if_range and not if_range_matches(if_range, file.etag, file.last_modified))
         ):
             return None
         return requested_range(h.headers.get("Range"), len(file.data))

@@ -278,8 +278,10 @@ def test_too_little_free_space_is_caught_before_the_first_byte(server, settings)
     assert server.requests == []
 
 
-def test_a_full_host_makes_the_next_download_wait_without_an_attempt(server, settings):
-    settings.DOWNLOADS_PER_HOST = 1
+def test_a_host_with_no_connection_left_makes_the_next_download_wait_without_an_attempt(
+    server, settings
+):
+    settings.CONNECTIONS_PER_HOST = 1
     url = server.add("/m.bin", DATA)
     busy, _ = Download.objects.request(url, "checkpoints/busy.bin")
     Job.objects.filter(pk=busy.job_id).update(status=Status.RUNNING, lease_owner="w:1")

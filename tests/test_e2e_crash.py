@@ -103,9 +103,7 @@ def test_downloads_queued_when_the_app_was_killed_run_within_10_s_of_the_restart
         assert statuses(server).count("queued") == 4
         server.kill_tree()
         restarted = time.monotonic()
-        server.relaunch(
-            COMFYHUB_WORKERS="5", COMFYHUB_DOWNLOADS_MAX="5", COMFYHUB_DOWNLOADS_PER_HOST="5"
-        )
+        server.relaunch(COMFYHUB_WORKERS="5", COMFYHUB_DOWNLOADS_MAX="5")
         remaining = 10 - (time.monotonic() - restarted)
         wait_until(lambda: all_started(server), remaining, "all 5 downloads to run again")
 

@@ -183,7 +183,7 @@ def test_a_job_action_without_csrf_is_refused():
 @pytest.mark.django_db
 def test_the_settings_page_shows_tokens_limits_retry_defaults_and_folders(client, settings):
     settings.HF_TOKEN = settings.CIVITAI_API_TOKEN = ""
-    settings.DOWNLOADS_MAX, settings.DOWNLOADS_PER_HOST = 7, 3
+    settings.DOWNLOADS_MAX, settings.CONNECTIONS_PER_HOST = 7, 3
     html = client.get("/settings/").content.decode()
     assert html.count("Not set") == 2 and "COMFYHUB_DOWNLOADS_MAX" in html
     assert "<dd>7 <small>" in html and "<dd>3 <small>" in html

@@ -3,7 +3,9 @@ import re
 from django import forms
 from django.conf import settings
 
-from comfyhub.library.models import StoredToken, TokenName, mask
+from comfyhub.config import parse_rate
+from comfyhub.library.fetch import human
+from comfyhub.library.models import Preference, PreferenceName, StoredToken, TokenName, mask
 from comfyhub.library.paths import (
     BadInput,
     check_destination,
@@ -93,6 +95,37 @@ class TokenForm(forms.Form):
             f"{name.label} token saved ({mask(self.cleaned_data['token'])}). New downloads use "
             "it; press Retry now on one that failed for a missing token."
         )
+
+
+class BandwidthForm(forms.Form):
+    """Set or clear the Settings page's bandwidth limit (it wins over the environment's)."""
+
+    limit = forms.CharField(
+        max_length=32,
+        required=False,
+        label="Limit in bytes per second",
+        help_text="For example 50M or 2.5MB (K, M, G count thousands; KiB, MiB, GiB 1024s). "
+        "Empty or 0: no limit.",
+    )
+    action = forms.ChoiceField(choices=[("save", "Save"), ("clear", "Clear")])
+
+    def clean_limit(self) -> int | None:
+        try:
+            return parse_rate(self.cleaned_data["limit"])
+        except ValueError as exc:
+            raise forms.ValidationError(f"{exc}.") from None
+
+    def save(self) -> str:
+        """Store or clear the limit; returns what to tell the user."""
+        name = PreferenceName.BANDWIDTH_LIMIT
+        if self.cleaned_data["action"] == "clear":
+            Preference.objects.filter(name=name).delete()
+            return "Bandwidth limit cleared; downloads follow COMFYHUB_BANDWIDTH_LIMIT again."
+        rate = self.cleaned_data["limit"]
+        Preference.objects.store(name, str(rate or ""))
+        if rate is None:
+            return "No bandwidth limit: downloads go as fast as they can, within seconds."
+        return f"Downloads together now stay under {human(rate)}/s, within seconds."
 
 
 class DownloadFilter(forms.Form):

@@ -50,6 +50,11 @@ class DownloadQuerySet(models.QuerySet):
         running = self.filter(job__status=Status.RUNNING)
         return running.filter(host=host) if host else running
 
+    def connections_on(self, host: str, besides: int) -> int:
+        """Connections the running downloads from `host` hold, other than download `besides`."""
+        others = self.running_on(host).exclude(pk=besides)
+        return others.aggregate(total=models.Sum("connections"))["total"] or 0
+
     def request(
         self,
         url: str,
@@ -152,6 +157,8 @@ class Download(models.Model):
     total_bytes = models.BigIntegerField(null=True, blank=True)
     speed = models.FloatField(default=0)  # bytes per second, smoothed
     eta_seconds = models.FloatField(null=True, blank=True)
+    # Connections this download holds on its host while it runs (fetch.acquire_slot).
+    connections = models.PositiveSmallIntegerField(default=1)
     created_at = models.DateTimeField(default=timezone.now)
     updated_at = models.DateTimeField(default=timezone.now)
 
@@ -231,6 +238,12 @@ class Download(models.Model):
         self.bytes_done, self.total_bytes, self.speed, self.eta_seconds = done, total, speed, eta
         self.updated_at = timezone.now()
         self.save(update_fields=["bytes_done", "total_bytes", "speed", "eta_seconds", "updated_at"])
+
+    def want_connections(self, count: int) -> None:
+        """This download's own number of connections (`download --connections`), kept in
+        its job's params so every attempt, in any process, uses it."""
+        self.job.params = {**self.job.params, "connections": count}
+        Job.objects.filter(pk=self.job_id).update(params=self.job.params)
 
     def discard_partial(self) -> None:
         """Forget the bytes so far (.part and its sidecars); never touches the destination."""
@@ -389,6 +402,36 @@ class KnownModel(models.Model):
 
     def __str__(self) -> str:
         return f"{self.directory}/{self.name} <- {self.url}"
+
+
+class PreferenceName(models.TextChoices):
+    """Settings a user may change on the Settings page without a restart, named like the
+    environment variables whose defaults they replace."""
+
+    BANDWIDTH_LIMIT = "COMFYHUB_BANDWIDTH_LIMIT", "Bandwidth limit"
+
+
+class PreferenceQuerySet(models.QuerySet):
+    def value_of(self, name: str) -> str | None:
+        """The stored text, or None when the page never set it (the environment decides)."""
+        return self.filter(name=name).values_list("value", flat=True).first()
+
+    def store(self, name: str, value: str) -> None:
+        self.update_or_create(name=name, defaults={"value": value, "updated_at": timezone.now()})
+
+
+class Preference(models.Model):
+    """A setting saved on the Settings page; it wins over its environment variable and is
+    re-read by running workers (library.bandwidth), so no restart is needed."""
+
+    name = models.CharField(max_length=64, choices=PreferenceName.choices, unique=True)
+    value = models.CharField(max_length=64, blank=True)
+    updated_at = models.DateTimeField(default=timezone.now)
+
+    objects = PreferenceQuerySet.as_manager()
+
+    def __str__(self) -> str:
+        return f"{self.name} = {self.value!r}"
 
 
 class TokenName(models.TextChoices):

@@ -23,7 +23,7 @@ CARD_FIELDS = [
     "total_bytes",
     "speed",
     "eta_seconds",
-    "host",
+    "connections",
     "job__kind",
     "job__status",
     "job__attempt",

@@ -60,6 +60,13 @@ class Command(BaseCommand):
             help="another source of the same file, tried when the ones before it fail for "
             "good or rest behind an open breaker (repeatable, in order)",
         )
+        parser.add_argument(
+            "--connections",
+            type=int,
+            default=None,
+            help="connections for this file (1-64, default COMFYHUB_DOWNLOAD_CONNECTIONS); "
+            "1 = one stream",
+        )
         parser.add_argument("--json", action="store_true", help="print one JSON object")
 
     def handle(self, *args, **options) -> None:
@@ -69,9 +76,12 @@ class Command(BaseCommand):
             check_destination(options["dest"], settings.MODELS_DIR)
             sha256 = check_sha256(options["sha256"])
             size = check_size(options["size"], "--size")
+            connections = check_connections(options["connections"])
         except BadInput as exc:
             raise CommandError(str(exc), returncode=2) from None
         download, _ = Download.objects.request(url, options["dest"], sha256, size, mirrors)
+        if connections:
+            download.want_connections(connections)
         if download.job.status == Status.PAUSED:
             download.job.retry_now()
         job = self.run(download, bar=sys.stderr.isatty() and not options["json"])
@@ -122,6 +132,12 @@ class Command(BaseCommand):
             self.stdout.write(
                 f"{download.path} {human(download.bytes_done)} sha256 {download.sha256}"
             )
+
+
+def check_connections(value: int | None) -> int | None:
+    if value is not None and not 1 <= value <= 64:
+        raise BadInput(f"--connections must be from 1 to 64 (got {value}).")
+    return value
 
 
 def progress_line(job: Job) -> str:
