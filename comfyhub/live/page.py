@@ -5,11 +5,14 @@ whose cards it shows, the projects whose status badges it shows, and panels (the
 attention banner, the downloads summary). `Watch.poll` answers the HTML fragments that
 changed, each rooted at an element with `id` + `hx-swap-oob`, and nothing for the rest.
 
-A poll costs the same few queries however many jobs are watched: one for the jobs written
-since the last look (`updated_at`), one for the open circuit breakers, one per watched
-kind of object or panel; only the changed cards are rendered, with their extra context
-loaded per kind in one query (`cards_context`). A job whose card went out terminal
-drops out of the watch.
+A poll costs the same few queries however many jobs are watched: one for the version
+(`updated_at`) of every watched job, one loading the rows whose version differs from the
+one last sent, one for the open circuit breakers, two per watched kind of object and one
+per panel; only the changed cards are rendered, with their extra context loaded per kind
+in one query (`cards_context`). Versions are compared, never "written after the last
+look": a writer stamps `updated_at` before it waits for the database's write lock, so a
+row can land with a stamp older than rows already seen. A job whose card went out
+terminal drops out of the watch, and so does a deleted one.
 """
 
 from collections import defaultdict
@@ -17,6 +20,7 @@ from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
 from urllib.parse import parse_qs, urlencode
 
+from django.db import models
 from django.template.loader import render_to_string, select_template
 from django.utils import timezone
 
@@ -24,8 +28,8 @@ from comfyhub.context_processors import attention_counts
 from comfyhub.live.broadcast import group_for
 from recovery.models import BreakerState, CircuitBreaker, Job
 
-# Rows are stamped by the writer's clock before its commit, so a row may land a little
-# after a newer stamp was seen: each look reaches this far back and lets versions decide.
+# A page carries no versions, only when it was rendered: on the first look, rows stamped
+# this long before then are sent again in case the page was read before they committed.
 MARGIN = timedelta(seconds=2)
 # A page lists at most 500 cards (library.views.LISTED); this leaves room, not abuse.
 MOST_IDS = 2000
@@ -35,9 +39,9 @@ MOST_IDS = 2000
 CONTEXT: dict[str, Callable[[list[Job]], dict[int, dict]]] = {}
 # Page-wide fragments: {name: callable() -> (version, html)}; the banner is one.
 PANELS: dict[str, Callable[[], tuple[object, str]]] = {}
-# Objects other than jobs whose fragments a page shows: {name: callable(pks, since) ->
-# [(pk, updated_at, html)]} for those of `pks` written at or after `since`.
-OBJECTS: dict[str, Callable[[list[int], datetime], list[tuple[int, object, str]]]] = {}
+# Objects other than jobs whose fragments a page shows: {name: (model with an
+# `updated_at`, callable(object) -> html)}.
+OBJECTS: dict[str, tuple[type[models.Model], Callable[[models.Model], str]]] = {}
 
 
 def cards_context(kind: str):
@@ -68,9 +72,11 @@ def panel(name: str):
     return register
 
 
-def watched_object(name: str):
+def watched_object(name: str, model: type[models.Model]):
+    """Register the fragment of one `model` object a page shows as `name`."""
+
     def register(func):
-        OBJECTS[name] = func
+        OBJECTS[name] = (model, func)
         return func
 
     return register
@@ -107,14 +113,32 @@ def open_breakers() -> dict[str, tuple]:
     return {key: rest for key, *rest in rows.values_list("key", "state", "opened_at")}
 
 
+def changed(model: type[models.Model], versions: dict[int, object], rendered: datetime) -> list:
+    """The pks of `versions` whose row differs from the version last sent (None: the one
+    the page was rendered with, i.e. anything stamped at or after `rendered`), in one
+    query of every watched row's version. Unchanged versions are noted; deleted rows
+    drop out."""
+    now = dict(model.objects.filter(pk__in=list(versions)).values_list("pk", "updated_at"))
+    for pk in [pk for pk in versions if pk not in now]:
+        del versions[pk]
+    fresh = []
+    for pk, version in now.items():
+        if versions[pk] is None and version < rendered:
+            versions[pk] = version  # what the page shows; a later write differs from it
+        elif versions[pk] != version:
+            fresh.append(pk)
+    return fresh
+
+
 class Watch:
     """The live state one page socket holds; `poll` runs in a thread (it queries)."""
 
     def __init__(self, jobs, objects, panels, since: datetime, csrf_token: str = ""):
+        # {pk: version last sent}; None until the first look sees what the page shows.
         self.jobs: dict[int, object] = dict.fromkeys(jobs)
         self.objects = {name: dict.fromkeys(pks) for name, pks in objects.items()}
         self.panels: dict[str, object] = dict.fromkeys(panels)
-        self.since = {name: since - MARGIN for name in ["jobs", *objects]}
+        self.rendered = since - MARGIN
         self.breakers: dict[str, tuple] | None = None
         self.csrf_token = csrf_token
 
@@ -138,14 +162,15 @@ class Watch:
         return [group_for("job", pk) for pk in list(self.jobs)]  # list(): a look may be on
 
     def poll(self) -> list[str]:
-        """The fragments that changed since the last poll (all of them on the first)."""
+        """The fragments that changed since the last poll (on the first: since the page was
+        rendered)."""
         return self.changed_jobs() + self.changed_objects() + self.changed_panels()
 
     def changed_jobs(self) -> list[str]:
         if not self.jobs:
             return []
-        rows = Job.objects.filter(pk__in=list(self.jobs), updated_at__gte=self.since["jobs"])
-        fresh = {job.pk: job for job in rows if self.jobs[job.pk] != job.updated_at}
+        pks = changed(Job, self.jobs, self.rendered)
+        fresh = {job.pk: job for job in Job.objects.filter(pk__in=pks)} if pks else {}
         fresh.update(self.behind_changed_breakers(fresh))
         self.remember(fresh.values())
         return render_cards(list(fresh.values()), self.csrf_token)
@@ -153,7 +178,6 @@ class Watch:
     def remember(self, sent: Iterable[Job]) -> None:
         """Note the versions sent; a finished job's card goes out once, then drops out."""
         for job in sent:
-            self.since["jobs"] = max(self.since["jobs"], job.updated_at - MARGIN)
             self.jobs[job.pk] = job.updated_at
             if job.is_terminal:
                 del self.jobs[job.pk]
@@ -173,13 +197,12 @@ class Watch:
     def changed_objects(self) -> list[str]:
         fragments = []
         for name, versions in self.objects.items():
-            if not versions:
+            model, render = OBJECTS[name]
+            if not versions or not (pks := changed(model, versions, self.rendered)):
                 continue
-            for pk, version, html in OBJECTS[name](list(versions), self.since[name]):
-                if versions[pk] != version:
-                    versions[pk] = version
-                    fragments.append(html)
-                    self.since[name] = max(self.since[name], version - MARGIN)
+            for obj in model.objects.filter(pk__in=pks):
+                versions[obj.pk] = obj.updated_at
+                fragments.append(render(obj))
         return fragments
 
     def changed_panels(self) -> list[str]:

@@ -166,13 +166,7 @@ def rollback_card(job: Job) -> dict:
     return {"project": Project.objects.filter(pk=job.params.get("project")).first()}
 
 
-@watched_object("projects")
-def status_badges(pks: list[int], since) -> list[tuple]:
-    """The header status badge of each project written since `since` (one query)."""
-    rows = Project.objects.filter(pk__in=pks, updated_at__gte=since)
-    return [(project.pk, project.updated_at, status_badge(project)) for project in rows]
-
-
+@watched_object("projects", Project)
 def status_badge(project: Project) -> str:
     context = {"project": project, "status": ProjectStatus(project.status), "oob": True}
     return render_to_string("projects/_status.html", context)
