@@ -6,13 +6,14 @@ import hashlib
 import json
 
 import pytest
+from django.db import connection
 
 from comfyhub.library import searches
 from comfyhub.live.page import render_cards
 from comfyhub.projects.models import Project
 from recovery.engine import run_foreground
 from recovery.models import Category, Job, Status
-from tests.conftest import free_port
+from tests.conftest import free_port, watched_jobs
 from tests.fakeapis import FakeCivitai, FakeHuggingFace
 
 pytestmark = pytest.mark.django_db
@@ -77,6 +78,23 @@ def test_the_requirements_page_renders_without_asking_any_remote_source(client, 
     assert f"jobs={pk}" in html.split('ws-connect="/ws/page/?', 1)[1].split('"')[0]
     assert "starts as soon as a worker is free" in html
     assert f'name="model_{pk}" value="url"' in html and 'value="skip"' in html
+
+
+def test_a_search_that_ends_while_the_page_renders_is_still_watched(client, hf):
+    confirm, pk = imported(client)
+    loaded = []
+
+    def end_after_the_form_loads_it(execute, sql, params, many, context):
+        result = execute(sql, params, many, context)
+        if not loaded and sql.startswith("SELECT") and '"recovery_job"."id" IN' in sql:
+            loaded.append(sql)  # the worker finishes the search right after this read
+            Job.objects.filter(pk=pk).update(status=Status.SUCCEEDED)
+        return result
+
+    with connection.execute_wrapper(end_after_the_form_loads_it):
+        html = client.get(confirm).content.decode()
+    assert loaded and "starts as soon as a worker is free" in html
+    assert watched_jobs(html) == {pk}
 
 
 def test_importing_hands_one_search_per_missing_model_to_the_worker(client, dispatch, hf):

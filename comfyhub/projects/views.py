@@ -40,7 +40,7 @@ from comfyhub.projects.forms import (
 )
 from comfyhub.projects.models import Project, ProjectStatus
 from comfyhub.workflows import catalog
-from recovery.models import TERMINAL, Job, Status
+from recovery.models import Job, Status
 
 PER_PAGE = 48
 IMPORTS = "project_imports"
@@ -170,8 +170,9 @@ def import_confirm(request: HttpRequest, token: str) -> HttpResponse:
         project = start(form.cleaned_data["name"], spec, skipped)
         request.session[IMPORTS] = {k: v for k, v in request.session[IMPORTS].items() if k != token}
         return redirect("project", slug=project.slug)
-    searching = Job.objects.filter(pk__in=state["searches"]).exclude(status__in=TERMINAL)
-    live = page_url(searching.values_list("pk", flat=True))
+    # The searches the form drew unfinished, from the rows it drew them from: a second
+    # query could see one finish after it was drawn "Searching…", and never watch it.
+    live = page_url(pk for _, pk, job in form.models if job and not job.is_terminal)
     context = {"form": form, "state": state, "token": token, "live": live}
     return render(
         request, "projects/requirements.html", context, status=200 if data is None else 400
