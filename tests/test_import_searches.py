@@ -111,7 +111,7 @@ def test_the_search_job_fills_the_page_with_its_candidates_best_first(client, hf
     url = hf.url("/studio/ink-mix/resolve/main/checkpoints/ink_mix_v2.safetensors")
     assert url in html and "ink_mix_v2.safetensors · Hugging Face" in html
     assert f'name="model_{pk}" value="c0" id="id_model_{pk}_0" checked' in html
-    assert f'ws-connect="/ws/jobs/{pk}/"' not in html  # nothing left to wait for
+    assert pk not in watched_jobs(html)  # nothing left to wait for
 
 
 def test_choosing_a_found_candidate_downloads_it_with_its_sha256(client, hf, civitai):
