@@ -140,7 +140,18 @@ async def test_the_card_of_a_job_that_was_deleted_is_simply_dropped():
 
 @pytest.mark.parametrize(
     "query",
-    ["jobs=1,x", "since=soon", "panels=weather", "rockets=1", "jobs=" + ",".join(["1"] * 2001)],
+    [
+        "jobs=1,x",
+        "since=soon",
+        "panels=weather",
+        "rockets=1",
+        "jobs=" + ",".join(["1"] * 2001),
+        "jobs=99999999999999999999",
+        f"jobs={2**63}",
+        "jobs=0",
+        "jobs=-3",
+        "projects=99999999999999999999",
+    ],
 )
 async def test_a_malformed_page_url_is_refused_with_4400(query):
     ws = WebsocketCommunicator(application, f"/ws/page/?{query}", headers=ORIGIN)

@@ -113,6 +113,15 @@ def open_breakers() -> dict[str, tuple]:
     return {key: rest for key, *rest in rows.values_list("key", "state", "opened_at")}
 
 
+def row_id(text: str) -> int:
+    """A primary key from a URL; ValueError beyond what the database holds (a bigger one
+    would raise OverflowError in every look, not once here)."""
+    pk = int(text)
+    if not 1 <= pk < 2**63:
+        raise ValueError(f"no row has the id {text}")
+    return pk
+
+
 def changed(model: type[models.Model], versions: dict[int, object], rendered: datetime) -> list:
     """The pks of `versions` whose row differs from the version last sent (None: the one
     the page was rendered with, i.e. anything stamped at or after `rendered`), in one
@@ -150,7 +159,9 @@ class Watch:
         panels = [name for name in fields.pop("panels", "").split(",") if name]
         if unknown := set(panels) - set(PANELS) or set(fields) - {"jobs", *OBJECTS}:
             raise ValueError(f"nothing live is called {', '.join(sorted(unknown))}")
-        ids = {name: [int(pk) for pk in value.split(",") if pk] for name, value in fields.items()}
+        ids = {
+            name: [row_id(pk) for pk in value.split(",") if pk] for name, value in fields.items()
+        }
         if sum(len(pks) for pks in ids.values()) > MOST_IDS:
             raise ValueError(f"a page watches at most {MOST_IDS} objects")
         jobs = ids.pop("jobs", [])
