@@ -15,6 +15,7 @@ from comfyhub.library.templatetags.humanize_bytes import duration
 from comfyhub.live.page import Watch, page_url
 from comfyhub.projects.models import ProjectStatus
 from recovery.models import BreakerState, CircuitBreaker, Job, Status
+from tests.conftest import page_socket
 from tests.projectpages import make
 
 pytestmark = pytest.mark.django_db
@@ -181,6 +182,28 @@ def test_the_project_page_watches_its_badge_and_its_install_over_one_socket(clie
     html = client.get(f"/projects/{project.slug}/").content.decode()
     assert html.count("ws-connect=") == 1 and f"projects={project.pk}" in html
     assert f"jobs={project.install_job_id}" in html and 'id="attention-banner"' in html
+
+
+def test_a_launch_card_pushed_to_the_projects_list_still_goes_back_to_the_list(client):
+    project = make(status=ProjectStatus.READY)
+    job = Job.objects.create(kind="project_launch", params={"project": project.pk})
+    Job.objects.filter(pk=job.pk).update(updated_at=MINUTE_AGO)
+    watch = Watch.from_query(
+        page_socket(client.get("/").content.decode()).split("?", 1)[1].encode()
+    )
+    watch.poll()
+    Job.objects.filter(pk=job.pk).update(status=Status.FAILED, updated_at=timezone.now())
+    (card,) = [f for f in watch.poll() if f'id="job-{job.pk}"' in f]
+    assert "Launch again" in card
+    back = re.search(r'name="next" value="([^"]*)"', card).group(1)
+    response = client.post(f"/projects/{project.slug}/launch/", {"next": back})
+    assert response["Location"] == "/"
+
+
+@pytest.mark.parametrize("next", ["//evil.example/", "https://evil.example/", "/\\evil"])
+def test_a_socket_url_whose_next_leaves_the_site_is_refused(next):
+    with pytest.raises(ValueError, match="next is a path on this site"):
+        Watch.from_query(page_url(next=next).split("?", 1)[1].encode())
 
 
 def test_the_recovery_page_opens_no_socket_and_shows_no_banner(client):

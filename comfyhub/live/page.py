@@ -82,10 +82,15 @@ def watched_object(name: str, model: type[models.Model]):
     return register
 
 
-def page_url(jobs: Iterable[int] = (), panels: Iterable[str] = ("banner",), **objects) -> str:
+def page_url(
+    jobs: Iterable[int] = (), panels: Iterable[str] = ("banner",), next: str = "", **objects
+) -> str:
     """The page socket's URL for what a page shows live. `since` is now: on connect the
-    socket sends what was written after the page was rendered (and in the MARGIN before)."""
+    socket sends what was written after the page was rendered (and in the MARGIN before).
+    `next`: where the forms of the cards the socket sends go back to, as the page's own."""
     query = {"since": f"{timezone.now().timestamp():.6f}"}
+    if next:
+        query["next"] = next
     for name, pks in {"jobs": jobs, **objects}.items():
         if pks := ",".join(str(pk) for pk in pks):
             query[name] = pks
@@ -94,7 +99,7 @@ def page_url(jobs: Iterable[int] = (), panels: Iterable[str] = ("banner",), **ob
     return f"/ws/page/?{urlencode(query, safe=',')}"
 
 
-def render_cards(jobs: list[Job], csrf_token: str) -> list[str]:
+def render_cards(jobs: list[Job], csrf_token: str, next: str = "") -> list[str]:
     by_kind = defaultdict(list)
     for job in jobs:
         by_kind[job.kind].append(job)
@@ -103,7 +108,7 @@ def render_cards(jobs: list[Job], csrf_token: str) -> list[str]:
         template = select_template([f"live/{kind}.html", "live/job.html"])
         extra = CONTEXT[kind](batch) if kind in CONTEXT else {}
         for job in batch:
-            context = {"job": job, "oob": True, "csrf_token": csrf_token}
+            context = {"job": job, "oob": True, "csrf_token": csrf_token, "next": next}
             fragments.append(template.render({**context, **extra.get(job.pk, {})}))
     return fragments
 
@@ -142,7 +147,9 @@ def changed(model: type[models.Model], versions: dict[int, object], rendered: da
 class Watch:
     """The live state one page socket holds; `poll` runs in a thread (it queries)."""
 
-    def __init__(self, jobs, objects, panels, since: datetime, csrf_token: str = ""):
+    def __init__(
+        self, jobs, objects, panels, since: datetime, csrf_token: str = "", next: str = ""
+    ):
         # {pk: version last sent}; None until the first look sees what the page shows.
         self.jobs: dict[int, object] = dict.fromkeys(jobs)
         self.objects = {name: dict.fromkeys(pks) for name, pks in objects.items()}
@@ -150,6 +157,7 @@ class Watch:
         self.rendered = since - MARGIN
         self.breakers: dict[str, tuple] | None = None
         self.csrf_token = csrf_token
+        self.next = next
 
     @classmethod
     def from_query(cls, query: bytes, csrf_token: str = "") -> "Watch":
@@ -157,6 +165,9 @@ class Watch:
         fields = {k: v[-1] for k, v in parse_qs(query.decode("latin-1")).items()}
         since = datetime.fromtimestamp(float(fields.pop("since", "0")), tz=UTC)
         panels = [name for name in fields.pop("panels", "").split(",") if name]
+        next = fields.pop("next", "")
+        if next and not (next.startswith("/") and next[1:2] not in ("/", "\\")):
+            raise ValueError("next is a path on this site")
         if unknown := set(panels) - set(PANELS) or set(fields) - {"jobs", *OBJECTS}:
             raise ValueError(f"nothing live is called {', '.join(sorted(unknown))}")
         ids = {
@@ -165,7 +176,7 @@ class Watch:
         if sum(len(pks) for pks in ids.values()) > MOST_IDS:
             raise ValueError(f"a page watches at most {MOST_IDS} objects")
         jobs = ids.pop("jobs", [])
-        return cls(jobs, ids, panels, since, csrf_token)
+        return cls(jobs, ids, panels, since, csrf_token, next)
 
     @property
     def groups(self) -> list[str]:
@@ -184,7 +195,7 @@ class Watch:
         fresh = {job.pk: job for job in Job.objects.filter(pk__in=pks)} if pks else {}
         fresh.update(self.behind_changed_breakers(fresh))
         self.remember(fresh.values())
-        return render_cards(list(fresh.values()), self.csrf_token)
+        return render_cards(list(fresh.values()), self.csrf_token, self.next)
 
     def remember(self, sent: Iterable[Job]) -> None:
         """Note the versions sent; a finished job's card goes out once, then drops out."""

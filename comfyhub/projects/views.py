@@ -95,7 +95,8 @@ def projects(request: HttpRequest) -> HttpResponse:
     listed = Project.objects.select_related("install_job")
     cards = [card(runtime.observed(project)) for project in listed]
     jobs = [c["launch"] if c["project"].installed else c["job"] for c in cards]
-    live = page_url(unfinished(*jobs), projects=[c["project"].pk for c in cards])
+    # The run panels' forms come back here; the cards the socket sends too.
+    live = page_url(unfinished(*jobs), projects=[c["project"].pk for c in cards], next="/")
     return render(request, "projects/list.html", {"cards": cards, "live": live})
 
 
