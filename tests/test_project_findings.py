@@ -184,6 +184,20 @@ def test_relink_queues_a_check_that_points_comfyui_at_the_models_again(client, d
     assert job.params == {"project": project.pk, "relink": True}
 
 
+def test_relink_asked_while_a_plain_check_runs_is_queued_after_it(client, dispatch, folders):
+    project = installed(folders, last_check=FOUND)
+    running = project.queue_job("project_check", dispatch=False)
+    Job.objects.filter(pk=running.pk).update(status=Status.RUNNING)
+    url = f"/projects/{project.slug}/check/"
+    response, sent = dispatch(lambda: client.post(url, {"relink": "1"}))
+    _, again = dispatch(lambda: client.post(url, {"relink": "1"}))
+    _, plain = dispatch(lambda: client.post(url))
+    checks = list(Job.objects.filter(kind="project_check").order_by("pk"))
+    assert response.status_code == 302 and (sent, again, plain) == (1, 0, 0)
+    assert [job.params.get("relink") for job in checks] == [None, True]
+    assert project.older_runtime_job(checks[1]) == checks[0]  # it waits for the first
+
+
 def test_a_failed_pack_shows_the_lines_comfyui_printed_for_it(client, folders):
     lines = 'Traceback (most recent call last):\n  File "x"\nModuleNotFoundError: cv2'
     found = {**FOUND, "failure_lines": {"Broken-Pack": lines}}

@@ -283,13 +283,18 @@ class Project(models.Model):
         mine = Job.objects.filter(kind=kind, params__project=self.pk)
         return mine.exclude(status__in=TERMINAL).first()
 
-    def queue_job(self, kind: str, dispatch: bool = True, **params) -> Job:
-        """The job of `kind` under way for this project, else a new one (handed to the
-        worker unless `dispatch` is False). Never two at once: the look and the insert
-        happen under the project row's lock."""
+    def queue_job(
+        self, kind: str, dispatch: bool = True, matching: dict | None = None, **params
+    ) -> Job:
+        """The job of `kind` under way for this project (one whose params include
+        `matching`, if given), else a new one (handed to the worker unless `dispatch` is
+        False). Never two alike at once: the look and the insert happen under the project
+        row's lock."""
         with transaction.atomic():
             Project.objects.select_for_update().filter(pk=self.pk).first()
-            job = self.active_job(kind)
+            mine = Job.objects.filter(kind=kind, params__project=self.pk)
+            alike = mine.filter(**{f"params__{k}": v for k, v in (matching or {}).items()})
+            job = alike.exclude(status__in=TERMINAL).first()
             if job is None:
                 job = Job.objects.create(kind=kind, params={"project": self.pk, **params})
                 if dispatch:

@@ -239,7 +239,9 @@ def check_again(request: HttpRequest, slug: str) -> HttpResponse:
     if why := project.why_not_checkable():
         return problem(request, project, why)
     relink = {"relink": True} if request.POST.get("relink") else {}
-    project.queue_job("project_check", **relink)
+    # A check under way that does not relink would swallow the request: a relinking one
+    # is queued after it (it waits its turn, runtime_turn).
+    project.queue_job("project_check", matching=relink, **relink)
     return back(request, project)
 
 
