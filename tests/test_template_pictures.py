@@ -91,6 +91,21 @@ def test_only_pictures_the_media_bundles_hold_for_listed_templates_are_served(cl
     assert client.get("/projects/templates/../../settings.py/picture/").status_code == 404
 
 
+def test_a_picture_removed_while_the_server_runs_is_404_and_the_bundles_are_read_again(
+    client, tmp_path
+):
+    template = pictured()
+    gone = tmp_path / f"{template.name}-1.webp"
+    gone.write_bytes(webp_vp8x(8, 8))
+    try:
+        catalog.pictures()[template.name] = catalog.picture(template.name, gone, "image/webp")
+        gone.unlink()  # the bundle was upgraded: the cached path no longer exists
+        assert client.get(f"/projects/templates/{template.name}/picture/").status_code == 404
+        assert client.get(template.picture.url).status_code == 200
+    finally:
+        catalog.pictures.cache_clear()
+
+
 def test_the_picture_view_refuses_post(client):
     assert client.post(pictured().picture.url).status_code == 405
 

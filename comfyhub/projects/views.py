@@ -129,7 +129,13 @@ def template_picture(request: HttpRequest, name: str) -> FileResponse:
     found = catalog.pictures().get(name)
     if found is None:
         raise Http404(f"No picture for the template {name!r}.")
-    response = FileResponse(found.path.open("rb"), content_type=found.content_type)
+    try:
+        opened = found.path.open("rb")
+    except FileNotFoundError:
+        # A media bundle was removed or upgraded while the server ran: look again next time.
+        catalog.pictures.cache_clear()
+        raise Http404(f"The picture of {name!r} is no longer installed.") from None
+    response = FileResponse(opened, content_type=found.content_type)
     response["Cache-Control"] = FOR_GOOD if request.GET.get("v") == found.version else ASK_AGAIN
     return response
 
