@@ -12,7 +12,7 @@ from django_q.brokers import get_broker
 from comfyhub.asgi import application
 from comfyhub.library.models import Download
 from comfyhub.live.page import page_url
-from recovery.models import Job, Status
+from recovery.models import Job, Requested, Status
 
 pytestmark = pytest.mark.django_db
 
@@ -187,13 +187,24 @@ def test_the_list_takes_five_queries_however_many_downloads_it_shows(
 async def test_the_live_card_of_a_download_carries_a_usable_csrf_token(settings):
     settings.CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
     download = await sync_to_async(queued)()
-    headers = [(b"origin", b"http://127.0.0.1:4000"), (b"cookie", b"csrftoken=" + b"a" * 32)]
+    browser = Client(enforce_csrf_checks=True)
+    await sync_to_async(browser.get)("/downloads/")  # sets the CSRF cookie, as a page does
+    cookie = browser.cookies[settings.CSRF_COOKIE_NAME].value
+    headers = [(b"origin", b"http://127.0.0.1:4000"), (b"cookie", f"csrftoken={cookie}".encode())]
     url = page_url([download.job_id], panels=[])
     running = {"status": Status.RUNNING, "updated_at": timezone.now()}
     await sync_to_async(Job.objects.filter(pk=download.job_id).update)(**running)
     ws = WebsocketCommunicator(application, url, headers=headers)
     assert (await ws.connect())[0]
     fragment = await ws.receive_from(timeout=5)
-    assert "loras/a.safetensors" in fragment and 'value="' + "a" * 32 in fragment
     await ws.disconnect()
+    assert "loras/a.safetensors" in fragment
+    cancel = f"/downloads/{download.pk}/cancel/"
+    form = re.search(rf'action="{cancel}">.*?name="csrfmiddlewaretoken" value="([^"]+)"', fragment)
+    posted = {"csrfmiddlewaretoken": form.group(1)}
+    response = await sync_to_async(browser.post)(cancel, posted)
+    forged = await sync_to_async(browser.post)(cancel, {"csrfmiddlewaretoken": "b" * 32})
+    assert response.status_code == 302 and forged.status_code == 403
+    job = await sync_to_async(Job.objects.get)(pk=download.job_id)
+    assert job.requested == Requested.CANCEL  # the running download is asked to stop
     await sync_to_async(connections.close_all)()
