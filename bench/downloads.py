@@ -146,14 +146,20 @@ class Bench:
             self.check_result(self.command(args, f"start-{self.runs}").stdout, "1m.bin")
             wholes.append(time.monotonic() - spawned)
             firsts.append(self.server.request_times[0] - spawned)
-            settle(target)
+            self.forget(target)
         return tuple(statistics.median(runs) for runs in (helps, firsts, wholes))
+
+    def forget(self, target: Path) -> None:
+        """Drop a download's output and the one-copy store's entry for it: the next run of
+        the same file must come over the network, not be linked from the store."""
+        shutil.rmtree(self.models / ".store", ignore_errors=True)
+        settle(target)
 
     def ours(self, name: str) -> float:
         args, target = self.download_args(name)
         seconds, done = self.timed(args, f"ours-{self.runs}")
         self.check_result(done.stdout, name)
-        settle(target)
+        self.forget(target)
         return seconds
 
     def careful(self, name: str) -> float:
@@ -218,7 +224,7 @@ class Bench:
             sys.exit(f"the download ended (exit {proc.returncode}) before it was half done")
         seconds, done = self.timed(args, "rerun")
         self.check_result(done.stdout, name)
-        settle(target)
+        self.forget(target)
         return self.server.body_bytes, seconds
 
     def verified_gib(self) -> dict[str, list[float]]:
@@ -300,7 +306,7 @@ class Bench:
         if proc.returncode != 0:
             sys.exit(f"4 GiB download exited {proc.returncode}:\n{log.read_text()[-2000:]}")
         self.check_result(stdout, "4g.bin")
-        settle(target)
+        self.forget(target)
         return seconds, polled, usage.ru_maxrss * 1024
 
 
