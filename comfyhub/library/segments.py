@@ -76,7 +76,11 @@ def plan(offset: int, total: int, count: int) -> list[Segment]:
 
 
 def from_sidecar(state: dict, size: int) -> list[Segment] | None:
-    """The sidecar's segments if they tile [0, total) sanely and fit the .part, else None."""
+    """The sidecar's segments if they tile [0, total) sanely and fit the .part, else None.
+
+    Every segment's recorded bytes must lie inside the .part's `size`: a .part truncated
+    just before a kill (a reset, a fall back to one stream) while its sidecar still names
+    bytes beyond its new end would otherwise be taken up with zeros as those bytes."""
     total, rows = state.get("total"), state.get("segments")
     if not isinstance(total, int) or not isinstance(rows, list) or size > total:
         return None
@@ -85,7 +89,7 @@ def from_sidecar(state: dict, size: int) -> list[Segment] | None:
         if not (isinstance(row, list) and len(row) == 3 and all(isinstance(v, int) for v in row)):
             return None
         start, end, done = row
-        if start != edge or end <= start or not 0 <= done <= end - start:
+        if start != edge or end <= start or not 0 <= done <= end - start or start + done > size:
             return None
         segments.append(Segment(start, end, done, done))
         edge = end
@@ -440,6 +444,11 @@ class Split:
         stream could not keep, and let fetch.stream ask for the rest."""
         transfer = self.transfer
         keep = transfer.hashed
+        # On record before the .part shrinks: a kill in between resumes the kept prefix.
+        transfer.segments = [Segment(0, keep, keep, keep)] if keep else []
+        if keep < transfer.total:
+            transfer.segments.append(Segment(keep, transfer.total))
+        transfer.save_sidecar()
         fd = open_own_file(transfer.part)
         try:
             os.ftruncate(fd, keep)

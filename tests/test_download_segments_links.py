@@ -1,0 +1,74 @@
+"""Split downloads and their links: expired signed addresses, tokens across redirects, and
+sidecars that name bytes the .part no longer holds."""
+
+import hashlib
+import json
+import os
+
+import pytest
+
+from comfyhub.library import segments
+from comfyhub.library.models import Download
+from recovery.engine import run_foreground
+from recovery.models import Status
+from tests.fileserver import FileServer
+from tests.test_downloads import Clock
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("models_dir")]
+
+MIB = 1 << 20
+DATA = os.urandom(16 * MIB)
+SHA = hashlib.sha256(DATA).hexdigest()
+TOKEN = "hf_secret_for_tests_0123456789"
+
+
+@pytest.fixture(autouse=True)
+def quick(settings, monkeypatch):
+    settings.STALL_TIMEOUT = 2.0
+    settings.DOWNLOAD_CONNECTIONS = 4
+    monkeypatch.setattr(segments, "SEGMENT_BACKOFF", 0.01)
+
+
+@pytest.fixture
+def server():
+    with FileServer() as running:
+        yield running
+
+
+def fetch(url: str, dest: str = "checkpoints/m.bin", sha256: str = SHA):
+    download, _ = Download.objects.request(url, dest, sha256)
+    job = run_foreground(download.job_id, sleep=Clock().sleep)
+    download.refresh_from_db()
+    return download, job
+
+
+def plant(download: Download, part: bytes, rows: list, sha256: str = "") -> None:
+    download.part_path.parent.mkdir(parents=True, exist_ok=True)
+    download.part_path.write_bytes(part)
+    state = {"url": download.url, "validator": '"v1"', "expected_sha256": sha256}
+    state.update(total=len(DATA), segments=rows)
+    download.sidecar_path.write_text(json.dumps(state))
+
+
+@pytest.mark.parametrize("sha256", [SHA, ""])
+def test_a_part_shorter_than_its_sidecar_claims_is_fetched_again_not_filled_with_zeros(
+    server, sha256
+):
+    # A kill between truncating the .part and rewriting its sidecar: 2 MiB on disk, a
+    # sidecar that says 12 MiB arrived.
+    url = server.add("/m.bin", DATA)
+    download, _ = Download.objects.request(url, "checkpoints/m.bin", sha256)
+    Download.objects.filter(pk=download.pk).update(url=url)
+    download.refresh_from_db()
+    half = len(DATA) // 2
+    plant(download, DATA[: 2 * MIB], [[0, half, half], [half, len(DATA), 4 * MIB]], sha256)
+    job = run_foreground(download.job_id, sleep=Clock().sleep)
+    download.refresh_from_db()
+    assert job.status == Status.SUCCEEDED and job.attempt == 1
+    assert download.path.read_bytes() == DATA and download.sha256 == SHA
+
+
+def test_a_sidecar_naming_bytes_beyond_the_part_is_not_trusted():
+    rows = [[0, 5, 5], [5, 10, 3]]
+    assert segments.from_sidecar({"total": 10, "segments": rows}, 7) is None
+    assert segments.from_sidecar({"total": 10, "segments": rows}, 8)
