@@ -5,12 +5,14 @@ import hashlib
 import json
 import os
 
+import httpx
 import pytest
 
+from comfyhub.library import fetch as engine
 from comfyhub.library import segments
 from comfyhub.library.models import Download
 from recovery.engine import run_foreground
-from recovery.models import Status
+from recovery.models import Job, Status
 from tests.fileserver import FileServer
 from tests.test_downloads import Clock
 
@@ -40,6 +42,51 @@ def fetch(url: str, dest: str = "checkpoints/m.bin", sha256: str = SHA):
     job = run_foreground(download.job_id, sleep=Clock().sleep)
     download.refresh_from_db()
     return download, job
+
+
+@pytest.mark.parametrize("refusal", [403, 410])
+def test_a_signed_link_that_expires_mid_split_is_resolved_again_and_the_download_succeeds(
+    server, refusal
+):
+    # The CDN address answers the first request, then refuses every later one: the link
+    # expired. The download's own address, asked again, now serves the file itself.
+    cdn = server.add("/cdn.bin", DATA, rate=16 * MIB, script=["ok"] + [f"status:{refusal}"] * 40)
+    download, job = fetch(server.add("/m.bin", DATA, script=[f"redirect:{cdn}"]))
+    assert job.status == Status.SUCCEEDED and download.sha256 == SHA and job.attempt == 1
+    assert download.path.read_bytes() == DATA
+    paths = [r["path"] for r in server.requests]
+    assert paths.count("/cdn.bin") >= 2 and paths.count("/m.bin") >= 2
+
+
+def test_a_refusal_from_the_download_s_own_address_still_fails_as_auth(server):
+    cdn = server.add("/cdn.bin", DATA, rate=16 * MIB, script=["ok"] + ["status:403"] * 40)
+    url = server.add("/m.bin", DATA, script=[f"redirect:{cdn}"] + ["status:403"] * 40)
+    _, job = fetch(url)
+    assert job.status == Status.FAILED and job.error_category == "auth"
+
+
+@pytest.mark.parametrize("target", ["http://hf.test/lfs/x.bin", "https://hf.test:8443/lfs/x.bin"])
+def test_a_segment_redirected_to_its_own_host_on_another_scheme_or_port_gets_no_token(
+    settings, target
+):
+    settings.HF_ENDPOINT, settings.HF_TOKEN = "https://hf.test", TOKEN
+    home = "https://hf.test/org/m/resolve/main/x.bin"
+    download, _ = Download.objects.request(home, "checkpoints/x.bin")
+    download.url = home
+    seen = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        seen.append((str(request.url), request.headers.get("authorization")))
+        if str(request.url) == home:
+            return httpx.Response(302, headers={"Location": target})
+        return httpx.Response(206, headers={"Content-Range": f"bytes 0-9/{len(DATA)}"})
+
+    transfer = engine.Transfer(download, Job.objects.get(pk=download.job_id))
+    transfer.total, transfer.segments = len(DATA), segments.plan(0, len(DATA), 2)
+    with httpx.Client(transport=httpx.MockTransport(answer)) as client:
+        split = segments.Split(client, transfer, home, 2)
+        split.open_segment(transfer.segments[0]).close()
+    assert seen == [(home, f"Bearer {TOKEN}"), (target, None)]
 
 
 def plant(download: Download, part: bytes, rows: list, sha256: str = "") -> None:
