@@ -4,6 +4,7 @@ sidecars that name bytes the .part no longer holds."""
 import hashlib
 import json
 import os
+import threading
 
 import httpx
 import pytest
@@ -119,3 +120,30 @@ def test_a_sidecar_naming_bytes_beyond_the_part_is_not_trusted():
     rows = [[0, 5, 5], [5, 10, 3]]
     assert segments.from_sidecar({"total": 10, "segments": rows}, 7) is None
     assert segments.from_sidecar({"total": 10, "segments": rows}, 8)
+
+
+def test_a_worker_that_fails_to_start_leaves_no_other_worker_writing_after_the_part_closes(
+    server, monkeypatch
+):
+    start, close = threading.Thread.start, os.close
+    started, alive_at_close = [], []
+
+    def start_or_fail(thread):
+        target = getattr(thread, "_target", None)
+        if getattr(target, "__func__", None) is segments.Split.work:
+            if len(started) == 2 and not alive_at_close:
+                raise RuntimeError("can't start new thread")
+            started.append(thread)
+        start(thread)
+
+    def watching_close(fd):
+        if started and not alive_at_close and fd > 2:
+            alive_at_close.append(any(thread.is_alive() for thread in started))
+        close(fd)
+
+    monkeypatch.setattr(threading.Thread, "start", start_or_fail)
+    monkeypatch.setattr(os, "close", watching_close)
+    download, job = fetch(server.add("/m.bin", DATA, rate=16 * MIB))
+    monkeypatch.undo()
+    assert alive_at_close == [False]
+    assert job.status == Status.SUCCEEDED and download.path.read_bytes() == DATA

@@ -206,9 +206,13 @@ class Split:
             for n in range(self.connections)
         ]
         hasher = threading.Thread(target=self.hash_behind, daemon=True)
-        for thread in [*workers, hasher]:
-            thread.start()
+        started: list[threading.Thread] = []
         try:
+            # Started inside the try: if one fails to start, those already running are
+            # still stopped and joined before run() closes the descriptor they write to.
+            for thread in [*workers, hasher]:
+                thread.start()
+                started.append(thread)
             while any(worker.is_alive() for worker in workers):
                 self.wake.wait(fetch.REPORT_SECONDS)
                 self.wake.clear()
@@ -216,9 +220,11 @@ class Split:
         finally:
             self.stop.set()
             for worker in workers:
-                worker.join()
+                if worker in started:
+                    worker.join()
             self.grown.set()
-            hasher.join()
+            if hasher in started:
+                hasher.join()
             self.checkpoint()
             self.transfer.offset = sum(s.written for s in self.segments)
             self.transfer.record_progress()
