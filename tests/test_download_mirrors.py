@@ -12,6 +12,7 @@ from django.core.management import CommandError, call_command
 from django.template.loader import render_to_string
 from django.utils import timezone
 
+from comfyhub.library import mirrors
 from comfyhub.library.models import Download
 from comfyhub.library.paths import host_of
 from recovery.choices import BreakerState
@@ -235,3 +236,13 @@ def test_the_download_command_takes_mirrors_and_refuses_a_bad_one(first, second)
     with pytest.raises(CommandError) as error:
         call_command("download", *args, "--mirror", "ftp://h/x")
     assert error.value.returncode == 2 and "ftp://h/x" in str(error.value)
+
+
+def test_a_local_missing_file_is_not_taken_for_a_source_that_is_gone(first, second):
+    download, _ = Download.objects.request(
+        first.add("/m.bin", DATA), DEST, SHA, sources=[second.add("/m.bin", DATA)]
+    )
+    vanished = FileNotFoundError(2, "No such file or directory", str(download.part_path))
+    mirrors.leave_if_gone(download, download.job, vanished)  # returns: the job retries
+    download.refresh_from_db()
+    assert download.source_index == 0 and download.sources_failed == {}

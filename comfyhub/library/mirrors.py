@@ -13,6 +13,8 @@ attempt in place): the next source's host then passes the engine's breaker check
 other, and the left host's breaker hears nothing of the next one's faults.
 """
 
+import httpx
+
 from comfyhub.library.models import Download
 from comfyhub.library.paths import host_of
 from recovery.classify import classify, in_brief
@@ -28,7 +30,7 @@ def leave_if_gone(download: Download, job: Job, exc: BaseException) -> None:
     for good (the job's own retry policy handles it); else raises a Defer that goes on
     from the next source, or, with none left, a JobError naming every source's reason."""
     failure = classify(exc)
-    if failure.category not in FOR_GOOD:
+    if failure.category not in FOR_GOOD or not remote(exc):
         return
     download.refresh_from_db(fields=["sources", "sources_failed"])  # joined since we began
     if len(download.sources) < 2:
@@ -45,6 +47,12 @@ def leave_if_gone(download: Download, job: Job, exc: BaseException) -> None:
         f"{download.mirror}.",
         seconds=0,
     )
+
+
+def remote(exc: BaseException) -> bool:
+    """Whether `exc` is the source's own answer (an HTTP status, or the engine's reading of
+    one), not a local fault such as a vanished folder (FileNotFoundError, also `not_found`)."""
+    return isinstance(exc, httpx.HTTPStatusError | JobError)
 
 
 def next_source(download: Download, refused_hosts: frozenset = frozenset()) -> int | None:
