@@ -246,3 +246,17 @@ def test_a_local_missing_file_is_not_taken_for_a_source_that_is_gone(first, seco
     mirrors.leave_if_gone(download, download.job, vanished)  # returns: the job retries
     download.refresh_from_db()
     assert download.source_index == 0 and download.sources_failed == {}
+
+
+def test_without_a_sha256_kept_bytes_wait_for_the_breaker_instead_of_another_mirror(first, second):
+    urls = [first.add("/m.bin", DATA), second.add("/m.bin", DATA)]
+    download, _ = Download.objects.request(urls[0], DEST, "", sources=urls[1:])
+    download.part_path.parent.mkdir(parents=True, exist_ok=True)
+    download.part_path.write_bytes(DATA[: len(DATA) // 2])
+    download.sidecar_path.write_text(json.dumps({"url": urls[0], "validator": '"v1"'}))
+    open_breaker(urls[0])
+    waits = []
+    job = run_foreground(download.job_id, sleep=lambda s: (waits.append(s), job_pause()))
+    download.refresh_from_db()
+    assert job.status == Status.PAUSED and waits and download.source_index == 0
+    assert second.requests == [] and download.part_path.stat().st_size == len(DATA) // 2
