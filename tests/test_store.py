@@ -4,6 +4,7 @@ import hashlib
 import json
 import os
 import stat
+import time
 from io import StringIO
 from pathlib import Path
 
@@ -312,3 +313,21 @@ def test_a_symbolic_link_in_the_models_folder_never_joins_the_store(models_dir):
     (models_dir / "vae/alias.bin").symlink_to(models_dir / "vae/real.bin")
     store.keep(models_dir / "vae/alias.bin", SHA)
     assert not store.has(SHA)
+
+
+def test_prune_removes_stale_temporary_names_in_the_store_so_their_entries_can_go(models_dir):
+    path = stored(models_dir)
+    entry = store.entry_path(SHA)
+    left = entry.with_name(f"{SHA}.{'0' * 32}.tmp")
+    os.link(path, left)  # a keep killed between its link and its rename
+    assert store.prune_temporaries() == 0 and left.exists()  # a fresh one may be in use
+    assert store.prune_temporaries(now=time.time() + store.STALE_TMP_SECONDS + 1) == 0
+    assert not left.exists() and entry.exists() and path.read_bytes() == DATA
+
+
+def test_a_link_tmp_left_beside_a_name_is_removed_on_the_next_keep_of_that_name(models_dir):
+    path = stored(models_dir)
+    left = path.with_name(path.name + store.LINK_TMP)
+    os.link(store.entry_path(SHA), left)  # a link killed before its rename
+    store.keep(path, SHA)  # the name is already the entry's: nothing else to do
+    assert not left.exists() and store.entry_path(SHA).stat().st_nlink == 2

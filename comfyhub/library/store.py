@@ -29,6 +29,7 @@ import logging
 import os
 import re
 import stat
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +39,9 @@ from django.conf import settings
 STORE = ".store"
 SHA256 = re.compile(r"^[0-9a-f]{64}$")
 READ_ONLY = 0o444
+# A temporary name in the store older than this (by its ctime, which a link sets) was left
+# by a process killed between a link and its rename: prune removes it.
+STALE_TMP_SECONDS = 3600
 # The temporary name a link gets beside its destination before it is renamed onto it; it
 # ends with .tmp, which the index ignores, and fits the room paths.check_name_lengths keeps.
 LINK_TMP = ".link.tmp"
@@ -69,6 +73,8 @@ def keep(path: Path, sha256: str) -> None:
 
 
 def keep_or_raise(path: Path, sha256: str) -> None:
+    # A link left by a kill between its link and its rename pins the entry forever.
+    path.with_name(path.name + LINK_TMP).unlink(missing_ok=True)
     entry = entry_path(sha256)
     mine = os.lstat(path)
     # A symbolic link found by a scan is not bytes of its own (and link() would copy the
@@ -222,4 +228,27 @@ def prune(candidates: list[Entry]) -> int:
         if info.st_nlink == 1 and entry.path.is_relative_to(top):
             entry.path.unlink()
             freed += info.st_size
+    return freed
+
+
+def prune_temporaries(now: float | None = None) -> int:
+    """Delete the store's temporary names (`<sha256>.<uuid>.tmp`) older than
+    STALE_TMP_SECONDS; the bytes freed (none while another name holds them)."""
+    top, freed = root(), 0
+    if not top.is_dir():
+        return 0
+    now = time.time() if now is None else now
+    for folder in os.scandir(top):
+        if not folder.is_dir(follow_symlinks=False):
+            continue
+        for item in os.scandir(folder.path):
+            if not item.name.endswith(".tmp"):
+                continue
+            try:
+                info = item.stat(follow_symlinks=False)
+                if now - info.st_ctime >= STALE_TMP_SECONDS:
+                    os.unlink(item.path)
+                    freed += info.st_size if info.st_nlink == 1 else 0
+            except FileNotFoundError:
+                continue
     return freed
