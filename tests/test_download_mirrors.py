@@ -12,6 +12,7 @@ from django.core.management import CommandError, call_command
 from django.template.loader import render_to_string
 from django.utils import timezone
 
+from comfyhub.library import mirrors
 from comfyhub.library.models import Download
 from comfyhub.library.paths import host_of
 from recovery.choices import BreakerState
@@ -235,3 +236,27 @@ def test_the_download_command_takes_mirrors_and_refuses_a_bad_one(first, second)
     with pytest.raises(CommandError) as error:
         call_command("download", *args, "--mirror", "ftp://h/x")
     assert error.value.returncode == 2 and "ftp://h/x" in str(error.value)
+
+
+def test_a_local_missing_file_is_not_taken_for_a_source_that_is_gone(first, second):
+    download, _ = Download.objects.request(
+        first.add("/m.bin", DATA), DEST, SHA, sources=[second.add("/m.bin", DATA)]
+    )
+    vanished = FileNotFoundError(2, "No such file or directory", str(download.part_path))
+    mirrors.leave_if_gone(download, download.job, vanished)  # returns: the job retries
+    download.refresh_from_db()
+    assert download.source_index == 0 and download.sources_failed == {}
+
+
+def test_without_a_sha256_kept_bytes_wait_for_the_breaker_instead_of_another_mirror(first, second):
+    urls = [first.add("/m.bin", DATA), second.add("/m.bin", DATA)]
+    download, _ = Download.objects.request(urls[0], DEST, "", sources=urls[1:])
+    download.part_path.parent.mkdir(parents=True, exist_ok=True)
+    download.part_path.write_bytes(DATA[: len(DATA) // 2])
+    download.sidecar_path.write_text(json.dumps({"url": urls[0], "validator": '"v1"'}))
+    open_breaker(urls[0])
+    waits = []
+    job = run_foreground(download.job_id, sleep=lambda s: (waits.append(s), job_pause()))
+    download.refresh_from_db()
+    assert job.status == Status.PAUSED and waits and download.source_index == 0
+    assert second.requests == [] and download.part_path.stat().st_size == len(DATA) // 2

@@ -4,6 +4,7 @@ import hashlib
 import json
 import os
 import stat
+import time
 from io import StringIO
 from pathlib import Path
 
@@ -194,17 +195,70 @@ def test_a_scan_adopts_files_whose_sha256_is_known_into_the_store(models_dir):
     assert store.stats().files == 1
 
 
-def test_across_filesystems_a_name_gets_a_copy_instead_of_a_link(models_dir, tmp_path):
-    elsewhere = Path("/dev/shm") / f"comfyhub-store-{os.getpid()}"
-    elsewhere.write_bytes(DATA)
+@pytest.fixture
+def elsewhere(models_dir):
+    """A folder on another filesystem than the models folder's (as a mount point inside
+    it would be)."""
+    folder = Path("/dev/shm") / f"comfyhub-store-{os.getpid()}"
+    folder.mkdir()
     try:
-        if os.stat(elsewhere).st_dev == models_dir.stat().st_dev:
+        if folder.stat().st_dev == models_dir.stat().st_dev:
             pytest.skip("/dev/shm is on the models folder's filesystem here")
-        store.replace_with_link(elsewhere, models_dir / "a.bin")
-        copied = models_dir / "a.bin"
-        assert copied.read_bytes() == DATA and copied.stat().st_nlink == 1
+        yield folder
     finally:
-        elsewhere.unlink()
+        for item in folder.iterdir():
+            item.unlink()
+        folder.rmdir()
+
+
+def test_across_filesystems_a_file_is_left_alone_and_never_copied_into_the_store(elsewhere):
+    path = elsewhere / "a.bin"
+    path.write_bytes(DATA)
+    store.keep(path, SHA)
+    assert not store.entry_path(SHA).exists() and path.read_bytes() == DATA
+    assert path.stat().st_mode & stat.S_IWUSR and not list(store.root().rglob("*.tmp"))
+
+
+def test_across_filesystems_the_store_does_not_satisfy_a_name(models_dir, elsewhere):
+    stored(models_dir)
+    assert store.link_into(elsewhere / "b.bin", SHA) is None
+    assert not (elsewhere / "b.bin").exists()
+
+
+def test_a_store_entry_pruned_just_before_its_link_lets_the_name_be_downloaded(
+    models_dir, monkeypatch
+):
+    stored(models_dir).unlink()
+    link = os.link
+
+    def pruned_first(source, target, *args, **kwargs):
+        if Path(source) == store.entry_path(SHA):
+            Path(source).unlink()  # prune_store, between link_into's check and its link
+        return link(source, target, *args, **kwargs)
+
+    monkeypatch.setattr(os, "link", pruned_first)
+    dest = models_dir / "checkpoints/dreamy.safetensors"
+    assert store.link_into(dest, SHA) is None and not dest.exists()
+
+
+def test_a_download_succeeds_when_its_store_entry_cannot_be_written(server, models_dir):
+    # A folder where the entry belongs: the rename into the store fails (as on a store
+    # folder that is not writable), after the file is already verified and in place.
+    (store.entry_path(SHA) / "x").mkdir(parents=True)
+    download, job = fetch(server.add("/m.bin", DATA), "checkpoints/a.safetensors")
+    assert job.status == Status.SUCCEEDED and download.sha256 == SHA
+    assert download.path.read_bytes() == DATA
+    assert not list(store.entry_path(SHA).parent.glob("*.tmp"))
+
+
+def test_a_download_succeeds_when_the_store_s_sha256_folder_is_a_file(server, models_dir):
+    store.root().parent.mkdir(parents=True)
+    store.root().write_bytes(b"not a folder")
+    url = server.add("/m.bin", DATA)
+    download, job = fetch(url, "checkpoints/a.safetensors")
+    assert job.status == Status.SUCCEEDED and download.path.read_bytes() == DATA
+    again, job = fetch(url, "checkpoints/b.safetensors")
+    assert job.status == Status.SUCCEEDED and again.path.read_bytes() == DATA
 
 
 def stored(models_dir, name: str = "checkpoints/other.safetensors") -> Path:
@@ -259,3 +313,21 @@ def test_a_symbolic_link_in_the_models_folder_never_joins_the_store(models_dir):
     (models_dir / "vae/alias.bin").symlink_to(models_dir / "vae/real.bin")
     store.keep(models_dir / "vae/alias.bin", SHA)
     assert not store.has(SHA)
+
+
+def test_prune_removes_stale_temporary_names_in_the_store_so_their_entries_can_go(models_dir):
+    path = stored(models_dir)
+    entry = store.entry_path(SHA)
+    left = entry.with_name(f"{SHA}.{'0' * 32}.tmp")
+    os.link(path, left)  # a keep killed between its link and its rename
+    assert store.prune_temporaries() == 0 and left.exists()  # a fresh one may be in use
+    assert store.prune_temporaries(now=time.time() + store.STALE_TMP_SECONDS + 1) == 0
+    assert not left.exists() and entry.exists() and path.read_bytes() == DATA
+
+
+def test_a_link_tmp_left_beside_a_name_is_removed_on_the_next_keep_of_that_name(models_dir):
+    path = stored(models_dir)
+    left = path.with_name(path.name + store.LINK_TMP)
+    os.link(store.entry_path(SHA), left)  # a link killed before its rename
+    store.keep(path, SHA)  # the name is already the entry's: nothing else to do
+    assert not left.exists() and store.entry_path(SHA).stat().st_nlink == 2

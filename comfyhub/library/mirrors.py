@@ -1,17 +1,20 @@
 """Mirrors: one download, several sources, tried in order within the same job.
 
 A source is left when it fails for good (FOR_GOOD: the file is gone there, or closed to
-us) or when its host's breaker is open (the engine asks `reroute` then). The next source
-is the first one after the current, wrapping around, that has not failed for good; it is
-resolved afresh and runs behind its own host's breaker. The bytes already in the .part
-are kept for it when the expected sha256 is known (fetch.adopt_part): the final hash
-catches a mirror that serves another file. When every source has failed for good, the job
-fails naming each one's reason.
+us) or when its host's breaker is open (the engine asks `reroute` then; without an
+expected sha256 a non-empty .part waits for the breaker instead, as no other mirror
+could keep its bytes). The next source is the first one after the current, wrapping
+around, that has not failed for good; it is resolved afresh and runs behind its own
+host's breaker. The bytes already in the .part are kept for it when the expected sha256
+is known (fetch.adopt_part): the final hash catches a mirror that serves another file.
+When every source has failed for good, the job fails naming each one's reason.
 
 Leaving a source ends the attempt with a Defer due at once (the worker runs the next
 attempt in place): the next source's host then passes the engine's breaker check like any
 other, and the left host's breaker hears nothing of the next one's faults.
 """
+
+import httpx
 
 from comfyhub.library.models import Download
 from comfyhub.library.paths import host_of
@@ -28,7 +31,7 @@ def leave_if_gone(download: Download, job: Job, exc: BaseException) -> None:
     for good (the job's own retry policy handles it); else raises a Defer that goes on
     from the next source, or, with none left, a JobError naming every source's reason."""
     failure = classify(exc)
-    if failure.category not in FOR_GOOD:
+    if failure.category not in FOR_GOOD or not remote(exc):
         return
     download.refresh_from_db(fields=["sources", "sources_failed"])  # joined since we began
     if len(download.sources) < 2:
@@ -45,6 +48,12 @@ def leave_if_gone(download: Download, job: Job, exc: BaseException) -> None:
         f"{download.mirror}.",
         seconds=0,
     )
+
+
+def remote(exc: BaseException) -> bool:
+    """Whether `exc` is the source's own answer (an HTTP status, or the engine's reading of
+    one), not a local fault such as a vanished folder (FileNotFoundError, also `not_found`)."""
+    return isinstance(exc, httpx.HTTPStatusError | JobError)
 
 
 def next_source(download: Download, refused_hosts: frozenset = frozenset()) -> int | None:
@@ -76,6 +85,10 @@ def reroute(job: Job, refused: frozenset) -> bool:
     download = Download.objects.filter(job=job).first()
     if download is None or len(download.sources) < 2:
         return False
+    if not download.expected_sha256 and holds_bytes(download):
+        # The next mirror could not keep them (fetch.adopt_part): waiting for this one's
+        # breaker costs less than fetching a big .part again from byte zero.
+        return False
     resting = download.mirror
     following = next_source(download, refused)
     if following is None:
@@ -87,3 +100,10 @@ def reroute(job: Job, refused: frozenset) -> bool:
         f"failures; going on from {download.mirror}.",
     )
     return True
+
+
+def holds_bytes(download: Download) -> bool:
+    try:
+        return download.part_path.stat().st_size > 0
+    except OSError:
+        return False

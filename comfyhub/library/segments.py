@@ -19,7 +19,9 @@ retried by itself a few times; if it stays dead the attempt fails as `network` a
 next attempt resumes each unfinished segment from the sidecar.
 
 The first request resolves redirects (by hand, fetch.open_response); the other segments ask
-its final URL directly, with a token only if that URL's own host has one. A split takes
+its final URL directly, with a token only if that URL's own origin (scheme, host, port) has
+one. A refusal (401/403/410) from that final URL is taken for an expired signed link: the
+segment resolves again from the download's own URL and carries on from there. A split takes
 what the host's connection budget has left (connections_for) and records it on the row.
 """
 
@@ -38,7 +40,7 @@ from django.conf import settings
 from comfyhub.library import fetch, sources
 from comfyhub.library.bandwidth import LIMITER
 from comfyhub.library.models import Download
-from comfyhub.library.paths import host_of, open_own_file, open_unfollowed
+from comfyhub.library.paths import open_own_file, open_unfollowed
 from recovery.errors import JobError
 from recovery.models import Category
 
@@ -76,7 +78,11 @@ def plan(offset: int, total: int, count: int) -> list[Segment]:
 
 
 def from_sidecar(state: dict, size: int) -> list[Segment] | None:
-    """The sidecar's segments if they tile [0, total) sanely and fit the .part, else None."""
+    """The sidecar's segments if they tile [0, total) sanely and fit the .part, else None.
+
+    Every segment's recorded bytes must lie inside the .part's `size`: a .part truncated
+    just before a kill (a reset, a fall back to one stream) while its sidecar still names
+    bytes beyond its new end would otherwise be taken up with zeros as those bytes."""
     total, rows = state.get("total"), state.get("segments")
     if not isinstance(total, int) or not isinstance(rows, list) or size > total:
         return None
@@ -85,7 +91,7 @@ def from_sidecar(state: dict, size: int) -> list[Segment] | None:
         if not (isinstance(row, list) and len(row) == 3 and all(isinstance(v, int) for v in row)):
             return None
         start, end, done = row
-        if start != edge or end <= start or not 0 <= done <= end - start:
+        if start != edge or end <= start or not 0 <= done <= end - start or start + done > size:
             return None
         segments.append(Segment(start, end, done, done))
         edge = end
@@ -155,10 +161,13 @@ class Split:
         # asking, not after (a cut after the ask wastes what that answer had in flight).
         while len(self.pending) < self.connections and (back := self.cut_in_two(self.pending)):
             self.pending.append(back)
-        self.url = url
-        # Computed here, on the thread that may read the database: the token for the final
-        # URL's own host, and nothing for any other.
-        self.headers = {**sources.auth_headers(url), "Accept-Encoding": "identity"}
+        self.url = url  # where segments are asked: the first answer's address after redirects
+        self.home = transfer.download.url  # where a stale address is resolved again from
+        # Computed here, on the thread that may read the database: the token of each of the
+        # two starting addresses' origins (scheme, host, port), and nothing for any other.
+        self.tokens = {
+            sources.origin(start): sources.auth_headers(start) for start in (url, self.home)
+        }
         self.stop = threading.Event()  # every connection ends at its next piece
         self.wake = threading.Event()  # a connection has something worth recording
         self.grown = threading.Event()  # the contiguous prefix may have grown
@@ -197,9 +206,13 @@ class Split:
             for n in range(self.connections)
         ]
         hasher = threading.Thread(target=self.hash_behind, daemon=True)
-        for thread in [*workers, hasher]:
-            thread.start()
+        started: list[threading.Thread] = []
         try:
+            # Started inside the try: if one fails to start, those already running are
+            # still stopped and joined before run() closes the descriptor they write to.
+            for thread in [*workers, hasher]:
+                thread.start()
+                started.append(thread)
             while any(worker.is_alive() for worker in workers):
                 self.wake.wait(fetch.REPORT_SECONDS)
                 self.wake.clear()
@@ -207,9 +220,11 @@ class Split:
         finally:
             self.stop.set()
             for worker in workers:
-                worker.join()
+                if worker in started:
+                    worker.join()
             self.grown.set()
-            hasher.join()
+            if hasher in started:
+                hasher.join()
             self.checkpoint()
             self.transfer.offset = sum(s.written for s in self.segments)
             self.transfer.record_progress()
@@ -283,15 +298,22 @@ class Split:
     def fetch_segment(self, segment: Segment, response: httpx.Response | None) -> None:
         """Ask again after a drop, at once while bytes keep coming, with a growing pause
         after each try that brought none; after SEGMENT_TRIES of those, give up."""
-        failures = 0
+        failures, start = 0, self.url
         while not segment.finished and not self.stop.is_set():
             before = segment.written
             failure = None
             try:
-                self.receive(response or self.open_segment(segment), segment)
+                if response is None:
+                    response = self.open_segment(segment, start)
+                self.receive(response, segment)
             except httpx.TransportError as exc:
                 failure = exc
-            response = None
+            except Stale:
+                # A signed link that expired (or was revoked): resolve again from the
+                # download's own address, as the first request did, and carry on.
+                response, start = None, self.home
+                continue
+            response, start = None, self.url
             if segment.finished or self.stop.is_set():
                 return
             failures = 0 if segment.written > before else failures + 1
@@ -304,21 +326,29 @@ class Split:
             if self.usable(response, segment):
                 self.copy(response, segment)
 
-    def open_segment(self, segment: Segment) -> httpx.Response:
-        headers = {**self.headers, "Range": f"bytes={segment.position}-{segment.end - 1}"}
+    def open_segment(self, segment: Segment, start: str | None = None) -> httpx.Response:
+        """Ask `start` (by default the split's address) for the segment's bytes, following
+        redirects by hand; the token goes only to the starting address's own origin
+        (scheme, host and port: never to plain http on the same host)."""
+        start = start or self.url
+        headers = {"Accept-Encoding": "identity"}
+        headers["Range"] = f"bytes={segment.position}-{segment.end - 1}"
         if self.transfer.validator:
             headers["If-Range"] = self.transfer.validator
-        url, visited = self.url, [self.url]
+        token = self.tokens.get(sources.origin(start), {})
+        url, visited = start, [start]
         for _ in range(fetch.REDIRECTS):
-            request = self.client.build_request("GET", url, headers=headers)
+            mine = token if sources.origin(url) == sources.origin(start) else {}
+            request = self.client.build_request("GET", url, headers={**headers, **mine})
             response = self.client.send(request, stream=True)
             if not response.is_redirect:
+                if start == self.home and url != self.url:
+                    self.url = url  # resolved afresh: the other segments ask here too
+                response.stale = start != self.home
                 return response
             response.close()
             url = fetch.follow(url, response.headers.get("location", ""))
             visited.append(url)
-            if host_of(url) != host_of(self.url):
-                headers.pop("Authorization", None)  # a token never follows to another host
         raise fetch.redirect_loop(self.transfer.download, visited)
 
     def usable(self, response: httpx.Response, segment: Segment) -> bool:
@@ -332,6 +362,8 @@ class Split:
             return self.end(Ending.CHANGED if other else Ending.NO_RANGE)
         if status == 416:  # a range inside the file we knew: it shrank
             return self.end(Ending.CHANGED)
+        if status in (401, 403, 410) and getattr(response, "stale", False):
+            raise Stale(status)
         if status in (401, 403):
             self.status = status
             return self.end(Ending.AUTH)
@@ -440,6 +472,11 @@ class Split:
         stream could not keep, and let fetch.stream ask for the rest."""
         transfer = self.transfer
         keep = transfer.hashed
+        # On record before the .part shrinks: a kill in between resumes the kept prefix.
+        transfer.segments = [Segment(0, keep, keep, keep)] if keep else []
+        if keep < transfer.total:
+            transfer.segments.append(Segment(keep, transfer.total))
+        transfer.save_sidecar()
         fd = open_own_file(transfer.part)
         try:
             os.ftruncate(fd, keep)
@@ -453,6 +490,10 @@ class Split:
         if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
             return self.transfer.disk_full()
         return exc
+
+
+class Stale(Exception):
+    """A refusal from an address other than the download's own: a signed link expired."""
 
 
 class CutShort(JobError):

@@ -13,17 +13,23 @@ and every name in the models folder that holds them is a hard link to that entry
   from a corrupted entry would spread the damage without any network check, and reading a
   file is several times faster than the download it replaces.
 - A name on another filesystem (a folder of the models folder that is a mount point)
-  cannot be a hard link (EXDEV): the bytes are copied instead, and nothing is saved.
+  cannot be a hard link (EXDEV): it is left as it is, with no store entry (a copy would
+  save nothing), and the store never satisfies it (it is downloaded as usual).
+- The store is a saving, never a condition: `keep` runs after a verified file is in
+  place, so any error there (a read-only or broken store) is logged and the download
+  still succeeds; `link_into` answers None (download as usual) when the entry vanished
+  meanwhile, or the store cannot be linked from.
 - The store is a top-level dot folder, so the index never lists it as a model. An entry
   no name links to any more (link count 1) holds bytes nobody uses: `prune_store`.
 """
 
 import errno
 import hashlib
+import logging
 import os
 import re
-import shutil
 import stat
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,9 +39,14 @@ from django.conf import settings
 STORE = ".store"
 SHA256 = re.compile(r"^[0-9a-f]{64}$")
 READ_ONLY = 0o444
+# A temporary name in the store older than this (by its ctime, which a link sets) was left
+# by a process killed between a link and its rename: prune removes it.
+STALE_TMP_SECONDS = 3600
 # The temporary name a link gets beside its destination before it is renamed onto it; it
 # ends with .tmp, which the index ignores, and fits the room paths.check_name_lengths keeps.
 LINK_TMP = ".link.tmp"
+
+logger = logging.getLogger(__name__)
 
 
 def root() -> Path:
@@ -52,7 +63,18 @@ def has(sha256: str) -> bool:
 
 
 def keep(path: Path, sha256: str) -> None:
-    """`path` was just verified to hold `sha256`: make it a name of the store's one copy."""
+    """`path` was just verified to hold `sha256`: make it a name of the store's one copy.
+    Best effort: the file is in place and correct whatever happens here."""
+    try:
+        keep_or_raise(path, sha256)
+    except OSError as exc:
+        if not cross_device(exc):
+            logger.warning("Could not keep %s in the one-copy store: %s", path, exc)
+
+
+def keep_or_raise(path: Path, sha256: str) -> None:
+    # A link left by a kill between its link and its rename pins the entry forever.
+    path.with_name(path.name + LINK_TMP).unlink(missing_ok=True)
     entry = entry_path(sha256)
     mine = os.lstat(path)
     # A symbolic link found by a scan is not bytes of its own (and link() would copy the
@@ -71,10 +93,17 @@ def link_into(dest: Path, sha256: str, size: int | None = None) -> int | None:
     entry = entry_path(sha256)
     if not sound(entry, sha256, size):
         return None
-    if not dest.exists() or not same_file(entry, os.lstat(dest)):
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        replace_with_link(entry, dest)
-    return entry.stat().st_size
+    try:
+        if not dest.exists() or not same_file(entry, os.lstat(dest)):
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            replace_with_link(entry, dest)
+        return os.lstat(dest).st_size
+    except (FileNotFoundError, PermissionError):
+        return None  # pruned between the check and the link, or not ours to link
+    except OSError as exc:
+        if cross_device(exc):
+            return None
+        raise
 
 
 def same_file(entry: Path, info: os.stat_result) -> bool:
@@ -88,57 +117,46 @@ def sound(entry: Path, sha256: str, size: int | None) -> bool:
     """A plain file whose size (when known) and sha256 are the expected ones."""
     try:
         info = os.lstat(entry)
-    except FileNotFoundError:
+        if not stat.S_ISREG(info.st_mode) or (size is not None and info.st_size != size):
+            return False
+        with entry.open("rb") as fh:
+            return hashlib.file_digest(fh, "sha256").hexdigest() == sha256
+    except OSError:  # absent, vanished, unreadable, or a store folder that is a file
         return False
-    if not stat.S_ISREG(info.st_mode) or (size is not None and info.st_size != size):
-        return False
-    with entry.open("rb") as fh:
-        return hashlib.file_digest(fh, "sha256").hexdigest() == sha256
 
 
 def adopt(path: Path, entry: Path) -> None:
-    """Link (across filesystems: copy) `path` in as the entry, replacing a corrupted one."""
+    """Link `path` in as the entry, replacing a corrupted one (across filesystems: EXDEV,
+    nothing changed)."""
     entry.parent.mkdir(parents=True, exist_ok=True)
-    os.chmod(path, READ_ONLY)
     # A name of our own: two processes keeping the same sha256 never meet on one.
     tmp = entry.with_name(f"{entry.name}.{uuid.uuid4().hex}.tmp")
+    os.link(path, tmp)
     try:
-        os.link(path, tmp)
-    except OSError as exc:
-        if not cross_device(exc):
-            raise
-        copy(path, tmp)
-    os.replace(tmp, entry)
+        os.chmod(tmp, READ_ONLY)
+        os.replace(tmp, entry)
+    except OSError:
+        tmp.unlink(missing_ok=True)
+        raise
     fsync_dir(entry.parent)
 
 
 def replace_with_link(entry: Path, dest: Path) -> None:
-    """Atomically make `dest` a hard link to `entry` (across filesystems: a copy); the
-    bytes `dest` held before are freed unless another name holds them."""
+    """Atomically make `dest` a hard link to `entry` (across filesystems: EXDEV, nothing
+    changed); the bytes `dest` held before are freed unless another name holds them."""
     tmp = dest.with_name(dest.name + LINK_TMP)
     tmp.unlink(missing_ok=True)
+    os.link(entry, tmp)
     try:
-        os.link(entry, tmp)
-    except OSError as exc:
-        if not cross_device(exc):
-            raise
-        copy(entry, tmp)
-    os.replace(tmp, dest)
+        os.replace(tmp, dest)
+    except OSError:
+        tmp.unlink(missing_ok=True)
+        raise
     fsync_dir(dest.parent)
 
 
 def cross_device(exc: OSError) -> bool:
     return exc.errno == errno.EXDEV
-
-
-def copy(source: Path, target: Path) -> None:
-    shutil.copyfile(source, target)
-    os.chmod(target, READ_ONLY)
-    fd = os.open(target, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def fsync_dir(path: Path) -> None:
@@ -210,4 +228,27 @@ def prune(candidates: list[Entry]) -> int:
         if info.st_nlink == 1 and entry.path.is_relative_to(top):
             entry.path.unlink()
             freed += info.st_size
+    return freed
+
+
+def prune_temporaries(now: float | None = None) -> int:
+    """Delete the store's temporary names (`<sha256>.<uuid>.tmp`) older than
+    STALE_TMP_SECONDS; the bytes freed (none while another name holds them)."""
+    top, freed = root(), 0
+    if not top.is_dir():
+        return 0
+    now = time.time() if now is None else now
+    for folder in os.scandir(top):
+        if not folder.is_dir(follow_symlinks=False):
+            continue
+        for item in os.scandir(folder.path):
+            if not item.name.endswith(".tmp"):
+                continue
+            try:
+                info = item.stat(follow_symlinks=False)
+                if now - info.st_ctime >= STALE_TMP_SECONDS:
+                    os.unlink(item.path)
+                    freed += info.st_size if info.st_nlink == 1 else 0
+            except FileNotFoundError:
+                continue
     return freed

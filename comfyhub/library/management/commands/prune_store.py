@@ -11,7 +11,8 @@ class Command(BaseCommand):
         "List the one-copy store's entries that no name in the models folder links to any "
         "more (<models>/.store/sha256/…, link count 1), with their sizes. A dry run by "
         "default: nothing is deleted until you run it again with --yes. Only store entries "
-        "are ever deleted (never a .part, never a model file, nothing outside .store). "
+        "are ever deleted (never a .part, never a model file, nothing outside .store), with "
+        "the store's temporary names left by a killed process over an hour ago. "
         "Exit 0."
     )
 
@@ -22,7 +23,8 @@ class Command(BaseCommand):
     def handle(self, *args, **options) -> None:
         unlinked = store.unlinked()
         total = sum(entry.size for entry in unlinked)
-        freed = store.prune(unlinked) if options["yes"] else 0
+        # With --yes, temporary names a killed process left in the store go too.
+        freed = store.prune(unlinked) + store.prune_temporaries() if options["yes"] else 0
         if options["json"]:
             self.stdout.write(json.dumps(report(unlinked, total, freed, options["yes"])))
             return
