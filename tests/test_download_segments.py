@@ -320,3 +320,37 @@ def recorded(sidecar) -> int:
     except (OSError, ValueError):
         return 0
     return sum(done for _, _, done in rows)
+
+
+class FakeClock:
+    def __init__(self):
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_slow_first_connection_opens_the_others_after_one_window():
+    clock = FakeClock()
+    ramp = segments.Ramp(0, waiting=True, clock=clock)
+    assert ramp.wait() == segments.RAMP_SECONDS
+    clock.now += segments.RAMP_SECONDS / 2
+    assert ramp.more_wanted(1 * MIB) is None  # the window is not over yet
+    clock.now += segments.RAMP_SECONDS / 2
+    assert ramp.more_wanted(4 * MIB) is True  # 16 MiB/s: a capped CDN connection
+    assert ramp.more_wanted(400 * MIB) is None and ramp.wait() == segments.fetch.REPORT_SECONDS
+
+
+def test_a_fast_first_connection_stays_alone_until_it_slows():
+    clock = FakeClock()
+    ramp = segments.Ramp(0, waiting=True, clock=clock)
+    clock.now += segments.RAMP_SECONDS
+    fast = int(segments.FAST_CONNECTION * segments.RAMP_SECONDS)
+    assert ramp.more_wanted(fast) is False  # as fast as the disk: one is enough
+    clock.now += segments.RAMP_SECONDS
+    assert ramp.more_wanted(fast + fast // 10) is True  # it slowed to a tenth
+
+
+def test_a_split_of_one_connection_never_waits_for_a_ramp():
+    ramp = segments.Ramp(0, waiting=False, clock=FakeClock())
+    assert ramp.more_wanted(0) is None and ramp.wait() == segments.fetch.REPORT_SECONDS
