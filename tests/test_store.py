@@ -354,3 +354,9 @@ def test_a_store_that_is_a_symbolic_link_is_never_written_or_pruned(models_dir, 
     assert list((elsewhere / "sha256").iterdir()) == [] and path.stat().st_nlink == 1
     with pytest.raises(CommandError, match="is a symbolic link"):
         prune_store("--yes")
+
+
+def test_a_download_that_is_no_model_stays_writable_and_out_of_the_store(server, models_dir):
+    download, job = fetch(server.add("/m.bin", DATA), ".downloads/input/photo.png")
+    assert job.status == Status.SUCCEEDED and download.path.read_bytes() == DATA
+    assert download.path.stat().st_mode & stat.S_IWUSR and not store.has(SHA)
