@@ -3,6 +3,7 @@ Settings page, where a change reaches running downloads within seconds."""
 
 import hashlib
 import os
+import threading
 import time
 
 import pytest
@@ -13,7 +14,7 @@ from comfyhub.library.models import Download, Preference
 from recovery.engine import run_foreground
 from recovery.models import Status
 from recovery.signals import job_changed
-from tests.conftest import manage
+from tests.conftest import manage, wait_until
 from tests.fileserver import FileServer
 from tests.test_config import ENV
 
@@ -25,6 +26,7 @@ SHA = hashlib.sha256(DATA).hexdigest()
 @pytest.fixture(autouse=True)
 def fresh_limiter(settings):
     settings.DOWNLOAD_CONNECTIONS = 4
+    LIMITER.read_at = None  # a download of an earlier test may have read the limit just now
     yield
     LIMITER.read_at, LIMITER.rate = None, None  # the next test reads its own limit
 
@@ -161,3 +163,27 @@ def test_clearing_the_page_limit_hands_back_to_the_environment(client, settings)
 @pytest.mark.django_db
 def test_the_bandwidth_form_only_takes_posts(client):
     assert client.get("/settings/bandwidth/").status_code == 405
+
+
+def test_raising_the_limit_wakes_a_connection_sleeping_off_its_debt_at_once():
+    limiter = Limiter()
+    limiter.set_rate(1000)
+    sleeper = threading.Thread(target=limiter.take, args=(100_000,))  # 100 s of debt
+    started = time.monotonic()
+    sleeper.start()
+    wait_until(lambda: limiter.allowance < 0, timeout=10, what="the debt run up")
+    limiter.set_rate(None)
+    sleeper.join(timeout=10)
+    assert not sleeper.is_alive() and time.monotonic() - started < 5
+
+
+def test_a_stopped_connection_stops_sleeping_off_its_debt_within_a_slice():
+    limiter, stop = Limiter(), threading.Event()
+    limiter.set_rate(1000)
+    sleeper = threading.Thread(target=limiter.take, args=(100_000, stop))
+    started = time.monotonic()
+    sleeper.start()
+    wait_until(lambda: limiter.allowance < 0, timeout=10, what="the debt run up")
+    stop.set()
+    sleeper.join(timeout=10)
+    assert not sleeper.is_alive() and time.monotonic() - started < 5

@@ -307,6 +307,8 @@ def test_a_killed_split_download_refetches_at_most_a_chunk_per_segment(
     first.send_signal(signal.SIGKILL)
     first.wait()
     kept = recorded(sidecar)
+    assert 0 < kept < size, kept  # the kill landed mid-download, not after the end
+    assert not (models_dir / "checkpoints/big.bin").exists()
     second = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert second.returncode == 0, second.stderr
     assert json.loads(second.stdout)["sha256"] == sha

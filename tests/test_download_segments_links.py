@@ -11,6 +11,7 @@ import pytest
 
 from comfyhub.library import fetch as engine
 from comfyhub.library import segments
+from comfyhub.library.bandwidth import LIMITER
 from comfyhub.library.models import Download
 from recovery.engine import run_foreground
 from recovery.models import Job, Status
@@ -30,6 +31,8 @@ def quick(settings, monkeypatch):
     settings.STALL_TIMEOUT = 2.0
     settings.DOWNLOAD_CONNECTIONS = 4
     monkeypatch.setattr(segments, "SEGMENT_BACKOFF", 0.01)
+    yield
+    LIMITER.read_at, LIMITER.rate = None, None  # the next test reads its own limit
 
 
 @pytest.fixture

@@ -72,6 +72,13 @@ def test_without_a_hash_the_same_size_and_file_name_make_a_mirror():
     assert not same_file(candidate(A, size=None), candidate(B, size=None))
 
 
+def test_same_size_and_name_make_a_mirror_only_when_a_sha256_will_verify_it():
+    unhashed = candidate(B)
+    assert mirrors_of(candidate(A, SHA), [candidate(A, SHA), unhashed]) == [A, B]
+    chosen = candidate(A)
+    assert mirrors_of(chosen, [chosen, unhashed, candidate(C, SHA)]) == [A]
+
+
 def test_choosing_a_candidate_on_the_import_page_carries_its_mirrors_into_the_spec():
     missing = [{"directory": "checkpoints", "name": "x.bin", "url": "", "sha256": ""}]
     found = [candidate(A, SHA), candidate(B, filename="other.bin"), candidate(C, SHA)]

@@ -9,10 +9,11 @@ from io import StringIO
 from pathlib import Path
 
 import pytest
-from django.core.management import call_command
+from django.core.management import CommandError, call_command
 
 from comfyhub.library import index, store
 from comfyhub.library.models import Download, LocalModel
+from comfyhub.library.paths import models_path
 from comfyhub.workflows.analyze import ModelRequirement
 from recovery.engine import run_foreground
 from recovery.models import Status
@@ -331,3 +332,31 @@ def test_a_link_tmp_left_beside_a_name_is_removed_on_the_next_keep_of_that_name(
     os.link(store.entry_path(SHA), left)  # a link killed before its rename
     store.keep(path, SHA)  # the name is already the entry's: nothing else to do
     assert not left.exists() and store.entry_path(SHA).stat().st_nlink == 2
+
+
+@pytest.mark.parametrize("dest", [".store/sha256/ab/x.bin", ".hidden/x.bin", "cheats/x.bin"])
+def test_a_destination_in_a_hidden_folder_of_the_models_folder_is_refused(models_dir, dest):
+    (models_dir / ".store").mkdir()
+    (models_dir / "cheats").symlink_to(models_dir / ".store")
+    with pytest.raises(CommandError, match=r"hidden folder '.*' of the models folder"):
+        call_command("download", "http://127.0.0.1:9/x.bin", "--dest", dest)
+    assert models_path(".downloads/input/a.png", models_dir).parent.name == "input"
+
+
+def test_a_store_that_is_a_symbolic_link_is_never_written_or_pruned(models_dir, tmp_path):
+    elsewhere = tmp_path / "elsewhere"
+    (elsewhere / "sha256").mkdir(parents=True)
+    (models_dir / ".store").symlink_to(elsewhere)
+    path = models_dir / "vae/a.bin"
+    path.parent.mkdir()
+    path.write_bytes(DATA)
+    store.keep(path, SHA)
+    assert list((elsewhere / "sha256").iterdir()) == [] and path.stat().st_nlink == 1
+    with pytest.raises(CommandError, match="is a symbolic link"):
+        prune_store("--yes")
+
+
+def test_a_download_that_is_no_model_stays_writable_and_out_of_the_store(server, models_dir):
+    download, job = fetch(server.add("/m.bin", DATA), ".downloads/input/photo.png")
+    assert job.status == Status.SUCCEEDED and download.path.read_bytes() == DATA
+    assert download.path.stat().st_mode & stat.S_IWUSR and not store.has(SHA)

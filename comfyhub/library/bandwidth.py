@@ -19,6 +19,7 @@ from comfyhub.config import parse_rate
 from comfyhub.library.models import Preference, PreferenceName
 
 BURST_SECONDS = 0.25  # a connection idle for a while may catch up this much at once
+SLICE_SECONDS = 0.25  # the longest a debt is slept off before stop and the rate are seen
 
 
 class Limiter:
@@ -30,6 +31,8 @@ class Limiter:
         self.allowance = 0.0
         self.filled_at = clock()
         self.lock = threading.Lock()
+        self.changed = threading.Condition(self.lock)  # set_rate wakes every sleeper
+        self.generation = 0  # counts rate changes: a sleeper's debt ends with its rate
 
     def refresh(self) -> None:
         """Pick up a changed limit; cheap to call often (reads the DB every `every` s)."""
@@ -43,15 +46,23 @@ class Limiter:
         with self.lock:
             if rate != self.rate:
                 self.rate, self.allowance, self.filled_at = rate, 0.0, self.clock()
+                self.generation += 1
+                self.changed.notify_all()
 
     def take(self, count: int, stop: threading.Event | None = None) -> None:
-        """Account for `count` bytes just read; sleep (or until `stop`) to keep the rate."""
+        """Account for `count` bytes just read; sleep to keep the rate, in slices, so a
+        changed rate (set_rate wakes sleepers: the debt ends with the rate it was run up
+        under) or `stop` ends the sleep at once, and pause or cancel is never held up."""
         delay = self.debt_after(count)
-        if delay > 0:
-            if stop is None:
-                time.sleep(delay)
-            else:
-                stop.wait(delay)
+        if delay <= 0:
+            return
+        end = time.monotonic() + delay
+        with self.lock:
+            generation = self.generation
+            while (left := end - time.monotonic()) > 0 and self.generation == generation:
+                if stop is not None and stop.is_set():
+                    return
+                self.changed.wait(min(SLICE_SECONDS, left))
 
     def debt_after(self, count: int) -> float:
         with self.lock:

@@ -659,8 +659,10 @@ def fsync_dir(path) -> None:
 
 
 def record_done(download: Download, job: Job, digest: str, size: int) -> None:
-    store.keep(download.path, digest)
+    # Only models join the store: a .downloads zip or input image is no model, and an
+    # input file made read-only would be read-only in every project it is linked into.
     if index.is_model(download.path, settings.MODELS_DIR.resolve()):
+        store.keep(download.path, digest)
         index.record(download.path, digest)
     download.sha256 = digest
     download.report(size, size, download.speed, 0)

@@ -205,7 +205,13 @@ def folder_points(have: str, want: str) -> int:
 
 def mirrors_of(chosen: dict, candidates: list[dict]) -> list[str]:
     """The chosen candidate's URL, then those of the other candidates (as_json) that are
-    the same file: the download's sources, in order (see library/mirrors.py)."""
+    the same file: the download's sources, in order (see library/mirrors.py).
+
+    Only with a known sha256 for the chosen one (the download's expected sha256, which
+    verifies whatever a mirror serves): without it, a file of the same size and name
+    elsewhere may be another file, and nothing would notice."""
+    if not chosen.get("sha256"):
+        return [chosen["url"]]
     same = [c["url"] for c in candidates if c is not chosen and same_file(chosen, c)]
     return list(dict.fromkeys([chosen["url"], *same]))
 

@@ -7,6 +7,7 @@ import stat
 from pathlib import Path, PurePosixPath
 from urllib.parse import urlsplit
 
+from comfyhub.library.folders import DOWNLOADS
 from recovery.errors import JobError
 from recovery.models import Category
 from recovery.redact import redact
@@ -36,9 +37,10 @@ def models_path(dest: str, root: Path) -> Path:
     """The absolute path for `dest` (DIR/NAME, relative to `root`), or BadInput.
 
     Refuses absolute paths, `..`, NUL, a missing file name, names too long to keep a
-    `.part.json` beside them and anything that resolves outside `root` through a
-    symlink. The resolved path is returned so the check and the later write refer to the
-    same file.
+    `.part.json` beside them, anything that resolves outside `root` through a symlink,
+    and hidden top-level folders other than .downloads (the store's .store above all: a
+    download there would overwrite a verified entry every name links to). The resolved
+    path is returned so the check and the later write refer to the same file.
     """
     if not dest or "\x00" in dest:
         raise BadInput("The destination is empty or contains a NUL byte.")
@@ -58,6 +60,13 @@ def models_path(dest: str, root: Path) -> Path:
     target = (root / relative).resolve()
     if not target.is_relative_to(root) or target == root:
         raise BadInput(f"The destination {dest!r} leads outside the models folder {root}.")
+    for top in {relative.parts[0], target.relative_to(root).parts[0]}:
+        if top.startswith(".") and top != DOWNLOADS:
+            raise BadInput(
+                f"The destination {dest!r} is in the hidden folder {top!r} of the models "
+                "folder, which ComfyHub keeps for itself (the one-copy store lives in "
+                ".store). Choose a model folder, e.g. checkpoints/x.safetensors."
+            )
     return target
 
 

@@ -57,6 +57,16 @@ def entry_path(sha256: str) -> Path:
     return root() / sha256[:2] / sha256
 
 
+def linked_folder(sha256: str = "") -> Path | None:
+    """The first of the store's folders (.store, .store/sha256 and, given a sha256, its
+    shard) that is a symbolic link: the store then is not ours to write or prune."""
+    top = settings.MODELS_DIR.resolve() / STORE
+    for folder in [top, top / "sha256"] + ([entry_path(sha256).parent] if sha256 else []):
+        if folder.is_symlink():
+            return folder
+    return None
+
+
 def has(sha256: str) -> bool:
     """The store holds an entry for `sha256` (not verified: cheap enough for a page)."""
     return bool(sha256) and entry_path(sha256.lower()).is_file()
@@ -75,6 +85,9 @@ def keep(path: Path, sha256: str) -> None:
 def keep_or_raise(path: Path, sha256: str) -> None:
     # A link left by a kill between its link and its rename pins the entry forever.
     path.with_name(path.name + LINK_TMP).unlink(missing_ok=True)
+    if linked := linked_folder(sha256):
+        logger.warning("Not keeping %s in the one-copy store: %s is a symbolic link", path, linked)
+        return
     entry = entry_path(sha256)
     mine = os.lstat(path)
     # A symbolic link found by a scan is not bytes of its own (and link() would copy the
@@ -91,7 +104,7 @@ def link_into(dest: Path, sha256: str, size: int | None = None) -> int | None:
     """Make `dest` a name of the store's entry for `sha256` (and, when given, `size` bytes):
     its size, or None when the store has no sound entry (absent, or corrupted on disk)."""
     entry = entry_path(sha256)
-    if not sound(entry, sha256, size):
+    if linked_folder(sha256) or not sound(entry, sha256, size):
         return None
     try:
         if not dest.exists() or not same_file(entry, os.lstat(dest)):
@@ -178,7 +191,7 @@ def scan_entries():
     """(path, size, link count) of every entry (named by its sha256: temporary names are
     not entries), from one stat each, without following links."""
     top = root()
-    if not top.is_dir():
+    if not top.is_dir() or linked_folder():
         return
     for folder in os.scandir(top):
         if not folder.is_dir(follow_symlinks=False):
@@ -220,6 +233,8 @@ def prune(candidates: list[Entry]) -> int:
     name was linked to meanwhile would lose no bytes (the name holds them), only the
     sharing, so one last look is enough."""
     freed, top = 0, root()
+    if linked_folder():
+        return 0
     for entry in candidates:
         try:
             info = os.lstat(entry.path)
@@ -235,7 +250,7 @@ def prune_temporaries(now: float | None = None) -> int:
     """Delete the store's temporary names (`<sha256>.<uuid>.tmp`) older than
     STALE_TMP_SECONDS; the bytes freed (none while another name holds them)."""
     top, freed = root(), 0
-    if not top.is_dir():
+    if not top.is_dir() or linked_folder():
         return 0
     now = time.time() if now is None else now
     for folder in os.scandir(top):

@@ -1,6 +1,6 @@
 import json
 
-from django.core.management.base import BaseCommand
+from django.core.management.base import BaseCommand, CommandError
 
 from comfyhub.library import store
 from comfyhub.library.fetch import human
@@ -21,6 +21,11 @@ class Command(BaseCommand):
         parser.add_argument("--json", action="store_true", help="print one JSON object")
 
     def handle(self, *args, **options) -> None:
+        if linked := store.linked_folder():
+            raise CommandError(
+                f"{linked} is a symbolic link; the one-copy store must be a real folder "
+                "inside the models folder. Nothing was listed or deleted."
+            )
         unlinked = store.unlinked()
         total = sum(entry.size for entry in unlinked)
         # With --yes, temporary names a killed process left in the store go too.
