@@ -1,7 +1,6 @@
 """Split downloads and their links: expired signed addresses, tokens across redirects, and
 sidecars that name bytes the .part no longer holds."""
 
-import hashlib
 import json
 import os
 import threading
@@ -11,41 +10,17 @@ import pytest
 
 from comfyhub.library import fetch as engine
 from comfyhub.library import segments
-from comfyhub.library.bandwidth import LIMITER
 from comfyhub.library.models import Download
 from recovery.engine import run_foreground
 from recovery.models import Job, Status
-from tests.fileserver import FileServer
+from tests import test_download_segments as split
+from tests.test_download_segments import DATA, MIB, SHA, fetch
 from tests.test_downloads import Clock
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("models_dir")]
 
-MIB = 1 << 20
-DATA = os.urandom(16 * MIB)
-SHA = hashlib.sha256(DATA).hexdigest()
 TOKEN = "hf_secret_for_tests_0123456789"
-
-
-@pytest.fixture(autouse=True)
-def quick(settings, monkeypatch):
-    settings.STALL_TIMEOUT = 2.0
-    settings.DOWNLOAD_CONNECTIONS = 4
-    monkeypatch.setattr(segments, "SEGMENT_BACKOFF", 0.01)
-    yield
-    LIMITER.read_at, LIMITER.rate = None, None  # the next test reads its own limit
-
-
-@pytest.fixture
-def server():
-    with FileServer() as running:
-        yield running
-
-
-def fetch(url: str, dest: str = "checkpoints/m.bin", sha256: str = SHA):
-    download, _ = Download.objects.request(url, dest, sha256)
-    job = run_foreground(download.job_id, sleep=Clock().sleep)
-    download.refresh_from_db()
-    return download, job
+quick, server = split.quick, split.server  # the same fixtures (quick is autouse)
 
 
 @pytest.mark.parametrize("refusal", [403, 410])

@@ -147,6 +147,12 @@ def adopt_part(download: Download) -> None:
         return
     refuse_planted(*download.working_paths)
     state.update(url=download.url, validator="")
+    write_sidecar(download, state)
+
+
+def write_sidecar(download: Download, state: dict) -> None:
+    """Write the sidecar beside its temporary name, then rename it into place: a link
+    planted at the sidecar itself is replaced, never written through."""
     tmp = download.sidecar_tmp_path
     fd = open_own_file(tmp)
     try:
@@ -520,15 +526,7 @@ class Transfer:
         }
         if self.segments:
             data["segments"] = [[s.start, s.end, s.done] for s in self.segments]
-        tmp = self.download.sidecar_tmp_path
-        fd = open_own_file(tmp)
-        try:
-            os.ftruncate(fd, 0)
-            write_all(fd, json.dumps(data).encode())
-        finally:
-            os.close(fd)
-        # A link planted at the sidecar itself is replaced, never written through.
-        os.replace(tmp, self.download.sidecar_path)
+        write_sidecar(self.download, data)
 
     def check_space(self) -> None:
         needed = (self.total or 0) - self.offset
