@@ -130,7 +130,7 @@ def test_a_failed_import_shows_with_its_traceback_and_check_again_clears_it_afte
     shoot(small, tmp_path, "project-failed-import-390")
     pack = next(server.data_dir.glob("**/custom_nodes/Broken-Nodes"))
     git(pack, "checkout", "-q", fixed)  # the fix
-    page.get_by_role("button", name="Check again").click()
+    page.get_by_role("button", name="Check again", exact=True).click()
     page.wait_for_url(re.compile(rf"/projects/{slug}/$"))
     page.get_by_text("ComfyUI sees every node type and model").wait_for(timeout=90_000)
     assert page.locator("li", has_text="failed to import").count() == 0

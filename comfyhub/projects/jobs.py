@@ -72,6 +72,20 @@ def add_node(job: Job) -> None:
     check.check(project)
 
 
+@recoverable("project_fix_pack")
+def fix_pack(job: Job) -> None:
+    """Install a pack's requirements again (and run its install.py) after it failed to
+    import, then ask ComfyUI again; stopped first, as ComfyUI imports packs only at start."""
+    from comfyhub.projects import check
+    from comfyhub.projects.install import install_pack_requirements
+
+    project = runtime_turn(job)
+    folder = project.pack_folder(job.params["pack"])
+    runtime.stop(project)
+    install_pack_requirements(project, folder)
+    check.check(project)
+
+
 @recoverable("project_rollback")
 def rollback(job: Job) -> None:
     from comfyhub.projects import restore
@@ -155,6 +169,7 @@ def launch_card(job: Job) -> dict:
 
 @card_context("project_check")
 @card_context("project_add_node")
+@card_context("project_fix_pack")
 def check_card(job: Job) -> dict:
     """Once the job ends its card also brings the findings and the status badge."""
     project = Project.objects.filter(pk=job.params.get("project")).first()

@@ -50,7 +50,13 @@ INSTALL_STATUS = {
 
 # The jobs that start or stop a project's ComfyUI: one at a time per project, the oldest
 # first (Project.older_runtime_job). A paused one holds nothing.
-RUNTIME_KINDS = ("project_launch", "project_check", "project_add_node", "project_rollback")
+RUNTIME_KINDS = (
+    "project_launch",
+    "project_check",
+    "project_add_node",
+    "project_fix_pack",
+    "project_rollback",
+)
 UNDER_WAY = (Status.QUEUED, Status.RUNNING, Status.WAITING)
 
 # Slugs that would collide with the pages under /projects/.
@@ -198,7 +204,23 @@ class Project(models.Model):
         it left none: a pack the install left out)."""
         lines = self.last_check.get("failure_lines", {})
         failed = self.last_check.get("packs_failed", [])
-        return [{**pack, "lines": lines.get(pack["name"], "")} for pack in failed]
+        return [
+            {**pack, "lines": lines.get(pack["name"], ""), "here": self.has_pack(pack["name"])}
+            for pack in failed
+        ]
+
+    def has_pack(self, name: str) -> bool:
+        """A folder of that plain name in custom_nodes (a pack ComfyUI tried to import)."""
+        plain = name and "/" not in name and "\\" not in name and not name.startswith(".")
+        return bool(plain) and (self.comfyui_dir / "custom_nodes" / name).is_dir()
+
+    def pack_folder(self, name: str) -> Path:
+        if not self.has_pack(name):
+            raise JobError(
+                f"{name!r} is not a pack folder of this project's ComfyUI any more; check again.",
+                category=Category.VALIDATION,
+            )
+        return self.comfyui_dir / "custom_nodes" / name
 
     def unseen_models(self) -> list[dict]:
         """Each model the last check found ComfyUI cannot see, with what helps: the file is

@@ -218,7 +218,8 @@ def unfinished(*jobs: Job | None) -> list[int]:
 def live_checks(project: Project) -> list:
     """The newest check and pack addition, while under way or when they failed (a
     success shows in the findings)."""
-    newest = [project.latest_job(kind) for kind in ("project_check", "project_add_node")]
+    kinds = ("project_check", "project_add_node", "project_fix_pack")
+    newest = [project.latest_job(kind) for kind in kinds]
     return [job for job in newest if job and job.status != Status.SUCCEEDED]
 
 
@@ -264,6 +265,21 @@ def add_node(request: HttpRequest, slug: str) -> HttpResponse:
     if why := project.why_not_checkable():
         return problem(request, project, why)
     project.queue_job("project_add_node", repository=repository)
+    return back(request, project)
+
+
+@require_POST
+def fix_pack(request: HttpRequest, slug: str) -> HttpResponse:
+    """Reinstall the requirements of a pack the last check saw fail to import."""
+    project = project_or_404(slug)
+    name = request.POST.get("pack", "")
+    if name not in {pack["name"] for pack in project.failed_packs() if pack["here"]}:
+        return problem(
+            request, project, f"The last check saw no failed pack named {name!r}: check again."
+        )
+    if why := project.why_not_checkable():
+        return problem(request, project, why)
+    project.queue_job("project_fix_pack", matching={"pack": name}, pack=name)
     return back(request, project)
 
 
