@@ -199,12 +199,22 @@ def test_a_scan_adopts_files_whose_sha256_is_known_into_the_store(models_dir):
 @pytest.fixture
 def elsewhere(models_dir):
     """A folder on another filesystem than the models folder's (as a mount point inside
-    it would be)."""
-    folder = Path("/dev/shm") / f"comfyhub-store-{os.getpid()}"
-    folder.mkdir()
+    it would be): the first writable one of a few usual places."""
+    for place in ("/dev/shm", "/run", "/tmp", "/var/tmp", str(Path.home())):
+        try:
+            folder = Path(place) / f"comfyhub-store-{os.getpid()}"
+            folder.mkdir()
+        except OSError:
+            continue
+        if folder.stat().st_dev != models_dir.stat().st_dev:
+            break
+        folder.rmdir()
+    else:
+        pytest.skip(
+            "needs a writable folder on another filesystem than the models folder "
+            "(/dev/shm is a tmpfs on Debian and most Linux machines)"
+        )
     try:
-        if folder.stat().st_dev == models_dir.stat().st_dev:
-            pytest.skip("/dev/shm is on the models folder's filesystem here")
         yield folder
     finally:
         for item in folder.iterdir():
