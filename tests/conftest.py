@@ -14,6 +14,7 @@ import httpx
 import pytest
 from django_q.brokers import get_broker
 
+from tests.fakeapis import FakeCivitai
 from tests.fileserver import FileServer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -273,3 +274,17 @@ def dispatch(django_capture_on_commit_callbacks):
         return response, get_broker().queue_size() - before
 
     return run
+
+
+@pytest.fixture
+def civitai(settings):
+    """The fake CivitAI (tests/fakeapis.py) the finder asks."""
+    with FakeCivitai() as server:
+        settings.CIVITAI_ENDPOINT = server.base
+        yield server
+
+
+@pytest.fixture
+def remotes_down(settings):
+    """Hugging Face and CivitAI at a port nobody listens on: any request fails at once."""
+    settings.HF_ENDPOINT = settings.CIVITAI_ENDPOINT = f"http://127.0.0.1:{free_port()}"

@@ -11,8 +11,7 @@ from comfyhub.library import finder, knowledge
 from comfyhub.library.models import KnownModel
 from comfyhub.workflows.analyze import ModelRequirement
 from recovery.engine import run_foreground
-from tests.conftest import free_port
-from tests.fakeapis import FakeCivitai, FakeHuggingFace
+from tests.fakeapis import FakeHuggingFace
 
 pytestmark = pytest.mark.django_db
 
@@ -31,22 +30,9 @@ def isolated(settings, tmp_path):
 
 
 @pytest.fixture
-def offline(settings):
-    """Hugging Face and CivitAI at a port nobody listens on: any request fails."""
-    settings.HF_ENDPOINT = settings.CIVITAI_ENDPOINT = f"http://127.0.0.1:{free_port()}"
-
-
-@pytest.fixture
 def hf(settings):
     with FakeHuggingFace() as server:
         settings.HF_ENDPOINT = server.base
-        yield server
-
-
-@pytest.fixture
-def civitai(settings):
-    with FakeCivitai() as server:
-        settings.CIVITAI_ENDPOINT = server.base
         yield server
 
 
@@ -77,7 +63,9 @@ def known(**filters) -> list[tuple]:
     return [(r.directory, r.name, r.url, r.sha256, r.size, r.origin) for r in rows]
 
 
-def test_an_imported_workflow_teaches_the_finder_which_answers_with_no_network(client, offline):
+def test_an_imported_workflow_teaches_the_finder_which_answers_with_no_network(
+    client, remotes_down
+):
     posted = client.post("/projects/import/", {"text": json.dumps(workflow())})
     assert posted.status_code == 302
     result = finder.find("Gouache_V3.safetensors", "loras")
@@ -88,7 +76,7 @@ def test_an_imported_workflow_teaches_the_finder_which_answers_with_no_network(c
     assert result.sources["huggingface"].startswith("unavailable: Could not connect")
 
 
-def test_the_import_page_names_the_uploaded_file_as_the_origin(client, offline):
+def test_the_import_page_names_the_uploaded_file_as_the_origin(client, remotes_down):
     upload = io.BytesIO(json.dumps(workflow()).encode())
     upload.name = "paintings.json"
     client.post("/projects/import/", {"file": upload})
@@ -97,7 +85,7 @@ def test_the_import_page_names_the_uploaded_file_as_the_origin(client, offline):
     ]
 
 
-def test_the_import_page_offers_what_an_earlier_import_declared(client, offline):
+def test_the_import_page_offers_what_an_earlier_import_declared(client, remotes_down):
     knowledge.learn([ModelRequirement("loras", "gouache_v3.safetensors", MIRROR)], "workflow a")
     confirm = client.post("/projects/import/", {"text": json.dumps(workflow())})["Location"]
     for search in client.session["project_imports"][confirm.rstrip("/").rsplit("/", 1)[-1]][
@@ -115,13 +103,13 @@ def test_the_admin_lists_known_models_read_only(admin_client):
     assert admin_client.get("/admin/library/knownmodel/add/").status_code == 403
 
 
-def test_a_known_file_is_found_by_sha256_under_another_name(offline):
+def test_a_known_file_is_found_by_sha256_under_another_name(remotes_down):
     knowledge.learn([ModelRequirement("loras", "gouache_v3.safetensors", LINK, SHA)], "workflow a")
     best = finder.find("renamed.safetensors", sha256=SHA).candidates[0]
     assert (best.source, best.url, best.score) == ("known", LINK, 100)
 
 
-def test_a_normalised_name_matches_but_another_file_does_not(offline):
+def test_a_normalised_name_matches_but_another_file_does_not(remotes_down):
     knowledge.learn(
         [ModelRequirement("loras", "styles/gouache_v3.safetensors", LINK)], "workflow a"
     )
@@ -160,7 +148,7 @@ def test_links_that_are_not_http_and_malformed_hashes_are_not_learnt():
     ]
 
 
-def test_a_link_declared_again_keeps_one_row_and_what_it_knew(offline):
+def test_a_link_declared_again_keeps_one_row_and_what_it_knew(remotes_down):
     knowledge.learn([ModelRequirement("loras", "gouache_v3.safetensors", LINK, SHA)], "workflow a")
     knowledge.learn([ModelRequirement("loras", "gouache_v3.safetensors", LINK)], "workflow b")
     assert known() == [("loras", "gouache_v3.safetensors", LINK, SHA, None, "workflow b")]
@@ -174,7 +162,7 @@ def test_a_hugging_face_page_link_is_learnt_as_its_file(hf):
     )
 
 
-def test_the_given_link_keeps_its_points_when_it_is_also_known(offline):
+def test_the_given_link_keeps_its_points_when_it_is_also_known(remotes_down):
     knowledge.learn([ModelRequirement("loras", "gouache_v3.safetensors", LINK, SHA)], "workflow a")
     result = finder.find("gouache_v3.safetensors", "loras", url=LINK)
     assert [(c.source, c.url, c.sha256, c.score) for c in result.candidates] == [
@@ -182,7 +170,7 @@ def test_the_given_link_keeps_its_points_when_it_is_also_known(offline):
     ]
 
 
-def test_analyze_workflow_teaches_the_finder_too(tmp_path, offline):
+def test_analyze_workflow_teaches_the_finder_too(tmp_path, remotes_down):
     (tmp_path / "flow.json").write_text(json.dumps(workflow(url=MIRROR, sha256="")))
     call_command("analyze_workflow", str(tmp_path / "flow.json"), "--json", stdout=io.StringIO())
     best = finder.find("gouache_v3.safetensors").candidates[0]
@@ -272,7 +260,7 @@ def test_a_next_page_on_another_site_is_not_followed(hf, civitai, monkeypatch):
 
 
 def test_create_project_from_a_launcher_teaches_the_finder_even_when_the_install_fails(
-    settings, project_dirs, offline
+    settings, project_dirs, remotes_down
 ):
     settings.COMFYUI_REPO = str(project_dirs / "no-such-repo")
     (project_dirs / "oil.json").write_text(json.dumps(launcher()))

@@ -14,7 +14,7 @@ from comfyhub.projects.models import Project
 from recovery.engine import run_foreground
 from recovery.models import Category, Job, Status
 from tests.conftest import free_port, watched_jobs
-from tests.fakeapis import FakeCivitai, FakeHuggingFace
+from tests.fakeapis import FakeHuggingFace
 
 pytestmark = pytest.mark.django_db
 
@@ -41,18 +41,6 @@ def hf(settings):
         settings.HF_ENDPOINT = server.base
         server.add_file("studio/ink-mix", "checkpoints/ink_mix_v2.safetensors", DATA)
         yield server
-
-
-@pytest.fixture
-def civitai(settings):
-    with FakeCivitai() as server:
-        settings.CIVITAI_ENDPOINT = server.base
-        yield server
-
-
-@pytest.fixture
-def sources_down(settings):
-    settings.HF_ENDPOINT = settings.CIVITAI_ENDPOINT = f"http://127.0.0.1:{free_port()}"
 
 
 def imported(client, workflow=INK) -> tuple[str, int]:
@@ -159,7 +147,7 @@ def test_another_link_given_with_the_same_model_is_another_search(client, hf):
     assert imported(client)[1] != imported(client, linked)[1]
 
 
-def test_with_every_remote_source_down_the_search_fails_saying_why(client, sources_down):
+def test_with_every_remote_source_down_the_search_fails_saying_why(client, remotes_down):
     confirm, pk = imported(client)
     job = run_foreground(pk)
     assert (job.status, job.error_category, job.attempt) == (Status.FAILED, Category.NETWORK, 1)
@@ -168,7 +156,7 @@ def test_with_every_remote_source_down_the_search_fails_saying_why(client, sourc
     assert "CivitAI:" in html and "Paste a link if you know one" in html
 
 
-def test_after_a_failed_search_a_pasted_link_still_creates_the_project(client, sources_down):
+def test_after_a_failed_search_a_pasted_link_still_creates_the_project(client, remotes_down):
     confirm, pk = imported(client)
     run_foreground(pk)
     url = "https://example.org/ink_mix_v2.safetensors"
@@ -177,13 +165,13 @@ def test_after_a_failed_search_a_pasted_link_still_creates_the_project(client, s
     assert Project.objects.get().spec["models"][0]["url"] == url
 
 
-def test_a_failed_search_is_not_reused_importing_again_searches_again(client, sources_down):
+def test_a_failed_search_is_not_reused_importing_again_searches_again(client, remotes_down):
     _, first = imported(client)
     run_foreground(first)
     assert imported(client)[1] != first
 
 
-def test_a_failed_search_does_not_raise_the_attention_banner(client, sources_down):
+def test_a_failed_search_does_not_raise_the_attention_banner(client, remotes_down):
     _, pk = imported(client)
     run_foreground(pk)
     assert b"need you" not in client.get("/").content
