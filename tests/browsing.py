@@ -6,6 +6,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import Server, free_port
+from tests.fakecomfy import comfyui_repo
+
 CHROMIUM = "/usr/bin/chromium"
 FLAGS = [
     "--no-sandbox",
@@ -50,3 +53,18 @@ def shoot(page, folder: Path, name: str, full_page: bool = True) -> Path:
     path = folder / f"{name}.png"
     page.screenshot(path=str(path), full_page=full_page)
     return path
+
+
+def comfyhub(data: Path) -> Server:
+    """`serve` started on `data`, with a stand-in ComfyUI repo and the finder's remote
+    sources on a closed port (down, and fast to say so); the caller stops it."""
+    comfyui, _ = comfyui_repo(data / "repos")
+    closed = f"http://127.0.0.1:{free_port()}"
+    return Server(
+        data,
+        COMFYHUB_MODELS_DIR=str(data / "models"),
+        COMFYHUB_ALLOW_LOCAL_REPOS="1",
+        COMFYHUB_COMFYUI_REPO=str(comfyui),
+        COMFYHUB_HF_ENDPOINT=closed,
+        COMFYHUB_CIVITAI_ENDPOINT=closed,
+    ).start()

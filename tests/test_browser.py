@@ -11,9 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.browsing import chromium
-from tests.conftest import ROOT, Server, free_port
-from tests.fakecomfy import comfyui_repo
+from tests.browsing import chromium, comfyhub
+from tests.conftest import ROOT, Server
 from tests.fileserver import FileServer
 
 pytestmark = [pytest.mark.browser, pytest.mark.e2e]
@@ -35,17 +34,7 @@ def files():
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    data = tmp_path_factory.mktemp("browser")
-    comfyui, _ = comfyui_repo(data / "repos")
-    closed = f"http://127.0.0.1:{free_port()}"  # the finder's remote sources: down, fast
-    running = Server(
-        data,
-        COMFYHUB_MODELS_DIR=str(data / "models"),
-        COMFYHUB_ALLOW_LOCAL_REPOS="1",
-        COMFYHUB_COMFYUI_REPO=str(comfyui),
-        COMFYHUB_HF_ENDPOINT=closed,
-        COMFYHUB_CIVITAI_ENDPOINT=closed,
-    ).start()
+    running = comfyhub(tmp_path_factory.mktemp("browser"))
     yield running
     running.stop()
 

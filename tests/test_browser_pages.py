@@ -7,9 +7,9 @@ import re
 
 import pytest
 
-from tests.browsing import chromium, shoot, watched
-from tests.conftest import Server, free_port, manage
-from tests.fakecomfy import comfyui_repo, git, make_repo
+from tests.browsing import chromium, comfyhub, shoot, watched
+from tests.conftest import Server, manage
+from tests.fakecomfy import git, make_repo
 
 pytestmark = [pytest.mark.browser, pytest.mark.e2e]
 
@@ -29,17 +29,7 @@ def browser():
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    data = tmp_path_factory.mktemp("pages")
-    comfyui, _ = comfyui_repo(data / "repos")
-    closed = f"http://127.0.0.1:{free_port()}"  # the finder's remote sources: down, fast
-    running = Server(
-        data,
-        COMFYHUB_MODELS_DIR=str(data / "models"),
-        COMFYHUB_ALLOW_LOCAL_REPOS="1",
-        COMFYHUB_COMFYUI_REPO=str(comfyui),
-        COMFYHUB_HF_ENDPOINT=closed,
-        COMFYHUB_CIVITAI_ENDPOINT=closed,
-    ).start()
+    running = comfyhub(tmp_path_factory.mktemp("pages"))
     yield running
     running.stop()
 
