@@ -220,9 +220,3 @@ def test_an_import_kept_by_a_version_without_searches_is_gone_not_a_crash(client
     session.save()
     response = client.get("/projects/import/old/")
     assert response.status_code == 404
-
-
-def test_the_search_kind_the_jobs_register_is_the_one_searches_queue():
-    from comfyhub.library import jobs
-
-    assert jobs.SEARCH == searches.KIND

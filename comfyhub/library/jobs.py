@@ -49,7 +49,7 @@ def download(job: Job) -> None:
 
 # The finder (and the workflow catalog it reads) loads with the first search, not with
 # every command: `manage.py download` never needs it.
-SEARCH = "find_model"  # library.searches.KIND
+SEARCH = "find_model"
 
 
 # A search with every remote source down fails at once with the reason: the user is on

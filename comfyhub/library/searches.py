@@ -22,12 +22,13 @@ from django.utils import timezone
 
 from comfyhub.library import finder
 from comfyhub.library.fetch import human
+from comfyhub.library.jobs import SEARCH
 from comfyhub.library.paths import BadInput
 from recovery.choices import ACTIVE
 from recovery.errors import JobError
 from recovery.models import Category, Job, Status
 
-KIND = "find_model"
+KIND = SEARCH  # the job kind, named where it is registered (library/jobs.py)
 MAX_CANDIDATES = 5
 SOURCE_NAMES = {
     "url": "link in the workflow",
