@@ -11,10 +11,14 @@ def record_line(name: str, data: bytes) -> str:
     return f"{name},sha256={digest},{len(data)}"
 
 
-def write_wheel(folder: Path, name: str, version: str, requires: tuple[str, ...] = ()) -> Path:
-    """A pure-Python wheel of package `name` whose module says its `__version__`."""
-    module = name.replace("-", "_")
-    info = f"{module}-{version}.dist-info"
+def write_wheel(
+    folder: Path, name: str, version: str, requires: tuple[str, ...] = (), module: str = ""
+) -> Path:
+    """A pure-Python wheel of package `name` whose module (`module`, else the package's
+    own name) says its `__version__`."""
+    stem = name.replace("-", "_")
+    module = module or stem
+    info = f"{stem}-{version}.dist-info"
     metadata = "Metadata-Version: 2.1\n" + f"Name: {name}\nVersion: {version}\n"
     metadata += "".join(f"Requires-Dist: {requirement}\n" for requirement in requires)
     files = {
@@ -26,7 +30,7 @@ def write_wheel(folder: Path, name: str, version: str, requires: tuple[str, ...]
     record = [record_line(path, data) for path, data in files.items()] + [f"{info}/RECORD,,"]
     files[f"{info}/RECORD"] = ("\n".join(record) + "\n").encode()
     folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{module}-{version}-py3-none-any.whl"
+    path = folder / f"{stem}-{version}-py3-none-any.whl"
     with zipfile.ZipFile(path, "w") as wheel:
         for member, data in files.items():
             wheel.writestr(member, data)

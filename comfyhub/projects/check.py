@@ -5,7 +5,9 @@ folder missing from extra_model_paths.yaml) or a node (a pack that failed to imp
 check asks ComfyUI itself: `GET /object_info` for the node types, `GET /models/<folder>`
 for the files of each folder a model is in, and the lines its current run wrote to its log
 for the packs that failed to import. A ComfyUI that was not running is started for the
-check and stopped after; one that was running is asked as it is and left running.
+check and stopped after; one that was running is asked as it is and left running. A
+ComfyUI that exits while starting is a finding too (`comfyui_error`: the exception's own
+line, not its whole log), and each finding comes with its fixes (comfyhub.projects.fixes).
 
 Its current run's lines begin at `Project.run_log_start`, recorded when ComfyHub started
 it (runtime.boot): a ComfyUI found running was started by ComfyHub too, so the offset
@@ -14,7 +16,7 @@ is that run's, and an earlier run's import failures never count.
 
 import re
 import time
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from urllib.parse import quote
 
 import httpx
@@ -44,7 +46,14 @@ LISTED_EXTENSIONS = frozenset(
 )
 TRACEBACK_SCAN = 400  # how far back a failure's "Traceback" line is looked for
 TRACEBACK_LINES = 40  # the most kept of a failure's traceback: its last frames
-FINDINGS = ("node_types_missing", "models_missing", "packs_failed", "environment")
+FINDINGS = (
+    "node_types_missing",
+    "models_missing",
+    "inputs_missing",
+    "packs_failed",
+    "environment",
+    "comfyui_error",
+)
 
 
 def check(project: Project, timeout: float = runtime.HEALTH_TIMEOUT, fresh: bool = False) -> dict:
@@ -56,7 +65,10 @@ def check(project: Project, timeout: float = runtime.HEALTH_TIMEOUT, fresh: bool
         runtime.stop(project)
         was_running = False
     if not was_running:
-        runtime.boot(project, timeout)
+        try:
+            runtime.boot(project, timeout)
+        except runtime.StartFailed as exc:
+            return record(project, not_started(project, exc.cause))
     try:
         found = ask(project)
     finally:
@@ -88,8 +100,25 @@ def ask(project: Project) -> dict:
     return {
         "node_types_missing": sorted(node_types(project.spec) - set(known)),
         "models_missing": models_missing(project),
+        "inputs_missing": inputs_missing(project),
         "packs_failed": packs_left_out(project) + packs_failed(lines),
         "environment": envs.environment_findings(project),
+        "comfyui_error": None,
+        "failure_lines": failure_lines(lines),
+    }
+
+
+def not_started(project: Project, cause: dict) -> dict:
+    """The findings of a ComfyUI that exited while starting: why (`comfyui_error`), what
+    its run printed about packs before it, and what the disk says; nothing was asked."""
+    lines = run_lines(project.run_log, project.run_log_start)
+    return {
+        "node_types_missing": [],
+        "models_missing": [],
+        "inputs_missing": inputs_missing(project),
+        "packs_failed": packs_left_out(project) + packs_failed(lines),
+        "environment": envs.environment_findings(project),
+        "comfyui_error": cause,
         "failure_lines": failure_lines(lines),
     }
 
@@ -151,6 +180,20 @@ def models_missing(project: Project) -> list[str]:
     return missing
 
 
+def inputs_missing(project: Project) -> list[str]:
+    """Each input file of the workflow ("input/NAME"), left-out ones aside, that is not a
+    file in the project's ComfyUI: ComfyUI reads inputs from there only."""
+    skipped = set(project.models_skipped)
+    missing = []
+    for file in project.spec.get("files", []):
+        parts = PurePosixPath(file["path"]).parts
+        if file["path"] in skipped or ".." in parts:
+            continue
+        if not project.comfyui_dir.joinpath(*parts).is_file():
+            missing.append(file["path"])
+    return missing
+
+
 def read_by_a_pack(model: dict) -> bool:
     """A file ComfyUI's own lists never show (see LISTED_EXTENSIONS) that is on disk."""
     if Path(model["name"]).suffix.lower() in LISTED_EXTENSIONS:
@@ -199,12 +242,15 @@ def run_lines(log: Path, start: int) -> list[str]:
 
 
 def record(project: Project, found: dict) -> dict:
+    from comfyhub.projects import fixes  # it finds pins through the install's machinery
+
     result = {
         "ok": not any(found[key] for key in FINDINGS),
         **found,
         "providers": providers(project.spec, found["node_types_missing"]),
         "checked_at": timezone.now().isoformat(),
     }
+    result["fixes"] = fixes.offered(project, result)
     fields = {"last_check": result}
     if project.installed:
         fields["status"] = ProjectStatus.READY if result["ok"] else ProjectStatus.ATTENTION
@@ -223,3 +269,39 @@ def providers(spec: dict, missing: list[str]) -> dict[str, str]:
     node_map = nodemap.default()
     found = {t: claimed.get(t) or node_map.repository(t, {}) for t in missing}
     return {t: repo for t, repo in found.items() if repo and repo != nodemap.CORE}
+
+
+def as_json(found: dict, error: dict | None = None) -> dict:
+    """A check as every command and page reports it (one contract): `found` is a
+    project's last_check ({} when ComfyUI could not be asked: then `error` says why)."""
+    from comfyhub.projects.fixes import public
+
+    return {
+        "ok": bool(found.get("ok")) and error is None,
+        **{key: found.get(key) or [] for key in FINDINGS if key != "comfyui_error"},
+        "comfyui_error": found.get("comfyui_error"),
+        "fixes": [public(fix) | extra(fix) for fix in found.get("fixes", [])],
+        "checked_at": found.get("checked_at"),
+        "error": error,
+    }
+
+
+def extra(fix: dict) -> dict:
+    """What a fix names beyond its target: the commit of a pin, the module, the link."""
+    return {key: fix[key] for key in ("module", "commit", "date", "types", "url") if key in fix}
+
+
+def plain_lines(report: dict) -> list[str]:
+    """A check (as_json) in plain words, one line per finding, the cause first; each
+    fix that needs no choice follows its finding as "fix: …"."""
+    lines = []
+    if error := report.get("comfyui_error"):
+        lines.append(f"ComfyUI does not start: {error['message']}")
+    lines += [f"ComfyUI does not know the node type {t}." for t in report["node_types_missing"]]
+    lines += [f"ComfyUI cannot see the model {key}." for key in report["models_missing"]]
+    lines += [f"The input file {path} is not in place." for path in report["inputs_missing"]]
+    failed = report["packs_failed"]
+    lines += [f"The pack {pack['name']} failed to import: {pack['error']}" for pack in failed]
+    lines += [f"The Python environment is inconsistent: {x}" for x in report["environment"]]
+    fixes = [f"fix: {fix['detail']}" for fix in report["fixes"] if fix["kind"] != "go_without"]
+    return lines + fixes

@@ -309,7 +309,7 @@ def input_files(project: Project, job: Job) -> None:
     into the project's ComfyUI/input. A file placed before a re-run is placed again."""
     done = job.checkpoint_data.get("files_done", [])
     for file in project.spec.get("files", []):
-        if file["path"] in done:
+        if file["path"] in done or file["path"] in project.models_skipped:
             continue
         place_input(fetch_input(project, file), input_target(project, file["path"]))
         done = [*done, file["path"]]
@@ -377,9 +377,27 @@ def workflow(project: Project, job: Job) -> None:
 
 
 def check(project: Project, job: Job) -> None:
-    """Ask a freshly started ComfyUI what it sees. Its findings never fail the install: the
-    project ends ATTENTION with them (follow_install_job); only not reaching ComfyUI does."""
-    ask_comfyui(project, fresh=True)
+    """Ask a freshly started ComfyUI what it sees, installing the modules it (or a pack)
+    misses and asking again, a bounded number of rounds, each in the log. Its findings
+    never fail the install: the project ends ATTENTION with them (follow_install_job); only
+    not reaching ComfyUI does."""
+    from comfyhub.projects import fixes
+
+    applied: list[dict] = []
+    found = ask_comfyui(project, fresh=True)
+    for round_ in range(1, fixes.MODULE_ROUNDS + 1):
+        needed = [f for f in fixes.needing_no_choice(found, applied) if is_module(f)]
+        if not needed:
+            return
+        for fix in needed:
+            note(project, f"check, round {round_}: {fix['detail']}")
+            fixes.apply(project, fix)
+        applied += needed
+        found = ask_comfyui(project, fresh=True)
+
+
+def is_module(fix: dict) -> bool:
+    return fix["kind"] == "install_module"
 
 
 STEPS = {

@@ -86,6 +86,15 @@ def fix_pack(job: Job) -> None:
     check.check(project)
 
 
+@recoverable("project_fix")
+def fix_all(job: Job) -> None:
+    """Apply every fix of the last check that needs no choice, then ask ComfyUI again
+    (comfyhub.projects.fixes.fix_all)."""
+    from comfyhub.projects import fixes
+
+    fixes.fix_all(runtime_turn(job), job)
+
+
 @recoverable("project_rollback")
 def rollback(job: Job) -> None:
     from comfyhub.projects import restore
@@ -170,6 +179,7 @@ def launch_card(job: Job) -> dict:
 @card_context("project_check")
 @card_context("project_add_node")
 @card_context("project_fix_pack")
+@card_context("project_fix")
 def check_card(job: Job) -> dict:
     """Once the job ends its card also brings the findings and the status badge."""
     project = Project.objects.filter(pk=job.params.get("project")).first()

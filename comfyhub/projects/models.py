@@ -55,6 +55,7 @@ RUNTIME_KINDS = (
     "project_check",
     "project_add_node",
     "project_fix_pack",
+    "project_fix",
     "project_rollback",
 )
 UNDER_WAY = (Status.QUEUED, Status.RUNNING, Status.WAITING)
@@ -197,7 +198,15 @@ class Project(models.Model):
         pinned = {pin["repository"].lower() for pin in self.node_pins if pin.get("repository")}
         missing = self.last_check.get("node_types_missing", [])
         rows = [{"type": t, "repository": self.provider(t)} for t in missing]
-        return [{**row, "installed": row["repository"].lower() in pinned} for row in rows]
+        pins = [fix for fix in self.fixes() if fix["kind"] == "pin_pack"]
+        return [
+            {
+                **row,
+                "installed": row["repository"].lower() in pinned,
+                "pins": [fix for fix in pins if row["type"] in fix.get("types", [])],
+            }
+            for row in rows
+        ]
 
     def failed_packs(self) -> list[dict]:
         """Each pack the last check found failed, with the log lines of its failure ("" when
@@ -221,6 +230,44 @@ class Project(models.Model):
                 category=Category.VALIDATION,
             )
         return self.comfyui_dir / "custom_nodes" / name
+
+    def fixes(self, auto: bool | None = None) -> list[dict]:
+        """The fixes the last check offered (only those that need no choice, or only those
+        that do, when `auto` says so)."""
+        offered = self.last_check.get("fixes", [])
+        return [fix for fix in offered if auto is None or bool(fix.get("auto")) == auto]
+
+    def auto_fixes(self) -> list[dict]:
+        return self.fixes(auto=True)
+
+    def offers_fix(self, wanted: dict) -> bool:
+        """Whether the last check offered the fix that needs no choice named by `wanted`
+        ({"kind", "target"})."""
+        key = (wanted.get("kind"), wanted.get("target"))
+        return any((fix["kind"], fix["target"]) == key for fix in self.fixes(auto=True))
+
+    def finish_install(self) -> bool:
+        """Run an install that stopped (failed or cancelled) again; False when it ended
+        well or is under way."""
+        job = self.install_job
+        if job is not None and (not job.is_terminal or job.status == Status.SUCCEEDED):
+            return False
+        return self.retry_install()
+
+    def leave_out(self, keys: list[str]) -> None:
+        """Record models ("DIR/NAME") and input files ("input/NAME") as left out on purpose
+        (models_skipped), under the row's lock: two choices made at once both land."""
+        with transaction.atomic():
+            mine = Project.objects.select_for_update().filter(pk=self.pk)
+            skipped = mine.values_list("models_skipped", flat=True).get()
+            fresh = [key for key in keys if key not in skipped]
+            if fresh:
+                self.touch(models_skipped=[*skipped, *fresh])
+
+    def file_keys(self) -> set[str]:
+        """What may be left out: every model ("DIR/NAME") and input file of the spec."""
+        keys = {model_key(m) for m in self.spec.get("models", [])}
+        return keys | {f["path"] for f in self.spec.get("files", [])}
 
     def unseen_models(self) -> list[dict]:
         """Each model the last check found ComfyUI cannot see, with what helps: the file is
@@ -276,13 +323,7 @@ class Project(models.Model):
 
     def go_without(self, model: dict) -> None:
         """Leave `model` (a spec entry) out (the user chose to), then let the install go on."""
-        key = model_key(model)
-        with transaction.atomic():
-            # Under the row's lock: two choices made at once both land.
-            mine = Project.objects.select_for_update().filter(pk=self.pk)
-            skipped = mine.values_list("models_skipped", flat=True).get()
-            if key not in skipped:
-                self.touch(models_skipped=[*skipped, key])
+        self.leave_out([model_key(model)])
         self.retry_install()
 
     def download_again(self, model: dict) -> Download:

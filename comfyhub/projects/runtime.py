@@ -9,6 +9,7 @@ ComfyUI as running. Pages derive it without writing (`observed`); the worker's t
 
 import contextlib
 import os
+import re
 import shutil
 import signal
 import socket
@@ -32,6 +33,22 @@ HEALTH_TIMEOUT = 120.0
 STOP_GRACE = 10.0
 LOG_TAIL = 20
 CRASHED = "ComfyUI stopped unexpectedly."
+START_LOG_BYTES = 4 * 2**20  # a start that fails prints a traceback near its end
+# An exception's own line: "ModuleNotFoundError: No module named 'requests'",
+# "torch.OutOfMemoryError: ...", "SystemExit: 1", "KeyboardInterrupt".
+EXCEPTION_LINE = re.compile(r"^(?:[A-Za-z_][\w.]*\.)?\w*(?:Error|Exception|Exit)\b(?::.*)?$")
+NO_MODULE = re.compile(r"No module named '(?P<module>[^']+)'")
+
+
+class StartFailed(JobError):
+    """ComfyUI exited while it was starting. `cause` is what its log says why ({"message",
+    "module"}, see exit_cause): a finding of the check, not a failure to reach ComfyUI."""
+
+    category = Category.DEPENDENCY
+
+    def __init__(self, message: str, cause: dict):
+        super().__init__(message)
+        self.cause = cause
 
 
 def launch(project: Project, timeout: float = HEALTH_TIMEOUT) -> Project:
@@ -130,8 +147,9 @@ def wait_healthy(project: Project, child: subprocess.Popen, timeout: float) -> N
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if child.poll() is not None:
-            crashed(project, f"ComfyUI exited with code {child.returncode} while starting.")
-            raise JobError(project.run_message, category=Category.DEPENDENCY)
+            cause = exit_cause(project)
+            crashed(project, f"ComfyUI did not start: {cause['message']}")
+            raise StartFailed(project.run_message, cause)
         if answers(project):
             project.touch(run_state=RunState.RUNNING)
             return
@@ -144,6 +162,33 @@ def wait_healthy(project: Project, child: subprocess.Popen, timeout: float) -> N
         run_message=f"ComfyUI did not answer within {timeout:.0f} s.\n{log_tail(project)}",
     )
     raise JobError(project.run_message, category=Category.TIMEOUT)
+
+
+def exit_cause(project: Project) -> dict:
+    """Why the current run ended, from its log: {"message": the last exception's own line
+    (else the last line printed), "module": the module of a ModuleNotFoundError, or ""}."""
+    lines = [line.rstrip() for line in current_run(project) if line.strip()]
+    tracebacks = [i for i, line in enumerate(lines) if line.startswith("Traceback")]
+    after = lines[tracebacks[-1] + 1 :] if tracebacks else lines
+    raised = [line for line in after if EXCEPTION_LINE.match(line)]
+    if raised:
+        message = raised[0]  # what follows it is ComfyUI's own farewell, if anything
+    else:
+        message = after[-1] if after else "it exited without printing anything."
+    found = NO_MODULE.search(message)
+    return {"message": message, "module": found["module"] if found else ""}
+
+
+def current_run(project: Project) -> list[str]:
+    """The lines the current run wrote to its log (from run_log_start, at most the last
+    START_LOG_BYTES)."""
+    if not project.run_log.is_file():
+        return []
+    size = project.run_log.stat().st_size
+    start = project.run_log_start if project.run_log_start <= size else 0
+    with project.run_log.open("rb") as log:
+        log.seek(max(start, size - START_LOG_BYTES))
+        return log.read().decode(errors="replace").splitlines()
 
 
 def answers(project: Project) -> bool:

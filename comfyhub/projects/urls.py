@@ -14,6 +14,7 @@ urlpatterns = [
     path("projects/<slug:slug>/check/", views.check_again, name="project-check"),
     path("projects/<slug:slug>/nodes/add/", views.add_node, name="project-add-node"),
     path("projects/<slug:slug>/packs/fix/", views.fix_pack, name="project-fix-pack"),
+    path("projects/<slug:slug>/fix/", views.fix, name="project-fix"),
     path("projects/<slug:slug>/retry/", views.retry, name="project-retry"),
     path(
         "projects/<slug:slug>/models/download/", views.download_model, name="project-model-download"

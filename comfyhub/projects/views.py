@@ -218,7 +218,7 @@ def unfinished(*jobs: Job | None) -> list[int]:
 def live_checks(project: Project) -> list:
     """The newest check and pack addition, while under way or when they failed (a
     success shows in the findings)."""
-    kinds = ("project_check", "project_add_node", "project_fix_pack")
+    kinds = ("project_check", "project_add_node", "project_fix_pack", "project_fix")
     newest = [project.latest_job(kind) for kind in kinds]
     return [job for job in newest if job and job.status != Status.SUCCEEDED]
 
@@ -280,6 +280,22 @@ def fix_pack(request: HttpRequest, slug: str) -> HttpResponse:
     if why := project.why_not_checkable():
         return problem(request, project, why)
     project.queue_job("project_fix_pack", matching={"pack": name}, pack=name)
+    return back(request, project)
+
+
+@require_POST
+def fix(request: HttpRequest, slug: str) -> HttpResponse:
+    """Apply the fixes of the last check that need no choice ("Fix all"), or the one
+    named by `kind` and `target`; an install that stopped is run again first."""
+    project = project_or_404(slug)
+    only = {"kind": request.POST.get("kind", ""), "target": request.POST.get("target", "")}
+    if only["kind"] and not project.offers_fix(only):
+        return problem(request, project, "The last check offers no such fix: check again.")
+    if project.install_job and not project.install_job.is_terminal:
+        return problem(request, project, project.why_not_checkable())
+    project.finish_install()
+    params = {"only": only} if only["kind"] else {}
+    project.queue_job("project_fix", matching=params, **params)
     return back(request, project)
 
 

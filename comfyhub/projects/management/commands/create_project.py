@@ -4,7 +4,7 @@ from pathlib import Path
 from django.core.management.base import BaseCommand, CommandError
 
 from comfyhub.library import knowledge
-from comfyhub.projects import install, specs
+from comfyhub.projects import check, install, specs
 from comfyhub.projects.models import MAX_NAME, Project, ProjectStatus, check_name
 from recovery.engine import run_foreground
 from recovery.errors import JobError
@@ -70,15 +70,16 @@ class Command(BaseCommand):
         )
         if as_json:
             report = {"status": project.status, "slug": project.slug, "error": error}
-            self.stdout.write(json.dumps({**report, "check": project.last_check or None}))
+            found = check.as_json(project.last_check) if project.last_check else None
+            self.stdout.write(json.dumps({**report, "check": found}))
         elif project.status == ProjectStatus.READY:
             self.stdout.write(
                 f"{project.name} is ready: python manage.py launch_project {project.slug}"
             )
         elif installed:
-            self.stderr.write(
-                f"{project.name} is installed but ComfyUI misses something: "
-                f"python manage.py check_project {project.slug} says what."
-            )
+            self.stderr.write(f"{project.name} is installed but needs attention:")
+            for line in check.plain_lines(check.as_json(project.last_check)):
+                self.stderr.write(f"  {line}")
+            self.stderr.write(f"python manage.py fix_project {project.slug} applies the fixes.")
         else:
             self.stderr.write(f"{project.name} failed: {job.error_message}")

@@ -1,0 +1,266 @@
+"""The ways forward from a check's findings, and carrying out those that need no choice.
+
+A finding without its fix leaves the user stuck, and the usual findings have one fix that
+ComfyHub can find and prove before offering it:
+
+- `No module named 'X'` (ComfyUI's start, or a pack's import): the distribution that
+  provides X (MODULES: the well-known names that differ; else X itself), offered only
+  when a dry run under the project's constraints and date resolves it.
+- A node type the workflow's pack dropped: the newest commit of that pack, in its git
+  mirror, that still defines it (history.search): "Pin PACK to COMMIT".
+- A node type of a known pack that is not installed: install that pack.
+- A model or input file not in place: download it (when a link is known) or go without.
+
+`auto` marks the fixes that need no choice; `fix_project` and the install's check step
+apply those (the check step only the modules: its verdict then holds for what ComfyUI
+really runs).
+"""
+
+import re
+import subprocess
+from pathlib import Path
+
+from comfyhub.projects import envs, history, tools
+from comfyhub.projects.models import Project, model_key, sources_of
+from comfyhub.projects.runtime import NO_MODULE
+from recovery.errors import JobError
+from recovery.models import Category
+
+# Import names whose distribution is named otherwise (the rest install under their own).
+MODULES = {
+    "cv2": "opencv-python",
+    "PIL": "pillow",
+    "yaml": "PyYAML",
+    "skimage": "scikit-image",
+    "sklearn": "scikit-learn",
+    "bs4": "beautifulsoup4",
+    "dateutil": "python-dateutil",
+    "dotenv": "python-dotenv",
+    "git": "GitPython",
+    "google.protobuf": "protobuf",
+    "fitz": "PyMuPDF",
+    "Crypto": "pycryptodome",
+    "jwt": "PyJWT",
+    "serial": "pyserial",
+    "OpenGL": "PyOpenGL",
+    "websocket": "websocket-client",
+    "zmq": "pyzmq",
+    "attr": "attrs",
+    "docx": "python-docx",
+    "pkg_resources": "setuptools",
+    "magic": "python-magic",
+    "Levenshtein": "levenshtein",
+    "segment_anything": "segment-anything",
+    "mpl_toolkits": "matplotlib",
+}
+MODULE_ROUNDS = 4  # the check step's rounds: one module often hides the next
+FIX_ROUNDS = 3  # fix_project's rounds: an older pack may need a module of its own
+DISTRIBUTION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+def distribution(module: str) -> str:
+    """The distribution that provides `module` (dotted names: the known dotted one, else
+    its top-level package's)."""
+    top = module.split(".")[0]
+    return MODULES.get(module) or MODULES.get(top) or top
+
+
+def offered(project: Project, found: dict) -> list[dict]:
+    """Every fix for the findings `found` ({"kind", "target", "detail", "auto", ...})."""
+    return [
+        *module_fixes(project, found),
+        *node_fixes(project, found),
+        *file_fixes(project, found),
+    ]
+
+
+def module_fixes(project: Project, found: dict) -> list[dict]:
+    """`install_module` for each missing module a dry run can resolve."""
+    needs = []
+    if (error := found.get("comfyui_error")) and error.get("module"):
+        needs.append((error["module"], "ComfyUI does not start without it", ""))
+    for pack in found.get("packs_failed", []):
+        if match := NO_MODULE.search(pack.get("error", "")):
+            why = f"the pack {pack['name']} does not import without it"
+            needs.append((match["module"], why, pack["name"]))
+    fixes: dict[str, dict] = {}
+    for module, why, pack in needs:
+        name = distribution(module)
+        if name in fixes:
+            continue
+        if own_module(project, module) or not resolvable(project, name):
+            continue
+        detail = f"Install {name}, which provides the module {module}: {why}."
+        fixes[name] = {"kind": "install_module", "target": name, "module": module, "pack": pack}
+        fixes[name] |= {"detail": detail, "auto": True}
+    return list(fixes.values())
+
+
+def own_module(project: Project, module: str) -> bool:
+    """A module of ComfyUI itself (comfy.x, nodes, folder_paths): a pack that misses it
+    needs another ComfyUI, never a package of that name from the index."""
+    top = module.split(".")[0]
+    here = project.comfyui_dir
+    return (here / top).is_dir() or (here / f"{top}.py").is_file()
+
+
+def resolvable(project: Project, name: str) -> bool:
+    """Whether installing `name` resolves under the project's constraints and date and
+    leaves its protected packages as they are (uv's or pip's dry run)."""
+    if not DISTRIBUTION.match(name):
+        return False
+    wish = project.folder / "fix-requirements.txt"
+    wish.write_text(f"{name}\n")
+    try:
+        envs.refuse_protected_changes(
+            envs.installer_for(project), wish, name, envs.constraints_file(project)
+        )
+    except (subprocess.CalledProcessError, JobError):
+        tools.append(project.install_log, f"== no fix: {name} does not resolve here")
+        return False
+    return True
+
+
+def node_fixes(project: Project, found: dict) -> list[dict]:
+    """For missing node types: `install_pack` for a known pack that is not installed,
+    `pin_pack` for an installed git pack whose history still has them."""
+    providers = found.get("providers", {})
+    pins = {pin["repository"].lower(): pin for pin in project.node_pins if pin.get("repository")}
+    wanted: dict[str, list[str]] = {}
+    for node_type in found.get("node_types_missing", []):
+        if repository := providers.get(node_type):
+            wanted.setdefault(repository, []).append(node_type)
+    fixes = []
+    for repository, types in wanted.items():
+        pin = pins.get(repository.lower())
+        if pin is None:
+            detail = f"Install the pack {repository}, which provides {', '.join(types)}."
+            fixes.append({"kind": "install_pack", "target": repository, "types": types})
+            fixes[-1] |= {"detail": detail, "auto": True}
+        elif pin.get("commit"):
+            fixes += pin_fixes(project, pin, types)
+    return fixes
+
+
+def pin_fixes(project: Project, pin: dict, types: list[str]) -> list[dict]:
+    """One `pin_pack` per commit that brings back some of `types` (one when a single
+    commit has them all); none when the pack never had them."""
+    try:
+        found = history.search(pin["repository"], types, project.install_log)
+    except (subprocess.CalledProcessError, JobError):
+        return []
+    fixes = []
+    for entry in found:
+        if entry["commit"] == pin["commit"]:
+            continue  # the installed version has them: it did not load them (packs_failed)
+        name = Path(pin["name"]).name
+        day = entry["date"][:10]
+        detail = (
+            f"Pin {name} to {entry['commit'][:12]} ({day}), the last version with "
+            f"{', '.join(entry['types'])}."
+        )
+        fixes.append({"kind": "pin_pack", "target": pin["repository"], **entry})
+        fixes[-1] |= {"detail": detail, "auto": len(found) == 1}
+    return fixes
+
+
+def file_fixes(project: Project, found: dict) -> list[dict]:
+    """`download` (a link is known) and `go_without` for each model or input not in place."""
+    entries = {model_key(m): m for m in project.spec.get("models", [])}
+    entries |= {f["path"]: f for f in project.spec.get("files", [])}
+    fixes = []
+    for key in [*found.get("models_missing", []), *found.get("inputs_missing", [])]:
+        urls = sources_of(entries.get(key, {}))
+        if urls:
+            detail = f"Download {key} from {urls[0]}."
+            fixes.append({"kind": "download", "target": key, "url": urls[0], "detail": detail})
+            fixes[-1]["auto"] = False
+        detail = f"Go without {key}: the workflow may not run until you add it yourself."
+        fixes.append({"kind": "go_without", "target": key, "detail": detail, "auto": False})
+    return fixes
+
+
+def apply(project: Project, fix: dict) -> None:
+    """Carry out one fix that needs no choice; ComfyUI must be stopped (packs and modules
+    load only when it starts)."""
+    from comfyhub.projects import restore
+
+    tools.append(project.install_log, f"== fix: {fix['detail']}")
+    if fix["kind"] == "install_module":
+        install_distribution(project, fix["target"])
+    elif fix["kind"] == "pin_pack":
+        restore.pin_pack(project, fix["target"], fix["commit"])
+    elif fix["kind"] == "install_pack":
+        restore.add_node(project, fix["target"])
+    else:
+        raise JobError(f"A {fix['kind']} fix needs your choice.", category=Category.VALIDATION)
+
+
+def install_distribution(project: Project, name: str) -> None:
+    if not DISTRIBUTION.match(name):
+        raise JobError(f"{name!r} is no distribution name.", category=Category.VALIDATION)
+    wish = project.folder / "fix-requirements.txt"
+    wish.write_text(f"{name}\n")
+    envs.installer_for(project).install(wish, envs.constraints_file(project))
+
+
+def needing_no_choice(found: dict, done: list[dict]) -> list[dict]:
+    """The fixes of `found` that need no choice and are not among `done`."""
+    seen = {(fix["kind"], fix["target"]) for fix in done}
+    return [
+        fix
+        for fix in found.get("fixes", [])
+        if fix.get("auto") and (fix["kind"], fix["target"]) not in seen
+    ]
+
+
+def public(fix: dict) -> dict:
+    return {key: fix[key] for key in ("kind", "target", "detail")}
+
+
+def fix_all(project: Project, job) -> None:
+    """The `project_fix` job: once the install has ended well, every fix of the last check
+    that needs no choice (`only`: just that one), then ComfyUI is asked again; a few
+    rounds, as an older pack may miss a module of its own. Applied fixes are kept in the
+    job's checkpoint (`applied`), so a re-run after a kill never applies one twice."""
+    from comfyhub.projects import check, runtime
+
+    wait_for_install(project)
+    applied = job.checkpoint_data.get("applied", [])
+    only = job.params.get("only")
+    asked = False
+    for _ in range(FIX_ROUNDS):
+        todo = needing_no_choice(project.last_check, applied)
+        todo = [fix for fix in todo if not only or same(fix, only)]
+        if asked and not todo:
+            return
+        runtime.stop(project)
+        for fix in todo:
+            apply(project, fix)
+            applied = [*applied, public(fix)]
+            job.checkpoint(applied=applied)
+        check.check(project, fresh=True)
+        asked = True
+        if only:
+            return
+
+
+def same(fix: dict, wanted: dict) -> bool:
+    return (fix["kind"], fix["target"]) == (wanted.get("kind"), wanted.get("target"))
+
+
+def wait_for_install(project: Project) -> None:
+    """Defer while the install runs; fail with its own words when it ended badly."""
+    from recovery.errors import Defer
+    from recovery.models import Status
+
+    install = project.install_job
+    if install is None or install.status == Status.SUCCEEDED:
+        return
+    if not install.is_terminal:
+        raise Defer(f"Waiting for the install of {project.name} to finish.", seconds=2)
+    raise JobError(
+        f"The install of {project.name} stopped: {install.error_message or install.status}. "
+        "Press Retry on the install first (fix_project runs it for you).",
+        category=install.error_category or Category.UNKNOWN,
+    )

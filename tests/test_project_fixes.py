@@ -1,0 +1,185 @@
+"""Findings that lead somewhere: a ComfyUI that does not start says why in one line, a
+missing module is installed by the install itself, a dropped node type is brought back by
+pinning its pack, and fix_project applies what needs no choice (stand-in ComfyUI, local
+wheels, local git repos; the real ComfyUI's turn is tests/test_real_comfyui.py)."""
+
+import json
+from io import StringIO
+
+import pytest
+from django.core.management import call_command
+
+from comfyhub.projects import install, runtime
+from comfyhub.projects.models import Project, ProjectStatus
+from recovery.engine import run_foreground
+from recovery.models import Job
+from tests.fakecomfy import MAIN_PY, comfyui_repo, make_repo
+from tests.test_envs import write_pip_conf
+from tests.wheels import seed_wheels, write_wheel
+
+pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
+
+OLD = 'NODE_CLASS_MAPPINGS = {"OldSampler": object, "KeptNode": object}\n'
+NEW = 'NODE_CLASS_MAPPINGS = {"KeptNode": object}\n'
+
+
+@pytest.fixture(autouse=True)
+def wheels(settings, tmp_path, monkeypatch, project_dirs):
+    """An offline index: pip's seeds, PyYAML (module `yaml`) and `extra`."""
+    settings.PORT_RANGE = (4600, 4699)
+    folder = tmp_path / "wheels"
+    seed_wheels(folder)
+    write_wheel(folder, "PyYAML", "6.0", module="yaml")
+    write_wheel(folder, "extra", "1.0")
+    conf = dict(no_index="true", find_links=folder, extra_index_url="", constraint="")
+    write_pip_conf(tmp_path / "pip.conf", monkeypatch, **conf)
+    monkeypatch.setenv("UV_OFFLINE", "1")
+    return folder
+
+
+def comfy_needing(tmp_path, *modules: str) -> dict:
+    """A stand-in ComfyUI that imports `modules` first, after printing a page of noise."""
+    noise = "print('Total VRAM 24576 MB, total RAM 24000 MB\\n' * 40)\n"
+    imports = "".join(f"import {module}\n" for module in modules)
+    path, commits = make_repo(
+        tmp_path / "repos" / "ComfyUI",
+        {"main.py": noise + imports + MAIN_PY, "requirements.txt": "", "nodes.py": ""},
+        {"README.md": "fake\n"},
+    )
+    return {"repository": str(path), "commit": commits[0]}
+
+
+def build(name: str, comfy: dict, nodes=(), workflow=(), files=()) -> Project:
+    spec = {
+        "comfyui": comfy,
+        "nodes": list(nodes),
+        "models": [],
+        "files": list(files),
+        "workflow": {"nodes": list(workflow), "links": []},
+        "workflow_name": name,
+    }
+    project = install.create(name, spec)
+    run_foreground(project.install_job_id)
+    project.refresh_from_db()
+    return project
+
+
+def fix_json(*args: str) -> tuple[int, dict]:
+    out = StringIO()
+    try:
+        call_command("fix_project", *args, "--json", stdout=out)
+        code = 0
+    except SystemExit as exit:
+        code = exit.code
+    return code, json.loads(out.getvalue())
+
+
+def test_a_comfyui_that_exits_at_start_is_a_finding_led_by_its_exception_line(tmp_path):
+    project = build("Broken", comfy_needing(tmp_path, "not_on_any_index"))
+    error = project.last_check["comfyui_error"]
+    assert project.status == ProjectStatus.ATTENTION
+    assert error == {
+        "message": "ModuleNotFoundError: No module named 'not_on_any_index'",
+        "module": "not_on_any_index",
+    }
+    assert not project.last_check["fixes"]  # no index has it: nothing is offered
+
+
+def test_the_install_installs_the_distribution_of_a_missing_module_and_ends_ready(tmp_path):
+    project = build("Modules", comfy_needing(tmp_path, "yaml", "extra"))
+    log = project.install_log.read_text()
+    assert project.status == ProjectStatus.READY, project.last_check
+    assert "Install PyYAML, which provides the module yaml" in log
+    assert "round 2: Install extra, which provides the module extra" in log
+    assert project.last_check["comfyui_error"] is None
+
+
+def test_a_pack_failing_on_a_missing_module_is_offered_its_distribution(tmp_path):
+    pack, commits = make_repo(
+        tmp_path / "repos" / "needs-yaml", {"__init__.py": "import yaml\n"}, {"V": "2\n"}
+    )
+    node = {"repository": str(pack), "commit": commits[0]}
+    project = build("Pack", comfy_needing(tmp_path), nodes=[node])
+    # The install's check applied it: the pack imports and nothing is left to fix.
+    assert project.status == ProjectStatus.READY, project.last_check
+    assert "the pack needs-yaml does not import without it" in project.install_log.read_text()
+
+
+def test_a_module_of_comfyui_itself_is_never_installed_from_the_index(tmp_path):
+    pack, commits = make_repo(
+        tmp_path / "repos" / "too-new", {"__init__.py": "import nodes.v4_api\n"}, {"V": "2\n"}
+    )
+    project = build("TooNew", comfy_needing(tmp_path), nodes=[{"repository": str(pack)}])
+    assert project.status == ProjectStatus.ATTENTION
+    assert project.last_check["packs_failed"][0]["name"] == "too-new"
+    assert not [f for f in project.last_check["fixes"] if f["kind"] == "install_module"]
+
+
+def test_a_node_type_the_pack_dropped_is_offered_as_a_pin_and_fix_project_applies_it(tmp_path):
+    pack, commits = make_repo(tmp_path / "repos" / "dropping", {"__init__.py": OLD}, {})
+    commits.append(make_repo_commit(pack, NEW))
+    node = {"repository": str(pack), "commit": commits[-1], "node_types": ["OldSampler"]}
+    workflow = [{"id": 1, "type": "OldSampler", "mode": 0, "widgets_values": []}]
+    project = build("Old", comfy_needing(tmp_path), nodes=[node], workflow=workflow)
+    [pin] = [fix for fix in project.last_check["fixes"] if fix["kind"] == "pin_pack"]
+    assert pin["commit"] == commits[0] and pin["types"] == ["OldSampler"]
+    code, report = fix_json(project.slug)
+    assert code == 0 and report["status"] == "ready", report
+    assert [fix["kind"] for fix in report["applied"]] == ["pin_pack"]
+    assert Project.objects.get(pk=project.pk).restore_points.count() == 1
+
+
+def make_repo_commit(repo, init: str) -> str:
+    from tests.fakecomfy import commit_files
+
+    return commit_files(repo, {"__init__.py": init}, "drop OldSampler")
+
+
+def test_fix_project_refuses_a_file_the_project_does_not_need(tmp_path):
+    project = build("Plain", comfy_needing(tmp_path))
+    err = StringIO()
+    with pytest.raises(SystemExit) as exit:
+        call_command("fix_project", project.slug, "--without", "input/nope.png", stderr=err)
+    assert exit.value.code == 2
+    assert Project.objects.get(pk=project.pk).models_skipped == []
+
+
+def test_an_input_file_gone_without_is_no_longer_missing(tmp_path):
+    files = [{"path": "input/cat.png", "url": "", "sources": []}]
+    project = build("Inputs", comfy_needing(tmp_path), files=files)
+    assert project.status == ProjectStatus.FAILED  # no link: the install stops at it
+    code, report = fix_json(project.slug, "--without", "input/cat.png")
+    assert code == 0 and report["check"]["inputs_missing"] == [], report
+    assert report["status"] == "ready"
+
+
+def test_the_fix_button_queues_one_fix_job_and_refuses_a_fix_not_offered(client, tmp_path):
+    project = build("Page", comfy_needing(tmp_path, "not_on_any_index"))
+    url = f"/projects/{project.slug}/fix/"
+    assert client.get(url).status_code == 405
+    refused = client.post(url, {"kind": "pin_pack", "target": "https://example.org/x"})
+    assert refused.status_code == 400
+    assert client.post(url).status_code == 302
+    assert client.post(url).status_code == 302  # a double click joins the first
+    assert Job.objects.filter(kind="project_fix").count() == 1
+
+
+def test_the_page_leads_with_the_line_that_stopped_comfyui(client, tmp_path):
+    project = build("Shown", comfy_needing(tmp_path, "not_on_any_index"))
+    page = client.get(f"/projects/{project.slug}/").content.decode()
+    assert "ComfyUI does not start: <code>ModuleNotFoundError: No module named" in page
+    assert "Total VRAM" not in page.split("ComfyUI does not start")[1].split("</li>")[0]
+
+
+def test_the_exit_cause_is_the_last_tracebacks_exception_line(tmp_path, settings):
+    project = Project(name="x", slug="x")
+    project.run_log.write_text(
+        "Traceback (most recent call last):\n  File 'a.py'\nValueError: first\n\n"
+        "During handling of the above exception, another exception occurred:\n\n"
+        "Traceback (most recent call last):\n  File 'main.py', line 1\n    import cv2\n"
+        "ModuleNotFoundError: No module named 'cv2.gapi'\nshutting down\n"
+    )
+    assert runtime.exit_cause(project) == {
+        "message": "ModuleNotFoundError: No module named 'cv2.gapi'",
+        "module": "cv2.gapi",
+    }
