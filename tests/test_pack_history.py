@@ -9,7 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from comfyhub.projects import history, mirrors
+from comfyhub.projects import history, mirrors, restore, tools
+from comfyhub.projects.envs import PackRefused
+from comfyhub.projects.models import RestorePoint
+
+# folders (autouse): the projects and data folders in tmp_path, a port range of its own
+from tests.test_project_check import build, comfy, folders  # noqa: F401 (fixtures)
 
 START = 1_700_000_000  # commit i is dated START + i hours
 
@@ -144,7 +149,7 @@ def test_types_shaped_like_options_or_regexes_are_only_names(tmp_path, log):
     assert not list(tmp_path.rglob("pwned"))
 
 
-def test_search_uses_the_existing_mirror_without_its_origin(project_dirs, tmp_path, log):
+def test_search_uses_the_existing_mirror_without_its_origin(tmp_path, log):
     repo = tmp_path / "pack"
     commits = pack(repo, nodes("Old"), nodes("New"))
     mirrors.ensure(str(repo), "", log)
@@ -152,3 +157,52 @@ def test_search_uses_the_existing_mirror_without_its_origin(project_dirs, tmp_pa
     log.unlink()
     assert history.search(str(repo), ["Old"], log) == [found(commits, 0, "Old")]
     assert not any("clone" in line or "fetch" in line for line in commands(log))
+
+
+def rewritten(tmp_path: Path, install_py: str) -> tuple[str, list[str]]:
+    """A pack whose first commit defines OldSampler (and has `install_py`), its second
+    only NewSampler."""
+    repo = tmp_path / "repos" / "Rewritten-Nodes"
+    old = {"__init__.py": 'NODE_CLASS_MAPPINGS = {"OldSampler": object}\n'}
+    new = {"__init__.py": 'NODE_CLASS_MAPPINGS = {"NewSampler": object}\n'}
+    return str(repo), pack(repo, old | {"install.py": install_py}, new)
+
+
+def pinned(project, repository: str) -> tuple[str, str, str]:
+    """The pack's commit: checked out, in its pin, in the spec."""
+    folder = project.comfyui_dir / "custom_nodes" / "Rewritten-Nodes"
+    spec = next(n for n in project.spec["nodes"] if n["repository"] == repository)
+    return tools.head(folder, project.install_log), project.node_pins[0]["commit"], spec["commit"]
+
+
+@pytest.mark.e2e
+@pytest.mark.django_db(transaction=True)
+def test_pinning_a_pack_to_the_found_commit_installs_it_there_and_the_spec_keeps_it(
+    comfy,  # noqa: F811
+    tmp_path,
+):
+    marker = "import pathlib; pathlib.Path('installed.txt').write_text('old')\n"
+    repository, commits = rewritten(tmp_path, marker)
+    project = build("Pin", comfy, nodes=[{"repository": repository, "commit": commits[1]}])
+    [old] = history.search(repository, ["OldSampler"], project.install_log)
+    point = restore.pin_pack(project, repository, old["commit"])
+    project.refresh_from_db()
+    assert pinned(project, repository) == (commits[0],) * 3
+    assert (project.comfyui_dir / "custom_nodes/Rewritten-Nodes/installed.txt").is_file()
+    assert point.node_pins[0]["commit"] == commits[1]
+
+
+@pytest.mark.e2e
+@pytest.mark.django_db(transaction=True)
+def test_a_pin_whose_requirements_fail_raises_and_its_restore_point_rolls_it_back(
+    comfy,  # noqa: F811
+    tmp_path,
+):
+    repository, commits = rewritten(tmp_path, "raise SystemExit('no such wheel')\n")
+    project = build("Pin Fails", comfy, nodes=[{"repository": repository, "commit": commits[1]}])
+    with pytest.raises(PackRefused, match="no such wheel"):  # and its folder is gone
+        restore.pin_pack(project, repository, commits[0])
+    project.refresh_from_db()
+    assert project.spec["nodes"][0]["commit"] == commits[1]
+    restore.rollback(project, RestorePoint.objects.get(project=project))
+    assert pinned(project, repository) == (commits[1],) * 3
