@@ -13,9 +13,10 @@ The search is bounded, never a grep of every commit. It follows HEAD's first-par
 the default branch as it was published (a merge counts as one change against its first
 parent). Along that line the types a commit defines change only at a commit whose .py
 diff adds or removes a line naming one, and git's pickaxe (`log -G`) lists exactly those
-in one run. So HEAD and the first parents of those commits are the only candidates: a
-changing commit defines what its newer neighbour on the line defines, which is either the
-next candidate or HEAD. At most `limit` candidates are confirmed with `git grep`.
+in one run. So HEAD and the first parents of those commits are the only candidates: such
+a commit itself defines what the first parent of the next newer one (or HEAD) defines, a
+newer candidate already. At most `limit` candidates are confirmed with `git grep`, one run
+per candidate and type at worst; the walk stops at the first candidate defining them all.
 """
 
 import functools
@@ -34,7 +35,8 @@ ERE_SPECIAL = re.compile(r"([\\.\[\](){}*+?|^$])")
 
 def search(repository: str, types: list[str], log: Path) -> list[dict]:
     """`last_with` on the repository's mirror, fetched from the network only when there
-    is no mirror yet: old commits never change, so the mirror holds the answer."""
+    is no mirror yet: an installed pack was cloned from it, so it holds the history up to
+    the installed commit, and the commits before never change."""
     url = tools.check_repo(repository)
     mirror = mirrors.mirror_path(url)
     if not mirror.exists():
