@@ -54,8 +54,11 @@ def nodes(*types: str, other: str = "") -> dict[str, str]:
 
 
 def found(commits: list[str], index: int, *types: str) -> dict:
-    date = datetime.fromtimestamp(START + index * 3600, UTC).isoformat()
-    return {"commit": commits[index], "date": date, "types": list(types)}
+    return {"commit": commits[index], "date": dated(index), "types": list(types)}
+
+
+def dated(number: int) -> str:
+    return datetime.fromtimestamp(START + number * 3600, UTC).isoformat()
 
 
 def commands(log: Path) -> list[str]:
@@ -206,3 +209,19 @@ def test_a_pin_whose_requirements_fail_raises_and_its_restore_point_rolls_it_bac
     assert project.spec["nodes"][0]["commit"] == commits[1]
     restore.rollback(project, RestorePoint.objects.get(project=project))
     assert pinned(project, repository) == (commits[1],) * 3
+
+
+def test_a_type_from_a_merged_branch_is_found_at_the_merge_on_the_default_branch(tmp_path, log):
+    repo = tmp_path / "pack"
+    pack(repo, nodes("A"))
+    git(repo, 1, "checkout", "-q", "-b", "side")
+    (repo / "side.py").write_text("NODE_CLASS_MAPPINGS = {'B': object}\n")
+    git(repo, 1, "add", "-A")
+    git(repo, 1, "commit", "-q", "-m", "B on a branch")
+    git(repo, 2, "checkout", "-q", "main")
+    git(repo, 2, "merge", "-q", "--no-ff", "-m", "merge", "side")
+    merge = git(repo, 2, "rev-parse", "HEAD")
+    git(repo, 3, "rm", "-q", "side.py")
+    git(repo, 3, "commit", "-q", "-m", "B dropped")
+    expected = {"commit": merge, "date": dated(2), "types": ["B"]}
+    assert history.last_with(repo, ["B"], log) == [expected]
