@@ -6,6 +6,7 @@ from comfyhub.projects import envs, tools
 from comfyhub.projects.install import (
     from_registry,
     install_node,
+    install_pack_requirements,
     node_folder,
     pins_without,
 )
@@ -98,4 +99,20 @@ def reinstall(project: Project) -> RestorePoint:
     point = take(project, "re-install")
     job = Job.objects.create(kind="project_install", params={"project": project.pk})
     project.touch(install_job=job, status=ProjectStatus.INSTALLING)
+    return point
+
+
+def pin_pack(project: Project, repository: str, commit: str) -> RestorePoint:
+    """Move a git pack to `commit` (one that still defines node types a workflow needs)
+    and install its requirements there, after taking a restore point. The spec keeps the
+    pin, so a re-install does too; failing requirements raise with the point kept for a
+    rollback, and the spec, written only after they installed, keeps the old pin."""
+    point = set_node_commit(project, repository, commit)
+    pin = next(p for p in project.node_pins if p["repository"] == repository)
+    install_pack_requirements(project, project.comfyui_dir / "custom_nodes" / pin["name"])
+    nodes = [
+        {**node, "commit": commit} if node.get("repository") == repository else node
+        for node in project.spec.get("nodes", [])
+    ]
+    project.touch(spec={**project.spec, "nodes": nodes})
     return point
