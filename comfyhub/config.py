@@ -7,10 +7,12 @@ traceback.
 
 import base64
 import binascii
+import contextlib
 import ipaddress
 import os
 import re
 import secrets
+from datetime import UTC, date, datetime, time
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
@@ -98,6 +100,31 @@ def envchoice(name: str, default: str, pattern: str, form: str) -> str:
     if not re.fullmatch(pattern, raw):
         raise ConfigError(f"{name} must be {form} (got {raw!r})")
     return raw
+
+
+def envasof(name: str) -> str:
+    """`commit` (default), `latest`, or a cut-off given as an ISO date (the end of that
+    day, UTC) or datetime (UTC when it names no zone), as uv's --exclude-newer takes it:
+    2026-01-08T23:59:59Z."""
+    raw = env(name, "commit")
+    if raw.lower() in ("commit", "latest"):
+        return raw.lower()
+    with contextlib.suppress(ValueError):
+        return utc_stamp(datetime.combine(date.fromisoformat(raw), time(23, 59, 59), UTC))
+    try:
+        return utc_stamp(datetime.fromisoformat(raw))
+    except ValueError:
+        raise ConfigError(
+            f"{name} must be commit, latest, or an ISO date or datetime such as 2026-01-08 "
+            f"or 2026-01-08T21:47:02Z (got {raw!r})"
+        ) from None
+
+
+def utc_stamp(moment: datetime) -> str:
+    """`moment` (UTC when naive) as 2026-01-08T21:47:02Z."""
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def envnames(name: str, default: str) -> tuple[str, ...]:

@@ -6,6 +6,7 @@ from pathlib import Path
 from comfyhub.config import (
     database_from_url,
     env,
+    envasof,
     envbool,
     envchoice,
     envdir,
@@ -65,6 +66,9 @@ TORCH_BACKEND = envchoice(
 PROTECTED_PACKAGES = envnames(
     "COMFYHUB_PROTECTED_PACKAGES", "torch,torchvision,torchaudio,xformers"
 )
+# Packages as of a date (envs.as_of_for): `commit` = the pinned commits' date plus a day,
+# `latest` = no cut-off, or a date/datetime (normalized to 2026-01-08T23:59:59Z).
+RESOLVE_AS_OF = envasof("COMFYHUB_RESOLVE_AS_OF")
 
 # Where ComfyUI-Manager's data (extension-node-map.json, model-list.json) comes from when
 # the comfyui-manager package is not installed; cached in the data dir, refreshed by ETag.

@@ -33,6 +33,7 @@ def test_a_bad_port_stops_manage_py_with_one_line_naming_the_variable(tmp_path):
         ("COMFYHUB_INSTALLER", "conda"),
         ("COMFYHUB_TORCH_BACKEND", "cuda"),
         ("COMFYHUB_PROTECTED_PACKAGES", "torch,-e ./evil"),
+        ("COMFYHUB_RESOLVE_AS_OF", "last tuesday"),
     ],
 )
 def test_each_bad_value_is_named_in_the_error(tmp_path, name, value):
@@ -51,6 +52,22 @@ def test_envint_rejects_values_out_of_range(monkeypatch):
     monkeypatch.setenv("X_PORT", "70000")
     with pytest.raises(config.ConfigError, match="X_PORT must be an integer from 1 to 65535"):
         config.envint("X_PORT", 1, 1, 65535)
+
+
+@pytest.mark.parametrize(
+    ("value", "setting"),
+    [
+        ("", "commit"),
+        ("Latest", "latest"),
+        ("2026-01-08", "2026-01-08T23:59:59Z"),
+        ("2026-01-08T21:47:02Z", "2026-01-08T21:47:02Z"),
+        ("2026-01-08T23:47:02+02:00", "2026-01-08T21:47:02Z"),
+        ("2026-01-08T21:47", "2026-01-08T21:47:00Z"),
+    ],
+)
+def test_resolve_as_of_is_a_rule_or_a_utc_cut_off_uv_accepts(monkeypatch, value, setting):
+    monkeypatch.setenv("COMFYHUB_RESOLVE_AS_OF", value)
+    assert config.envasof("COMFYHUB_RESOLVE_AS_OF") == setting
 
 
 def test_database_url_becomes_a_postgres_entry():

@@ -11,6 +11,10 @@ the protected packages pinned, requirement files checked before anything install
 - After ComfyUI's requirements, the versions of `COMFYHUB_PROTECTED_PACKAGES` go into the
   project's constraints.txt, used by every later install. A pack whose requirements would
   change one of them is refused (dependency) before anything is installed.
+- Packages as of a date (`COMFYHUB_RESOLVE_AS_OF`, one home: `cut_off`): an old ComfyUI
+  with today's packages may not even start (a dependency stopped bringing another), so by
+  default every install resolves as the pinned commits' day saw the indexes: uv's
+  --exclude-newer, pip's --uploaded-prior-to, and the same for a pack's install.py.
 """
 
 import ast
@@ -22,12 +26,13 @@ import re
 import shlex
 import subprocess
 import sys
+from datetime import datetime, timedelta
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 from django.conf import settings
 
-from comfyhub.config import normalize
+from comfyhub.config import normalize, utc_stamp
 from comfyhub.projects import tools
 from comfyhub.projects.tools import python
 from recovery.classify import classify
@@ -46,6 +51,16 @@ NAME = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)\s*(\[[^\]]*\])?\s*(.*)$")
 INCLUDES = ("-r", "-c", "--requirement", "--constraint")
 INCLUDE = re.compile(r"^(-r|-c|--requirement=|--constraint=)(.+)$")
 LINE_OPTIONS = ("--hash", "--config-settings")
+# A commit's packages may be released a little after it (a fix the same evening, a time
+# zone away): its day plus this still counts as "as of the commit".
+GRACE = timedelta(days=1)
+# Undated mirrors: a configured file:// index or find-links folder publishes no upload
+# times, so under a cut-off uv drops every one of its files. With uv's default strategy
+# (the first index that has a package is the only one asked) a package such a mirror
+# holds then has no version at all; unsafe-best-match lets uv take it from the dated
+# indexes (PyPI) instead. It is what pip always does with its indexes, and it is used
+# only with a cut-off: without one, the first index keeps winning as configured.
+AS_OF_STRATEGY = "unsafe-best-match"
 
 
 class PackRefused(JobError):
@@ -158,8 +173,11 @@ class Installer:
     install, trial and sync gets the same torch flags, so a pack or a rollback resolves
     torch from where ComfyUI's requirements got it."""
 
-    def __init__(self, venv: Path, log: Path) -> None:
+    def __init__(self, venv: Path, log: Path, as_of: str = "", why: str = "") -> None:
+        """`as_of`: the cut-off of every install, trial and sync ("" = none, the latest
+        packages), `why` it is that one, for the install log (installer_for sets both)."""
         self.venv, self.log = venv, log
+        self.as_of, self.why = as_of, why
         self.config = pip_config()
         self.uv = uv_binary(log)
 
@@ -168,6 +186,8 @@ class Installer:
     ) -> tuple[str, str]:
         resolves = command[-1] in ("venv", "install", "sync")  # the rest take no index flags
         flags = uv_index_flags(self.config) if resolves else []
+        if command[-1] in ("install", "sync") and self.as_of:
+            flags += ["--exclude-newer", self.as_of, "--index-strategy", AS_OF_STRATEGY]
         argv = [self.uv, *command, *flags, *args]
         env = uv_environment(self.config)
         return tools.run_streams(argv, self.log, timeout=timeout, extra_env=env)
@@ -187,10 +207,29 @@ class Installer:
             ["venv"], "--seed", "--clear", "--python", sys.executable, str(self.venv), timeout=300
         )
 
+    def note_as_of(self) -> None:
+        why = f" ({self.why})" if self.why else ""
+        tools.append(self.log, f"== packages as of {self.as_of or 'today'}{why}")
+
+    def pip_as_of(self) -> tuple[str, ...]:
+        """pip's --uploaded-prior-to (pip 26 and later); an older pip cannot take a cut-off,
+        and the install log says so."""
+        if not self.as_of:
+            return ()
+        if pip_takes_dates(python(self.venv)):
+            return ("--uploaded-prior-to", self.as_of)
+        tools.append(
+            self.log,
+            f"== this venv's pip has no --uploaded-prior-to: packages as of {self.as_of} "
+            "could not be applied; it installs the latest",
+        )
+        return ()
+
     def install(self, requirements: Path, constraints: Path | None) -> None:
+        self.note_as_of()
         if not self.uv:
             pins = (constraints,) if constraints and constraints.is_file() else ()
-            tools.pip_install(self.venv, requirements, self.log, pins)
+            tools.pip_install(self.venv, requirements, self.log, pins, self.pip_as_of())
             return
         self.uv_run(
             ["pip", "install"],
@@ -235,7 +274,7 @@ class Installer:
     def pip_trial(self, requirements: Path, constraints: Path | None) -> dict[str, tuple[str, str]]:
         pip = [python(self.venv), "-m", "pip", "install", "--dry-run", "--quiet", "--report", "-"]
         said = tools.run(
-            [*pip, "-r", str(requirements), *self.limits(constraints)],
+            [*pip, *self.pip_as_of(), "-r", str(requirements), *self.limits(constraints)],
             self.log,
             timeout=tools.PIP_TIMEOUT,
         )
@@ -253,6 +292,7 @@ class Installer:
 
     def sync(self, frozen: Path) -> None:
         """Exactly the packages in `frozen`: extra ones removed, changed ones put back."""
+        self.note_as_of()
         if not self.uv:
             self.pip_sync(frozen)
             return
@@ -269,7 +309,7 @@ class Installer:
         if extra:
             uninstall = [python(self.venv), "-m", "pip", "uninstall", "--yes", *extra]
             tools.run(uninstall, self.log, timeout=tools.PIP_TIMEOUT)
-        tools.pip_install(self.venv, frozen, self.log)
+        tools.pip_install(self.venv, frozen, self.log, options=self.pip_as_of())
 
     def check(self) -> str:
         """`pip check`'s findings ("" when every requirement is met)."""
@@ -314,6 +354,86 @@ def uv_problem(binary: str) -> str:
     return ""
 
 
+@functools.cache
+def pip_takes_dates(interpreter: str) -> bool:
+    """Whether the pip of `interpreter` has --uploaded-prior-to; asked once per venv."""
+    try:
+        said = subprocess.run(
+            [interpreter, "-m", "pip", "install", "--help"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return "--uploaded-prior-to" in said
+
+
+def commit_date(folder: Path, log: Path) -> datetime | None:
+    """The committer date of `folder`'s HEAD; None when the folder is no git checkout of
+    its own (a pack unzipped from the Comfy Registry: git would answer for ComfyUI's)."""
+    if not (folder / ".git").exists():
+        return None
+    return datetime.fromisoformat(
+        tools.git(log, "log", "-1", "--format=%cI", "HEAD", cwd=folder).strip()
+    )
+
+
+def cut_off(project, folder: Path | None = None) -> tuple[str, str]:
+    """(The cut-off for installing into `project`'s venv, as uv takes it, "" for none; why,
+    for the install log.) ComfyUI's requirements by default (COMFYHUB_RESOLVE_AS_OF=commit)
+    resolve as of its commit's day plus GRACE; the pack in `folder`, as of the later of that
+    and its own commit's, since a pack newer than ComfyUI may need newer packages.
+    `latest` has no cut-off, and a date is used as given."""
+    rule = settings.RESOLVE_AS_OF
+    setting = f"COMFYHUB_RESOLVE_AS_OF={rule}"
+    if rule != "commit":
+        return ("" if rule == "latest" else rule), setting
+    log = project.install_log
+    comfyui = commit_date(project.comfyui_dir, log)
+    pack = commit_date(folder, log) if folder else None
+    if comfyui is None:
+        return "", f"{setting}, but ComfyUI's folder is no git checkout"
+    why = f"ComfyUI's commit of {comfyui:%Y-%m-%d}"
+    if pack is not None:
+        mine = f"{folder.name}'s commit of {pack:%Y-%m-%d}"
+        why = f"{mine}, later than {why}" if pack > comfyui else f"{why}, later than {mine}"
+    elif folder:
+        why += f" ({folder.name} is no git checkout)"
+    return utc_stamp(max(comfyui, pack or comfyui) + GRACE), f"{setting}: {why}, plus a day"
+
+
+def as_of_for(project, folder: Path | None = None) -> str:
+    """The cut-off for ComfyUI's requirements, or for the pack in `folder` ("" = none)."""
+    return cut_off(project, folder)[0]
+
+
+def installer_for(project, folder: Path | None = None) -> Installer:
+    """The Installer for `project`'s venv under ComfyUI's cut-off, or the pack's."""
+    return Installer(project.venv, project.install_log, *cut_off(project, folder))
+
+
+def as_of_environment(as_of: str) -> dict[str, str]:
+    """The cut-off for a uv or pip that a pack's install.py runs (a pip older than 26
+    ignores PIP_UPLOADED_PRIOR_TO)."""
+    if not as_of:
+        return {}
+    return {
+        "UV_EXCLUDE_NEWER": as_of,
+        "UV_INDEX_STRATEGY": AS_OF_STRATEGY,
+        "PIP_UPLOADED_PRIOR_TO": as_of,
+    }
+
+
+def restore_point_as_of(project, packs: list[Path]) -> str:
+    """The cut-off under which every package now in the venv resolves again: the latest of
+    ComfyUI's recorded one and each git pack's (a pack newer than ComfyUI may have brought
+    newer packages); "" when one of them had none."""
+    cut_offs = [project.resolved_as_of, *(as_of_for(project, folder) for folder in packs)]
+    return "" if "" in cut_offs else max(cut_offs)
+
+
 def frozen_versions(frozen: str) -> dict[str, str]:
     return {
         normalize(name): version
@@ -330,8 +450,9 @@ def make_venv(project) -> None:
 
 
 def install_comfyui(project) -> None:
-    """ComfyUI's requirements (torch picked here, once), then the protected pins."""
-    installer = Installer(project.venv, project.install_log)
+    """ComfyUI's requirements (torch picked here, once) as of its cut-off, recorded on the
+    project, then the protected pins."""
+    installer = installer_for(project)
     requirements = project.comfyui_dir / "requirements.txt"
     constraints = constraints_file(project)
     constraints.unlink(missing_ok=True)  # a re-run pins what this run installed
@@ -347,6 +468,7 @@ def install_comfyui(project) -> None:
         "# Protected packages (COMFYHUB_PROTECTED_PACKAGES) as ComfyUI's requirements left "
         "them; every later install in this project keeps them.\n" + "".join(pins)
     )
+    project.touch(resolved_as_of=installer.as_of)
 
 
 def install_pack(project, folder: Path) -> None:
@@ -355,7 +477,7 @@ def install_pack(project, folder: Path) -> None:
     requirements = folder / "requirements.txt"
     if not tools.has_lines(requirements):
         return
-    installer = Installer(project.venv, project.install_log)
+    installer = installer_for(project, folder)
     try:
         if refusal := refused_line(requirements, folder):
             raise JobError(f"{folder.name}: {refusal}", category=Category.VALIDATION)
@@ -376,16 +498,19 @@ def child_environment(project) -> dict[str, str]:
 
 
 def run_install_script(project, folder: Path) -> None:
-    """A pack's install.py, under the project's pins. When it fails as `dependency` (say,
+    """A pack's install.py, under the project's pins and the pack's cut-off (a uv or pip it
+    runs reads them from its environment). When it fails as `dependency` (say,
     its pip wanted another torch) the pack is left out like a refused requirements file
     (PackRefused); any other failure (network, disk) fails the step, to be retried."""
+    installer = installer_for(project, folder)
+    installer.note_as_of()
     try:
         tools.run(
             [python(project.venv), "install.py"],
             project.install_log,
             cwd=folder,
             timeout=tools.PIP_TIMEOUT,
-            extra_env=child_environment(project),
+            extra_env=child_environment(project) | as_of_environment(installer.as_of),
         )
     except subprocess.CalledProcessError as exc:
         failure = classify(exc)
@@ -430,9 +555,10 @@ def freeze(project) -> str:
     return Installer(project.venv, project.install_log).freeze()
 
 
-def restore(project, frozen: str) -> None:
-    """The venv back to exactly `frozen` (pip itself stays: install.py scripts need it)."""
-    installer = Installer(project.venv, project.install_log)
+def restore(project, frozen: str, as_of: str = "") -> None:
+    """The venv back to exactly `frozen` (pip itself stays: install.py scripts need it),
+    resolved under `as_of` (a restore point's cut-off)."""
+    installer = Installer(project.venv, project.install_log, as_of, "the restore point's")
     wanted = frozen_versions(frozen)
     current = frozen_versions(installer.freeze())
     seeds = [

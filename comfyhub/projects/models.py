@@ -109,6 +109,10 @@ class Project(models.Model):
     spec = models.JSONField(default=dict)
     comfyui_commit = models.CharField(max_length=40, blank=True)
     node_pins = models.JSONField(default=list, blank=True)
+    # The cut-off ComfyUI's requirements were resolved under (envs.as_of_for), as uv takes
+    # it (2026-01-08T21:47:02Z); "" = none, the latest packages. A rollback sets the
+    # restore point's.
+    resolved_as_of = models.CharField(max_length=20, blank=True)
     models_skipped = models.JSONField(default=list, blank=True)  # "dir/name" the user let go
     install_job = models.ForeignKey(
         Job, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
@@ -438,6 +442,9 @@ class RestorePoint(models.Model):
     comfyui_commit = models.CharField(max_length=40)
     node_pins = models.JSONField(default=list)
     pip_freeze = models.TextField(blank=True)
+    # The cut-off under which every package of pip_freeze resolves (restore.take); a
+    # rollback syncs under it. "" = none.
+    resolved_as_of = models.CharField(max_length=20, blank=True)
     created_at = models.DateTimeField(default=timezone.now)
 
     class Meta:

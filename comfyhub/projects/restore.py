@@ -16,12 +16,17 @@ from recovery.models import Category, Job
 
 
 def take(project: Project, reason: str) -> RestorePoint:
-    """A registry pack is recorded at its version (it has no git head)."""
+    """A registry pack is recorded at its version (it has no git head). The point keeps
+    the cut-off its packages resolve under, for the rollback's sync."""
     log = project.install_log
+    git_packs = [
+        project.comfyui_dir / "custom_nodes" / pin["name"]
+        for pin in project.node_pins
+        if not from_registry(pin)
+    ]
+    heads = {folder.name: tools.head(folder, log) for folder in git_packs}
     pins = [
-        pin
-        if from_registry(pin)
-        else {**pin, "commit": tools.head(project.comfyui_dir / "custom_nodes" / pin["name"], log)}
+        pin if from_registry(pin) else {**pin, "commit": heads[pin["name"]]}
         for pin in project.node_pins
     ]
     return RestorePoint.objects.create(
@@ -30,6 +35,7 @@ def take(project: Project, reason: str) -> RestorePoint:
         comfyui_commit=tools.head(project.comfyui_dir, log),
         node_pins=pins,
         pip_freeze=envs.freeze(project),
+        resolved_as_of=envs.restore_point_as_of(project, git_packs),
     )
 
 
@@ -70,7 +76,11 @@ def rollback(project: Project, point: RestorePoint) -> None:
             tools.clone(pin["repository"], folder, log, pin["commit"])
         tools.checkout(folder, pin["commit"], log)
     restore_packages(project, point)
-    project.touch(comfyui_commit=point.comfyui_commit, node_pins=point.node_pins)
+    project.touch(
+        comfyui_commit=point.comfyui_commit,
+        node_pins=point.node_pins,
+        resolved_as_of=point.resolved_as_of,
+    )
 
 
 def reinstall_registry_pack(project: Project, pin: dict) -> None:
@@ -81,7 +91,7 @@ def reinstall_registry_pack(project: Project, pin: dict) -> None:
 
 def restore_packages(project: Project, point: RestorePoint) -> None:
     if point.pip_freeze.strip():
-        envs.restore(project, point.pip_freeze)
+        envs.restore(project, point.pip_freeze, point.resolved_as_of)
 
 
 def add_node(project: Project, repository: str, commit: str = "") -> RestorePoint:

@@ -215,11 +215,15 @@ def make_venv(venv: Path, log: Path) -> None:
 
 
 def pip_install(
-    venv: Path, requirements: Path, log: Path, constraints: tuple[Path, ...] = ()
+    venv: Path,
+    requirements: Path,
+    log: Path,
+    constraints: tuple[Path, ...] = (),
+    options: tuple[str, ...] = (),
 ) -> None:
     """pip adds its own configured constraint files; `constraints` come on top."""
     if has_lines(requirements):
-        pip = [python(venv), "-m", "pip", "install", "--timeout", "60"]
+        pip = [python(venv), "-m", "pip", "install", "--timeout", "60", *options]
         limits = [arg for path in constraints for arg in ("-c", str(path))]
         run(
             [*pip, "-r", str(requirements), *limits],
