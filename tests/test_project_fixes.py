@@ -7,7 +7,7 @@ import json
 from io import StringIO
 
 import pytest
-from django.core.management import call_command
+from django.core.management import CommandError, call_command
 
 from comfyhub.projects import install, runtime
 from comfyhub.projects.models import Project, ProjectStatus
@@ -116,8 +116,9 @@ def test_a_module_of_comfyui_itself_is_never_installed_from_the_index(tmp_path):
 
 
 def test_a_node_type_the_pack_dropped_is_offered_as_a_pin_and_fix_project_applies_it(tmp_path):
-    pack, commits = make_repo(tmp_path / "repos" / "dropping", {"__init__.py": OLD}, {})
-    commits.append(make_repo_commit(pack, NEW))
+    pack, commits = make_repo(
+        tmp_path / "repos" / "dropping", {"__init__.py": OLD}, {"__init__.py": NEW}
+    )
     node = {"repository": str(pack), "commit": commits[-1], "node_types": ["OldSampler"]}
     workflow = [{"id": 1, "type": "OldSampler", "mode": 0, "widgets_values": []}]
     project = build("Old", comfy_needing(tmp_path), nodes=[node], workflow=workflow)
@@ -129,18 +130,11 @@ def test_a_node_type_the_pack_dropped_is_offered_as_a_pin_and_fix_project_applie
     assert Project.objects.get(pk=project.pk).restore_points.count() == 1
 
 
-def make_repo_commit(repo, init: str) -> str:
-    from tests.fakecomfy import commit_files
-
-    return commit_files(repo, {"__init__.py": init}, "drop OldSampler")
-
-
 def test_fix_project_refuses_a_file_the_project_does_not_need(tmp_path):
     project = build("Plain", comfy_needing(tmp_path))
-    err = StringIO()
-    with pytest.raises(SystemExit) as exit:
-        call_command("fix_project", project.slug, "--without", "input/nope.png", stderr=err)
-    assert exit.value.code == 2
+    with pytest.raises(CommandError, match="needs no file 'input/nope.png'") as refused:
+        call_command("fix_project", project.slug, "--without", "input/nope.png")
+    assert refused.value.returncode == 2
     assert Project.objects.get(pk=project.pk).models_skipped == []
 
 
