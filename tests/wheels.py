@@ -5,6 +5,8 @@ import hashlib
 import zipfile
 from pathlib import Path
 
+from tests.fileserver import LoopbackServer
+
 
 def record_line(name: str, data: bytes) -> str:
     digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
@@ -47,3 +49,43 @@ def seed_wheels(folder: Path) -> None:
     for wheel in bundled.glob("*.whl"):
         (folder / wheel.name).write_bytes(wheel.read_bytes())
     write_wheel(folder, "wheel", "0.45.0")
+
+
+class DatedIndex(LoopbackServer):
+    """A PEP 691 JSON simple index on loopback whose files carry their upload time (PEP
+    700), as PyPI's do: what uv's --exclude-newer reads, and what a find-links folder or a
+    file:// index cannot show."""
+
+    def __init__(self, folder: Path) -> None:
+        super().__init__()
+        self.folder = folder
+        self.uploaded: dict[str, str] = {}  # wheel file name -> its upload time
+
+    def add(self, name: str, version: str, uploaded: str) -> None:
+        self.uploaded[write_wheel(self.folder, name, version).name] = uploaded
+
+    def handle(self, h, record: dict) -> None:
+        kind, _, name = record["path"].strip("/").partition("/")
+        if kind == "files" and name in self.uploaded:
+            return self.reply(h, record, 200, (self.folder / name).read_bytes())
+        if kind == "simple" and name:
+            json_type = {"Content-Type": "application/vnd.pypi.simple.v1+json"}
+            return self.reply_json(h, record, 200, self.page(name), json_type)
+        self.reply(h, record, 404, b"not found\n")
+
+    def page(self, name: str) -> dict:
+        module = name.replace("-", "_")
+        files = [
+            {
+                "filename": wheel,
+                "url": self.url(f"files/{wheel}"),
+                "hashes": {
+                    "sha256": hashlib.sha256((self.folder / wheel).read_bytes()).hexdigest()
+                },
+                "upload-time": uploaded,
+            }
+            for wheel, uploaded in self.uploaded.items()
+            if wheel.startswith(f"{module}-")
+        ]
+        versions = sorted({file["filename"].split("-")[1] for file in files})
+        return {"meta": {"api-version": "1.1"}, "name": name, "versions": versions, "files": files}
