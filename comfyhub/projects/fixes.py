@@ -88,7 +88,7 @@ def module_fixes(project: Project, found: dict) -> list[dict]:
         name = distribution(module)
         if name in fixes:
             continue
-        if own_module(project, module) or not resolvable(project, name):
+        if own_module(project, module) or not resolvable(project, name, pack_dir(project, pack)):
             continue
         detail = f"Install {name}, which provides the module {module}: {why}."
         fixes[name] = {"kind": "install_module", "target": name, "module": module, "pack": pack}
@@ -104,16 +104,22 @@ def own_module(project: Project, module: str) -> bool:
     return (here / top).is_dir() or (here / f"{top}.py").is_file()
 
 
-def resolvable(project: Project, name: str) -> bool:
-    """Whether installing `name` resolves under the project's constraints and date and
-    leaves its protected packages as they are (uv's or pip's dry run)."""
+def pack_dir(project: Project, pack: str) -> Path | None:
+    """The folder of the pack a module fix is for (its date applies), None for ComfyUI."""
+    return project.comfyui_dir / "custom_nodes" / pack if project.has_pack(pack) else None
+
+
+def resolvable(project: Project, name: str, folder: Path | None) -> bool:
+    """Whether installing `name` resolves under the project's constraints and date (the
+    pack's in `folder`, else ComfyUI's) and leaves its protected packages as they are
+    (uv's or pip's dry run)."""
     if not DISTRIBUTION.match(name):
         return False
     wish = project.folder / "fix-requirements.txt"
     wish.write_text(f"{name}\n")
     try:
         envs.refuse_protected_changes(
-            envs.installer_for(project), wish, name, envs.constraints_file(project)
+            envs.installer_for(project, folder), wish, name, envs.constraints_file(project)
         )
     except (subprocess.CalledProcessError, JobError):
         tools.append(project.install_log, f"== no fix: {name} does not resolve here")
@@ -187,7 +193,7 @@ def apply(project: Project, fix: dict) -> None:
 
     tools.append(project.install_log, f"== fix: {fix['detail']}")
     if fix["kind"] == "install_module":
-        install_distribution(project, fix["target"])
+        install_distribution(project, fix["target"], pack_dir(project, fix.get("pack", "")))
     elif fix["kind"] == "pin_pack":
         restore.pin_pack(project, fix["target"], fix["commit"])
     elif fix["kind"] == "install_pack":
@@ -196,12 +202,12 @@ def apply(project: Project, fix: dict) -> None:
         raise JobError(f"A {fix['kind']} fix needs your choice.", category=Category.VALIDATION)
 
 
-def install_distribution(project: Project, name: str) -> None:
+def install_distribution(project: Project, name: str, folder: Path | None) -> None:
     if not DISTRIBUTION.match(name):
         raise JobError(f"{name!r} is no distribution name.", category=Category.VALIDATION)
     wish = project.folder / "fix-requirements.txt"
     wish.write_text(f"{name}\n")
-    envs.installer_for(project).install(wish, envs.constraints_file(project))
+    envs.installer_for(project, folder).install(wish, envs.constraints_file(project))
 
 
 def needing_no_choice(found: dict, done: list[dict]) -> list[dict]:
