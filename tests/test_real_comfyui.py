@@ -127,7 +127,7 @@ def real(settings, transactional_db, github, real_folders):
     settings.PROJECTS_DIR = real_folders / "projects"
     settings.MODELS_DIR = real_folders / "models"
     settings.ALLOW_LOCAL_REPOS = False
-    settings.PORT_RANGE = (4900, 4999)
+    settings.PORT_RANGE = (4600, 4699)  # no other test file uses it
     settings.RECOVERY_BACKOFF_SCALE = 0
     yield github
     for project in Project.objects.all():
