@@ -10,6 +10,7 @@ it changes, and local repositories stay refused (no COMFYHUB_ALLOW_LOCAL_REPOS).
 
 import contextlib
 import os
+import signal
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,7 +24,6 @@ BUNDLES = {
 }
 COMFYUI = "https://github.com/comfyanonymous/ComfyUI.git"
 GGUF = "https://github.com/city96/ComfyUI-GGUF"
-CUSTOM_SCRIPTS = "https://github.com/pythongosssss/ComfyUI-Custom-Scripts"
 GIT_MAPPING = ("GIT_CONFIG_COUNT", "GIT_CONFIG_KEY_0", "GIT_CONFIG_VALUE_0")
 
 
@@ -102,14 +102,13 @@ def remote_commit(url: str, ref: str) -> str:
     return listed[-1].split()[0]
 
 
-def processes_under(folder: Path) -> list[int]:
-    """PIDs whose command line names a path inside `folder` (a project's ComfyUI and its
-    log pump both do): what a failed test may have left running."""
-    found, needle = [], str(folder).encode()
+def kill_processes_under(folder: Path) -> None:
+    """SIGKILL every process whose command line names a path inside `folder` (a project's
+    ComfyUI and its log pump both do): what a failed test may have left running."""
+    needle = str(folder).encode()
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit() or int(entry.name) == os.getpid():
             continue
         with contextlib.suppress(OSError):
             if needle in (entry / "cmdline").read_bytes():
-                found.append(int(entry.name))
-    return found
+                os.kill(int(entry.name), signal.SIGKILL)

@@ -8,11 +8,8 @@ these in file order, so the order below is the cheap one: the three projects res
 of ComfyUI's commit first, the one resolved at today's versions last.
 """
 
-import contextlib
 import json
-import os
 import shutil
-import signal
 import subprocess
 from io import StringIO
 
@@ -27,8 +24,8 @@ from tests.realcomfy import (
     COMFYUI,
     GGUF,
     bundles_dir,
+    kill_processes_under,
     missing_bundles,
-    processes_under,
     real_github,
     remote_commit,
 )
@@ -106,9 +103,7 @@ def real_folders(tmp_path_factory):
     for name in ("data", "projects", "models"):
         (root / name).mkdir()
     yield root
-    for pid in processes_under(root):
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
+    kill_processes_under(root)
     shutil.rmtree(root, ignore_errors=True)  # ~6 GB of cache: not kept with old basetemps
 
 
@@ -130,11 +125,11 @@ def real(settings, transactional_db, github, real_folders):
     settings.PORT_RANGE = (4600, 4699)  # no other test file uses it
     settings.RECOVERY_BACKOFF_SCALE = 0
     yield github
-    for project in Project.objects.all():
-        runtime.delete(project)
-    for pid in processes_under(settings.PROJECTS_DIR):
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
+    try:
+        for project in Project.objects.all():
+            runtime.delete(project)
+    finally:
+        kill_processes_under(settings.PROJECTS_DIR)
 
 
 def node(node_id: int, node_type: str, *values) -> dict:
