@@ -95,7 +95,9 @@ def line(label: str, seconds: float, goal: str = "", note: str = "") -> None:
 def outcome(report: dict) -> str:
     if report["ok"]:
         return "ok"
-    return f"not ok: {report['error']['message'] if report['error'] else report}"
+    if report["error"]:
+        return f"not ok: {report['error']['message'].splitlines()[-1]}"
+    return f"not ok: {report}"
 
 
 def checks(project: Project) -> None:
@@ -118,6 +120,9 @@ def main() -> None:
     if bundles is None:
         sys.exit(missing_bundles())
     call_command("migrate", verbosity=0)
+    # Off the default range, which test suites running beside the bench use: a port taken
+    # between its choice and ComfyUI's bind would be answered by someone else's server.
+    settings.PORT_RANGE = (4500, 4599)
     times: dict[str, float] = {}
     timing_steps(times)
     with real_github(Path(settings.DATA_DIR) / "github", bundles).mapped():
