@@ -187,6 +187,8 @@ def test_a_core_workflow_on_comfyui_v0_8_0_ends_ready_with_the_default_settings(
     assert project.last_check["ok"] and project.last_check["node_types_missing"] == []
     assert project.comfyui_commit == comfyui
     assert project.resolved_as_of.startswith("2026-01-0")
+    # The packages of ComfyUI's date start it: no module had to be installed after.
+    assert "== fix:" not in project.install_log.read_text()
 
 
 def test_the_real_gguf_pack_installs_its_requirements_and_a_broken_pack_shows_its_error(
