@@ -115,7 +115,9 @@ def test_a_module_of_comfyui_itself_is_never_installed_from_the_index(tmp_path):
     assert not [f for f in project.last_check["fixes"] if f["kind"] == "install_module"]
 
 
-def test_a_node_type_the_pack_dropped_is_offered_as_a_pin_and_fix_project_applies_it(tmp_path):
+def test_a_node_type_the_pack_dropped_is_offered_as_a_pin_and_fix_project_applies_it(
+    client, tmp_path
+):
     pack, commits = make_repo(
         tmp_path / "repos" / "dropping", {"__init__.py": OLD}, {"__init__.py": NEW}
     )
@@ -124,6 +126,9 @@ def test_a_node_type_the_pack_dropped_is_offered_as_a_pin_and_fix_project_applie
     project = build("Old", comfy_needing(tmp_path), nodes=[node], workflow=workflow)
     [pin] = [fix for fix in project.last_check["fixes"] if fix["kind"] == "pin_pack"]
     assert pin["commit"] == commits[0] and pin["types"] == ["OldSampler"]
+    page = client.get(f"/projects/{project.slug}/").content.decode()
+    assert "Fix all</button>" in page and "Pin it</button>" in page
+    assert f"Pin dropping to {commits[0][:12]}" in page
     code, report = fix_json(project.slug)
     assert code == 0 and report["status"] == "ready", report
     assert [fix["kind"] for fix in report["applied"]] == ["pin_pack"]
