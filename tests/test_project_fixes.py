@@ -182,3 +182,31 @@ def test_the_exit_cause_is_the_last_tracebacks_exception_line(tmp_path, settings
         "message": "ModuleNotFoundError: No module named 'cv2.gapi'",
         "module": "cv2.gapi",
     }
+
+
+def test_a_module_whose_distribution_is_installed_already_is_not_offered_again(tmp_path):
+    project = build("Half", comfy_needing(tmp_path, "extra.missing_part"))
+    error = project.last_check["comfyui_error"]
+    assert project.status == ProjectStatus.ATTENTION
+    assert error["module"] == "extra.missing_part"  # `extra` came in round 1
+    assert project.last_check["fixes"] == []
+
+
+def test_a_pin_that_loses_another_type_is_a_choice_applied_by_its_own_button(client, tmp_path):
+    only_a = 'NODE_CLASS_MAPPINGS = {"TypeA": object}\n'
+    only_b = 'NODE_CLASS_MAPPINGS = {"TypeB": object}\n'
+    pack, commits = make_repo(
+        tmp_path / "repos" / "split", {"__init__.py": only_a}, {"__init__.py": only_b}
+    )
+    node = {"repository": str(pack), "commit": commits[1], "node_types": ["TypeA", "TypeB"]}
+    workflow = [{"id": 1, "type": "TypeA", "mode": 0}, {"id": 2, "type": "TypeB", "mode": 0}]
+    project = build("Split", comfy_needing(tmp_path), nodes=[node], workflow=workflow)
+    [pin] = [fix for fix in project.last_check["fixes"] if fix["kind"] == "pin_pack"]
+    assert pin["commit"] == commits[0] and not pin["auto"]  # a choice: TypeB goes
+    assert pin["detail"].endswith("it lacks TypeB, which this workflow also uses.")
+    fields = {"kind": "pin_pack", "target": str(pack), "commit": commits[0]}
+    assert client.post(f"/projects/{project.slug}/fix/", fields).status_code == 302
+    run_foreground(Job.objects.get(kind="project_fix").pk)
+    project.refresh_from_db()
+    assert project.node_pins[0]["commit"] == commits[0]
+    assert project.last_check["node_types_missing"] == ["TypeB"]

@@ -20,7 +20,8 @@ import re
 import subprocess
 from pathlib import Path
 
-from comfyhub.projects import envs, history, tools
+from comfyhub.config import normalize
+from comfyhub.projects import envs, history, mirrors, tools
 from comfyhub.projects.models import Project, model_key, sources_of
 from comfyhub.projects.runtime import NO_MODULE
 from recovery.errors import JobError
@@ -84,9 +85,11 @@ def module_fixes(project: Project, found: dict) -> list[dict]:
             why = f"the pack {pack['name']} does not import without it"
             needs.append((match["module"], why, pack["name"]))
     fixes: dict[str, dict] = {}
+    installed = envs.frozen_versions(envs.freeze(project)) if needs else {}
     for module, why, pack in needs:
         name = distribution(module)
-        if name in fixes:
+        # Installed already: it is there and broken (or the name is wrong); no install helps.
+        if name in fixes or normalize(name) in installed:
             continue
         if own_module(project, module) or not resolvable(project, name, pack_dir(project, pack)):
             continue
@@ -131,10 +134,12 @@ def node_fixes(project: Project, found: dict) -> list[dict]:
     """For missing node types: `install_pack` for a known pack that is not installed,
     `pin_pack` for an installed git pack whose history still has them."""
     providers = found.get("providers", {})
+    left_out = {pack["name"] for pack in found.get("packs_failed", [])}  # installing fails again
     pins = {pin["repository"].lower(): pin for pin in project.node_pins if pin.get("repository")}
     wanted: dict[str, list[str]] = {}
     for node_type in found.get("node_types_missing", []):
-        if repository := providers.get(node_type):
+        repository = providers.get(node_type)
+        if repository and repository not in left_out:
             wanted.setdefault(repository, []).append(node_type)
     fixes = []
     for repository, types in wanted.items():
@@ -149,25 +154,41 @@ def node_fixes(project: Project, found: dict) -> list[dict]:
 
 
 def pin_fixes(project: Project, pin: dict, types: list[str]) -> list[dict]:
-    """One `pin_pack` per commit that brings back some of `types` (one when a single
-    commit has them all); none when the pack never had them."""
+    """One `pin_pack` per commit that brings back some of `types`; none when the pack never
+    had them. The newest commit with every type the workflow uses of this pack (the
+    missing ones and those it has now) needs no choice; a commit that brings some back
+    but loses others says which, and is the user's choice."""
+    used = sorted({*types, *pack_types(project, pin["repository"])})
+    log = project.install_log
     try:
-        found = history.search(pin["repository"], types, project.install_log)
+        whole = history.search(pin["repository"], used, log)
+        found = whole if len(whole) == 1 else history.search(pin["repository"], types, log)
     except (subprocess.CalledProcessError, JobError):
         return []
     fixes = []
     for entry in found:
         if entry["commit"] == pin["commit"]:
             continue  # the installed version has them: it did not load them (packs_failed)
-        name = Path(pin["name"]).name
-        day = entry["date"][:10]
+        lost = [t for t in used if t not in entry["types"] and not defines(pin, entry, t, log)]
         detail = (
-            f"Pin {name} to {entry['commit'][:12]} ({day}), the last version with "
-            f"{', '.join(entry['types'])}."
+            f"Pin {pin['name']} to {entry['commit'][:12]} ({entry['date'][:10]}), the last "
+            f"version with {', '.join(t for t in entry['types'] if t in types)}"
         )
+        detail += f"; it lacks {', '.join(lost)}, which this workflow also uses." if lost else "."
         fixes.append({"kind": "pin_pack", "target": pin["repository"], **entry})
-        fixes[-1] |= {"detail": detail, "auto": len(found) == 1}
+        fixes[-1] |= {"detail": detail, "auto": len(found) == 1 and not lost}
     return fixes
+
+
+def pack_types(project: Project, repository: str) -> list[str]:
+    """The node types the spec says this workflow uses of the pack."""
+    nodes = project.spec.get("nodes", [])
+    return [t for n in nodes if n.get("repository") == repository for t in n.get("node_types", [])]
+
+
+def defines(pin: dict, entry: dict, node_type: str, log: Path) -> bool:
+    mirror = mirrors.mirror_path(pin["repository"])
+    return history.defined(mirror, entry["commit"], node_type, log)
 
 
 def file_fixes(project: Project, found: dict) -> list[dict]:
@@ -212,12 +233,12 @@ def install_distribution(project: Project, name: str, folder: Path | None) -> No
 
 def needing_no_choice(found: dict, done: list[dict]) -> list[dict]:
     """The fixes of `found` that need no choice and are not among `done`."""
+    return not_done([fix for fix in found.get("fixes", []) if fix.get("auto")], done)
+
+
+def not_done(fixes: list[dict], done: list[dict]) -> list[dict]:
     seen = {(fix["kind"], fix["target"]) for fix in done}
-    return [
-        fix
-        for fix in found.get("fixes", [])
-        if fix.get("auto") and (fix["kind"], fix["target"]) not in seen
-    ]
+    return [fix for fix in fixes if (fix["kind"], fix["target"]) not in seen]
 
 
 def public(fix: dict) -> dict:
@@ -236,8 +257,10 @@ def fix_all(project: Project, job) -> None:
     only = job.params.get("only")
     asked = False
     for _ in range(FIX_ROUNDS):
-        todo = needing_no_choice(project.last_check, applied)
-        todo = [fix for fix in todo if not only or same(fix, only)]
+        if only:
+            todo = not_done(project.chosen_fixes(only), applied)
+        else:
+            todo = needing_no_choice(project.last_check, applied)
         if asked and not todo:
             return
         runtime.stop(project)
@@ -249,10 +272,6 @@ def fix_all(project: Project, job) -> None:
         asked = True
         if only:
             return
-
-
-def same(fix: dict, wanted: dict) -> bool:
-    return (fix["kind"], fix["target"]) == (wanted.get("kind"), wanted.get("target"))
 
 
 def wait_for_install(project: Project) -> None:

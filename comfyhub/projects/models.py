@@ -60,6 +60,10 @@ RUNTIME_KINDS = (
 )
 UNDER_WAY = (Status.QUEUED, Status.RUNNING, Status.WAITING)
 
+# The fixes a check offers that ComfyHub carries out itself (comfyhub.projects.fixes); the
+# others (download, go_without) are the user's choice, made on the Models list.
+APPLIED_FIXES = ("install_module", "pin_pack", "install_pack")
+
 # Slugs that would collide with the pages under /projects/.
 RESERVED_SLUGS = frozenset({"new", "import"})
 
@@ -244,11 +248,12 @@ class Project(models.Model):
     def auto_fixes(self) -> list[dict]:
         return self.fixes(auto=True)
 
-    def offers_fix(self, wanted: dict) -> bool:
-        """Whether the last check offered the fix that needs no choice named by `wanted`
-        ({"kind", "target"})."""
-        key = (wanted.get("kind"), wanted.get("target"))
-        return any((fix["kind"], fix["target"]) == key for fix in self.fixes(auto=True))
+    def chosen_fixes(self, wanted: dict) -> list[dict]:
+        """The fixes of the last check that ComfyHub can carry out (APPLIED_FIXES) named by
+        `wanted` ({"kind", "target"}, and "commit" to pick one of several pins)."""
+        return [
+            fix for fix in self.fixes() if fix["kind"] in APPLIED_FIXES and fix_matches(fix, wanted)
+        ]
 
     def finish_install(self) -> bool:
         """Run an install that stopped (failed or cancelled) again; False when it ended
@@ -389,6 +394,11 @@ class Project(models.Model):
         for name, value in fields.items():
             setattr(self, name, value)
         self.save(update_fields=list(fields))
+
+
+def fix_matches(fix: dict, wanted: dict) -> bool:
+    same = (fix["kind"], fix["target"]) == (wanted.get("kind"), wanted.get("target"))
+    return same and (not wanted.get("commit") or fix.get("commit") == wanted["commit"])
 
 
 def present(model: dict) -> bool:

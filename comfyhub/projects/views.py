@@ -288,8 +288,8 @@ def fix(request: HttpRequest, slug: str) -> HttpResponse:
     """Apply the fixes of the last check that need no choice ("Fix all"), or the one
     named by `kind` and `target`; an install that stopped is run again first."""
     project = project_or_404(slug)
-    only = {"kind": request.POST.get("kind", ""), "target": request.POST.get("target", "")}
-    if only["kind"] and not project.offers_fix(only):
+    only = {key: request.POST.get(key, "") for key in ("kind", "target", "commit")}
+    if only["kind"] and not project.chosen_fixes(only):
         return problem(request, project, "The last check offers no such fix: check again.")
     if project.install_job and not project.install_job.is_terminal:
         return problem(request, project, project.why_not_checkable())
