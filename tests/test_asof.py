@@ -58,7 +58,8 @@ def test_comfyuis_requirements_resolve_as_of_its_commit_plus_a_day(wheels, comfy
     project = build("Dated", comfy)
     assert project.resolved_as_of == "2026-01-08T21:47:02Z"
     [line] = install_lines(project)
-    assert "--exclude-newer 2026-01-08T21:47:02Z --index-strategy unsafe-best-match" in line
+    assert "--exclude-newer 2026-01-08T21:47:02Z" in line
+    assert "--index-strategy" not in line  # no undated index: uv's first-index guard stays
     why = "(COMFYHUB_RESOLVE_AS_OF=commit: ComfyUI's commit of 2026-01-07, plus a day)"
     assert f"== packages as of 2026-01-08T21:47:02Z {why}" in project.install_log.read_text()
 
@@ -123,7 +124,7 @@ def test_a_packs_install_py_sees_the_cut_off_in_its_environment(wheels, comfy, t
     script = f"import json, os\njson.dump({values}, open({str(seen)!r}, 'w'))\n"
     build("Scripted", comfy, [pack(tmp_path, "Script-Nodes", "extra\n", **{"install.py": script})])
     as_of, strategy, pip_as_of, constraint = json.loads(seen.read_text())
-    assert as_of == pip_as_of == "2026-01-08T21:47:02Z" and strategy == "unsafe-best-match"
+    assert as_of == pip_as_of == "2026-01-08T21:47:02Z" and strategy is None
     assert constraint.endswith("constraints.txt")
 
 
@@ -157,3 +158,14 @@ def test_a_pip_that_knows_upload_dates_gets_them_and_an_older_one_says_it_cannot
         "packages as of 2026-01-08T21:47:02Z could not be applied"
         in project.install_log.read_text()
     )
+
+
+def test_an_undated_file_index_lets_uv_look_past_it_under_a_cut_off(tmp_path, monkeypatch):
+    conf = dict(extra_index_url="file:///opt/pypi/simple https://mirror.example/simple")
+    write_pip_conf(tmp_path / "pip.conf", monkeypatch, **conf)
+    assert envs.undated_index(envs.pip_config())
+    assert envs.as_of_environment("2026-01-08T21:47:02Z")["UV_INDEX_STRATEGY"] == (
+        "unsafe-best-match"
+    )
+    write_pip_conf(tmp_path / "dated.conf", monkeypatch, index_url="https://mirror.example/simple")
+    assert "UV_INDEX_STRATEGY" not in envs.as_of_environment("2026-01-08T21:47:02Z")

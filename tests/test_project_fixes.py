@@ -210,3 +210,65 @@ def test_a_pin_that_loses_another_type_is_a_choice_applied_by_its_own_button(cli
     project.refresh_from_db()
     assert project.node_pins[0]["commit"] == commits[0]
     assert project.last_check["node_types_missing"] == ["TypeB"]
+
+
+def test_fix_all_on_a_project_whose_install_job_was_pruned_never_installs_again(
+    client, tmp_path
+):
+    project = build("Pruned", comfy_needing(tmp_path))
+    mine = project.comfyui_dir / "output" / "my_render.png"
+    mine.parent.mkdir(parents=True, exist_ok=True)
+    mine.write_bytes(b"the user's picture")
+    project.install_job.delete()  # pruned after the retention: install_job is NULL
+    assert client.post(f"/projects/{project.slug}/fix/").status_code == 302
+    assert not Job.objects.filter(kind="project_install").exists()
+    assert mine.read_bytes() == b"the user's picture"
+
+
+def test_fix_project_ends_with_a_plain_error_when_the_install_is_paused(tmp_path):
+    project = build("Paused", comfy_needing(tmp_path))
+    Job.objects.filter(pk=project.install_job_id).update(status="paused")
+    code, report = fix_json(project.slug)
+    assert code == 1
+    assert "is paused; resume it" in report["check"]["error"]["message"]
+
+
+def test_a_packs_own_module_is_never_installed_from_the_index(wheels, tmp_path):
+    write_wheel(wheels, "utils", "1.0")  # a real name on PyPI, unrelated to the pack
+    pack, _ = make_repo(
+        tmp_path / "repos" / "own-utils",
+        {"__init__.py": "import utils\n", "utils.py": "X = 1\n"},
+        {"V": "2\n"},
+    )
+    project = build("OwnUtils", comfy_needing(tmp_path), nodes=[{"repository": str(pack)}])
+    assert project.status == ProjectStatus.ATTENTION
+    assert "No module named 'utils'" in project.last_check["packs_failed"][0]["error"]
+    assert project.last_check["fixes"] == []
+
+
+def test_fix_all_does_not_join_a_fix_of_one_pin_under_way(client, tmp_path):
+    project = build("Two", comfy_needing(tmp_path))
+    only = {"kind": "pin_pack", "target": "x", "commit": ""}
+    project.queue_job("project_fix", dispatch=False, only=only)
+    assert client.post(f"/projects/{project.slug}/fix/").status_code == 302
+    assert Job.objects.filter(kind="project_fix").count() == 2
+
+
+def test_a_pin_to_a_commit_the_packs_clone_lacks_is_fetched_from_the_mirror(tmp_path):
+    from comfyhub.projects import mirrors
+    from tests.fakecomfy import commit_files
+
+    pack, commits = make_repo(
+        tmp_path / "repos" / "comeback", {"__init__.py": OLD}, {"__init__.py": NEW}
+    )
+    node = {"repository": str(pack), "commit": commits[1], "node_types": ["OldSampler"]}
+    workflow = [{"id": 1, "type": "OldSampler", "mode": 0}]
+    project = build("Comeback", comfy_needing(tmp_path), nodes=[node], workflow=workflow)
+    back = commit_files(pack, {"__init__.py": OLD}, "OldSampler is back")
+    commit_files(pack, {"__init__.py": NEW}, "and gone again")
+    mirrors.ensure(str(pack), back, project.install_log)  # another project fetched it
+    with pytest.raises(SystemExit):  # still attention; its pin is now the newer commit
+        call_command("check_project", project.slug, stdout=StringIO())
+    code, report = fix_json(project.slug)
+    assert code == 0, report
+    assert Project.objects.get(pk=project.pk).node_pins[0]["commit"] == back

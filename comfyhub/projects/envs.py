@@ -54,12 +54,13 @@ LINE_OPTIONS = ("--hash", "--config-settings")
 # A commit's packages may be released a little after it (a fix the same evening, a time
 # zone away): its day plus this still counts as "as of the commit".
 GRACE = timedelta(days=1)
-# Undated mirrors: a configured file:// index or find-links folder publishes no upload
-# times, so under a cut-off uv drops every one of its files. With uv's default strategy
-# (the first index that has a package is the only one asked) a package such a mirror
-# holds then has no version at all; unsafe-best-match lets uv take it from the dated
-# indexes (PyPI) instead. It is what pip always does with its indexes, and it is used
-# only with a cut-off: without one, the first index keeps winning as configured.
+# Undated mirrors: a configured file:// index publishes no upload times, so under a
+# cut-off uv drops every one of its files (a find-links folder's it keeps). With uv's
+# default strategy (the first index that has a package is the only one asked) a package
+# such a mirror holds then has no version at all; unsafe-best-match lets uv take it from
+# the dated indexes (PyPI) instead. It is what pip always does with its indexes; it is
+# used only with a cut-off and such an index (undated_index), as it gives up uv's
+# first-index guard against a look-alike on another index.
 AS_OF_STRATEGY = "unsafe-best-match"
 
 
@@ -187,7 +188,8 @@ class Installer:
         resolves = command[-1] in ("venv", "install", "sync")  # the rest take no index flags
         flags = uv_index_flags(self.config) if resolves else []
         if command[-1] in ("install", "sync") and self.as_of:
-            flags += ["--exclude-newer", self.as_of, "--index-strategy", AS_OF_STRATEGY]
+            flags += ["--exclude-newer", self.as_of]
+            flags += ["--index-strategy", AS_OF_STRATEGY] if undated_index(self.config) else []
         argv = [self.uv, *command, *flags, *args]
         env = uv_environment(self.config)
         return tools.run_streams(argv, self.log, timeout=timeout, extra_env=env)
@@ -401,7 +403,8 @@ def cut_off(project, folder: Path | None = None) -> tuple[str, str]:
         why = f"{mine}, later than {why}" if pack > comfyui else f"{why}, later than {mine}"
     elif folder:
         why += f" ({folder.name} is no git checkout)"
-    return utc_stamp(max(comfyui, pack or comfyui) + GRACE), f"{setting}: {why}, plus a day"
+    grace = "plus a day" if GRACE.days == 1 else f"plus {GRACE.days} days"
+    return utc_stamp(max(comfyui, pack or comfyui) + GRACE), f"{setting}: {why}, {grace}"
 
 
 def as_of_for(project, folder: Path | None = None) -> str:
@@ -419,11 +422,16 @@ def as_of_environment(as_of: str) -> dict[str, str]:
     ignores PIP_UPLOADED_PRIOR_TO)."""
     if not as_of:
         return {}
-    return {
-        "UV_EXCLUDE_NEWER": as_of,
-        "UV_INDEX_STRATEGY": AS_OF_STRATEGY,
-        "PIP_UPLOADED_PRIOR_TO": as_of,
-    }
+    env = {"UV_EXCLUDE_NEWER": as_of, "PIP_UPLOADED_PRIOR_TO": as_of}
+    if undated_index(pip_config()):
+        env["UV_INDEX_STRATEGY"] = AS_OF_STRATEGY
+    return env
+
+
+def undated_index(config: dict[str, str]) -> bool:
+    """Whether pip's configuration names a file:// index (no upload times: AS_OF_STRATEGY)."""
+    urls = [config.get("index-url", ""), *config.get("extra-index-url", "").split()]
+    return any(url.lower().startswith("file:") for url in urls)
 
 
 def restore_point_as_of(project, packs: list[Path]) -> str:

@@ -24,8 +24,8 @@ from comfyhub.config import normalize
 from comfyhub.projects import envs, history, mirrors, tools
 from comfyhub.projects.models import Project, model_key, sources_of
 from comfyhub.projects.runtime import NO_MODULE
-from recovery.errors import JobError
-from recovery.models import Category
+from recovery.errors import Defer, JobError
+from recovery.models import Category, Status
 
 # Import names whose distribution is named otherwise (the rest install under their own).
 MODULES = {
@@ -91,7 +91,8 @@ def module_fixes(project: Project, found: dict) -> list[dict]:
         # Installed already: it is there and broken (or the name is wrong); no install helps.
         if name in fixes or normalize(name) in installed:
             continue
-        if own_module(project, module) or not resolvable(project, name, pack_dir(project, pack)):
+        folder = pack_dir(project, pack)
+        if own_module(project, module, folder) or not resolvable(project, name, folder):
             continue
         detail = f"Install {name}, which provides the module {module}: {why}."
         fixes[name] = {"kind": "install_module", "target": name, "module": module, "pack": pack}
@@ -99,12 +100,13 @@ def module_fixes(project: Project, found: dict) -> list[dict]:
     return list(fixes.values())
 
 
-def own_module(project: Project, module: str) -> bool:
-    """A module of ComfyUI itself (comfy.x, nodes, folder_paths): a pack that misses it
-    needs another ComfyUI, never a package of that name from the index."""
+def own_module(project: Project, module: str, pack: Path | None) -> bool:
+    """A module of ComfyUI itself (comfy.x, nodes, folder_paths), of the failing pack (a
+    `utils.py` it imports as if it were on sys.path) or named like a pack folder: code
+    that is there and was not found, never a package of that name from the index."""
     top = module.split(".")[0]
-    here = project.comfyui_dir
-    return (here / top).is_dir() or (here / f"{top}.py").is_file()
+    homes = [project.comfyui_dir, project.comfyui_dir / "custom_nodes", *([pack] if pack else [])]
+    return any((home / top).is_dir() or (home / f"{top}.py").is_file() for home in homes)
 
 
 def pack_dir(project: Project, pack: str) -> Path | None:
@@ -118,11 +120,12 @@ def resolvable(project: Project, name: str, folder: Path | None) -> bool:
     (uv's or pip's dry run)."""
     if not DISTRIBUTION.match(name):
         return False
-    wish = project.folder / "fix-requirements.txt"
-    wish.write_text(f"{name}\n")
     try:
         envs.refuse_protected_changes(
-            envs.installer_for(project, folder), wish, name, envs.constraints_file(project)
+            envs.installer_for(project, folder),
+            wish_file(project, name),
+            name,
+            envs.constraints_file(project),
         )
     except (subprocess.CalledProcessError, JobError):
         tools.append(project.install_log, f"== no fix: {name} does not resolve here")
@@ -208,27 +211,52 @@ def file_fixes(project: Project, found: dict) -> list[dict]:
 
 
 def apply(project: Project, fix: dict) -> None:
-    """Carry out one fix that needs no choice; ComfyUI must be stopped (packs and modules
-    load only when it starts)."""
-    from comfyhub.projects import restore
-
-    tools.append(project.install_log, f"== fix: {fix['detail']}")
-    if fix["kind"] == "install_module":
-        install_distribution(project, fix["target"], pack_dir(project, fix.get("pack", "")))
-    elif fix["kind"] == "pin_pack":
-        restore.pin_pack(project, fix["target"], fix["commit"])
-    elif fix["kind"] == "install_pack":
-        restore.add_node(project, fix["target"])
-    else:
+    """Carry out one fix of APPLY; ComfyUI must be stopped (packs and modules load only
+    when it starts)."""
+    if fix["kind"] not in APPLY:
         raise JobError(f"A {fix['kind']} fix needs your choice.", category=Category.VALIDATION)
+    tools.append(project.install_log, f"== fix: {fix['detail']}")
+    APPLY[fix["kind"]](project, fix)
 
 
-def install_distribution(project: Project, name: str, folder: Path | None) -> None:
+def install_module(project: Project, fix: dict) -> None:
+    name, folder = fix["target"], pack_dir(project, fix.get("pack", ""))
     if not DISTRIBUTION.match(name):
         raise JobError(f"{name!r} is no distribution name.", category=Category.VALIDATION)
+    installer = envs.installer_for(project, folder)
+    installer.install(wish_file(project, name), envs.constraints_file(project))
+
+
+def wish_file(project: Project, name: str) -> Path:
+    """A requirements file of the one distribution `name` (checked by DISTRIBUTION)."""
     wish = project.folder / "fix-requirements.txt"
     wish.write_text(f"{name}\n")
-    envs.installer_for(project, folder).install(wish, envs.constraints_file(project))
+    return wish
+
+
+def pin_pack(project: Project, fix: dict) -> None:
+    from comfyhub.projects import restore
+
+    restore.pin_pack(project, fix["target"], fix["commit"])
+
+
+def install_pack(project: Project, fix: dict) -> None:
+    from comfyhub.projects import restore
+
+    restore.add_node(project, fix["target"])
+
+
+# The fixes ComfyHub carries out itself; the others (download, go_without) are the user's
+# choice, made on the page's Models list or with fix_project --without.
+APPLY = {"install_module": install_module, "pin_pack": pin_pack, "install_pack": install_pack}
+
+
+def chosen(project: Project, wanted: dict) -> list[dict]:
+    """The fixes of the last check that APPLY carries out named by `wanted` ({"kind",
+    "target"}, and "commit" to pick one of several pins)."""
+    same = [f for f in project.last_check.get("fixes", []) if f["kind"] in APPLY]
+    same = [f for f in same if (f["kind"], f["target"]) == (wanted["kind"], wanted["target"])]
+    return [f for f in same if not wanted.get("commit") or f.get("commit") == wanted["commit"]]
 
 
 def needing_no_choice(found: dict, done: list[dict]) -> list[dict]:
@@ -246,46 +274,50 @@ def public(fix: dict) -> dict:
 
 
 def fix_all(project: Project, job) -> None:
-    """The `project_fix` job: once the install has ended well, every fix of the last check
-    that needs no choice (`only`: just that one), then ComfyUI is asked again; a few
-    rounds, as an older pack may miss a module of its own. Applied fixes are kept in the
-    job's checkpoint (`applied`), so a re-run after a kill never applies one twice."""
+    """The `project_fix` job: once the install has ended well, the fix the user chose
+    (`only`) or every fix of the last check that needs no choice, then ComfyUI is asked
+    again. Applied fixes are kept in the job's checkpoint (`applied`), so a re-run after a
+    kill never applies one twice."""
+    wait_for_install(project)
+    if only := job.params.get("only"):
+        apply_and_ask(project, job, not_done(chosen(project, only), applied_by(job)))
+        return
+    for round_ in range(FIX_ROUNDS):  # an older pack may miss a module of its own
+        todo = needing_no_choice(project.last_check, applied_by(job))
+        if round_ and not todo:
+            return
+        apply_and_ask(project, job, todo)
+
+
+def applied_by(job) -> list[dict]:
+    return job.checkpoint_data.get("applied", [])
+
+
+def apply_and_ask(project: Project, job, todo: list[dict]) -> None:
     from comfyhub.projects import check, runtime
 
-    wait_for_install(project)
-    applied = job.checkpoint_data.get("applied", [])
-    only = job.params.get("only")
-    asked = False
-    for _ in range(FIX_ROUNDS):
-        if only:
-            todo = not_done(project.chosen_fixes(only), applied)
-        else:
-            todo = needing_no_choice(project.last_check, applied)
-        if asked and not todo:
-            return
-        runtime.stop(project)
-        for fix in todo:
-            apply(project, fix)
-            applied = [*applied, public(fix)]
-            job.checkpoint(applied=applied)
-        check.check(project, fresh=True)
-        asked = True
-        if only:
-            return
+    runtime.stop(project)
+    for fix in todo:
+        apply(project, fix)
+        job.checkpoint(applied=[*applied_by(job), public(fix)])
+    check.check(project, fresh=True)
 
 
 def wait_for_install(project: Project) -> None:
-    """Defer while the install runs; fail with its own words when it ended badly."""
-    from recovery.errors import Defer
-    from recovery.models import Status
-
+    """Defer while the install runs; fail, saying what to do, when it is paused or ended
+    badly (never retried: only the install's own Retry helps)."""
     install = project.install_job
     if install is None or install.status == Status.SUCCEEDED:
         return
+    if install.status == Status.PAUSED:
+        raise JobError(
+            f"The install of {project.name} is paused; resume it, then fix again.",
+            category=Category.VALIDATION,
+        )
     if not install.is_terminal:
         raise Defer(f"Waiting for the install of {project.name} to finish.", seconds=2)
     raise JobError(
         f"The install of {project.name} stopped: {install.error_message or install.status}. "
         "Press Retry on the install first (fix_project runs it for you).",
-        category=install.error_category or Category.UNKNOWN,
+        category=Category.DEPENDENCY,
     )

@@ -60,10 +60,6 @@ RUNTIME_KINDS = (
 )
 UNDER_WAY = (Status.QUEUED, Status.RUNNING, Status.WAITING)
 
-# The fixes a check offers that ComfyHub carries out itself (comfyhub.projects.fixes); the
-# others (download, go_without) are the user's choice, made on the Models list.
-APPLIED_FIXES = ("install_module", "pin_pack", "install_pack")
-
 # Slugs that would collide with the pages under /projects/.
 RESERVED_SLUGS = frozenset({"new", "import"})
 
@@ -117,7 +113,8 @@ class Project(models.Model):
     # it (2026-01-08T21:47:02Z); "" = none, the latest packages. A rollback sets the
     # restore point's.
     resolved_as_of = models.CharField(max_length=20, blank=True)
-    models_skipped = models.JSONField(default=list, blank=True)  # "dir/name" the user let go
+    # Models ("dir/name") and input files ("input/NAME") the user chose to go without.
+    models_skipped = models.JSONField(default=list, blank=True)
     install_job = models.ForeignKey(
         Job, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
@@ -239,29 +236,22 @@ class Project(models.Model):
             )
         return self.comfyui_dir / "custom_nodes" / name
 
-    def fixes(self, auto: bool | None = None) -> list[dict]:
-        """The fixes the last check offered (only those that need no choice, or only those
-        that do, when `auto` says so)."""
-        offered = self.last_check.get("fixes", [])
-        return [fix for fix in offered if auto is None or bool(fix.get("auto")) == auto]
+    def fixes(self) -> list[dict]:
+        """The fixes the last check offered (comfyhub.projects.fixes)."""
+        return self.last_check.get("fixes", [])
 
     def auto_fixes(self) -> list[dict]:
-        return self.fixes(auto=True)
-
-    def chosen_fixes(self, wanted: dict) -> list[dict]:
-        """The fixes of the last check that ComfyHub can carry out (APPLIED_FIXES) named by
-        `wanted` ({"kind", "target"}, and "commit" to pick one of several pins)."""
-        return [
-            fix for fix in self.fixes() if fix["kind"] in APPLIED_FIXES and fix_matches(fix, wanted)
-        ]
+        """Those that need no choice: what "Fix all" applies."""
+        return [fix for fix in self.fixes() if fix.get("auto")]
 
     def finish_install(self) -> bool:
         """Run an install that stopped (failed or cancelled) again; False when it ended
-        well or is under way."""
+        well, is under way, or was pruned from an installed project (a new install would
+        clone ComfyUI over the user's files)."""
         job = self.install_job
-        if job is not None and (not job.is_terminal or job.status == Status.SUCCEEDED):
-            return False
-        return self.retry_install()
+        if job is None:
+            return not self.installed and self.retry_install()
+        return job.status in (Status.FAILED, Status.CANCELLED) and job.retry_now()
 
     def leave_out(self, keys: list[str]) -> None:
         """Record models ("DIR/NAME") and input files ("input/NAME") as left out on purpose
@@ -394,11 +384,6 @@ class Project(models.Model):
         for name, value in fields.items():
             setattr(self, name, value)
         self.save(update_fields=list(fields))
-
-
-def fix_matches(fix: dict, wanted: dict) -> bool:
-    same = (fix["kind"], fix["target"]) == (wanted.get("kind"), wanted.get("target"))
-    return same and (not wanted.get("commit") or fix.get("commit") == wanted["commit"])
 
 
 def present(model: dict) -> bool:

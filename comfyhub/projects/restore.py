@@ -1,8 +1,9 @@
 """Restore points: taken before any change to an installed project; rollback returns to one."""
 
 import contextlib
+from pathlib import Path
 
-from comfyhub.projects import envs, tools
+from comfyhub.projects import envs, mirrors, tools
 from comfyhub.projects.install import (
     from_registry,
     install_node,
@@ -117,12 +118,23 @@ def pin_pack(project: Project, repository: str, commit: str) -> RestorePoint:
     and install its requirements there, after taking a restore point. The spec keeps the
     pin, so a re-install does too; failing requirements raise with the point kept for a
     rollback, and the spec, written only after they installed, keeps the old pin."""
-    point = set_node_commit(project, repository, commit)
     pin = next(p for p in project.node_pins if p["repository"] == repository)
-    install_pack_requirements(project, project.comfyui_dir / "custom_nodes" / pin["name"])
+    folder = project.comfyui_dir / "custom_nodes" / pin["name"]
+    bring_from_mirror(folder, repository, commit, project.install_log)
+    point = set_node_commit(project, repository, commit)
+    install_pack_requirements(project, folder)
     nodes = [
         {**node, "commit": commit} if node.get("repository") == repository else node
         for node in project.spec.get("nodes", [])
     ]
     project.touch(spec={**project.spec, "nodes": nodes})
     return point
+
+
+def bring_from_mirror(folder: Path, repository: str, commit: str, log: Path) -> None:
+    """`commit` into the pack's clone from the data dir's mirror when the clone lacks it:
+    the history search reads the mirror, which another project may have fetched since."""
+    if mirrors.has_commit(folder, commit, log):
+        return
+    mirror = mirrors.ensure(repository, commit, log)
+    tools.git(log, "fetch", "--quiet", "--", str(mirror), tools.check_commit(commit), cwd=folder)

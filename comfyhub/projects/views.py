@@ -26,7 +26,7 @@ from django.views.decorators.http import (
 
 from comfyhub.library.models import with_breakers
 from comfyhub.live.page import page_url
-from comfyhub.projects import install, jobs, runtime
+from comfyhub.projects import fixes, install, jobs, runtime
 from comfyhub.projects.export import launcher_json
 from comfyhub.projects.forms import (
     ChosenModelForm,
@@ -289,13 +289,16 @@ def fix(request: HttpRequest, slug: str) -> HttpResponse:
     named by `kind` and `target`; an install that stopped is run again first."""
     project = project_or_404(slug)
     only = {key: request.POST.get(key, "") for key in ("kind", "target", "commit")}
-    if only["kind"] and not project.chosen_fixes(only):
+    if only["kind"] == "go_without" and only["target"] in project.file_keys():
+        project.leave_out([only["target"]])
+        only = None  # then the install goes on, and ComfyUI is asked again
+    elif only["kind"] and not fixes.chosen(project, only):
         return problem(request, project, "The last check offers no such fix: check again.")
     if project.install_job and not project.install_job.is_terminal:
         return problem(request, project, project.why_not_checkable())
     project.finish_install()
-    params = {"only": only} if only["kind"] else {}
-    project.queue_job("project_fix", matching=params, **params)
+    only = only if only and only["kind"] else None
+    project.queue_job("project_fix", matching={"only": only}, only=only)
     return back(request, project)
 
 

@@ -11,6 +11,7 @@ from recovery.models import Job
 
 class ProjectJobCommand(BaseCommand):
     kind = ""  # the job kind, e.g. "project_launch"
+    params: dict = {}  # the job's own params; an unfinished job is joined only if they match
 
     def add_arguments(self, parser) -> None:
         parser.add_argument("slug")
@@ -25,7 +26,13 @@ class ProjectJobCommand(BaseCommand):
     def run_job(self, project: Project, options: dict) -> Job:
         """The project's job of this kind (one already under way is joined), run here until
         it ends; `project` is re-read after it."""
-        queued = project.queue_job(self.kind, dispatch=False, timeout=options["timeout"])
+        queued = project.queue_job(
+            self.kind,
+            dispatch=False,
+            matching=self.params,
+            timeout=options["timeout"],
+            **self.params,
+        )
         job = run_foreground(queued.pk)
         project.refresh_from_db()
         return job

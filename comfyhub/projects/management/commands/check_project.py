@@ -37,12 +37,12 @@ class Command(ProjectJobCommand):
         if options["json"]:
             self.stdout.write(json.dumps(report))
         else:
-            self.slug = project.slug
-            self.say(project.name, report)
+            self.say(project, report)
         if not report["ok"]:
             raise SystemExit(1)
 
-    def say(self, name: str, report: dict) -> None:
+    def say(self, project, report: dict) -> None:
+        name = project.name
         if report["error"]:
             self.stderr.write(f"ComfyUI of {name} could not be asked: {report['error']['message']}")
         elif report["ok"]:
@@ -50,4 +50,4 @@ class Command(ProjectJobCommand):
         else:
             for line in check.plain_lines(report):
                 self.stdout.write(line)
-            self.stdout.write(f"python manage.py fix_project {self.slug} applies the fixes.")
+            self.stdout.write(f"python manage.py fix_project {project.slug} applies the fixes.")

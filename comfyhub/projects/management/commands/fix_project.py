@@ -10,6 +10,7 @@ from recovery.models import Status
 
 class Command(ProjectJobCommand):
     kind = "project_fix"
+    params = {"only": None}  # every fix that needs no choice, as the page's "Fix all"
     help = (
         "Apply every fix of the project's last check that needs no choice (install a "
         "missing module's distribution, pin a pack to the last commit with the node types "
@@ -41,9 +42,7 @@ class Command(ProjectJobCommand):
         if not (project.comfyui_dir / "main.py").is_file() and project.install_job is None:
             raise CommandError(f"{project.name} has nothing installed yet.", returncode=2)
         project.leave_out(options["without"])
-        if project.finish_install():  # the install's own check applies module fixes
-            run_foreground(project.install_job_id)
-            project.refresh_from_db()
+        self.finish_install(project)
         job = self.run_job(project, options)
         error = None
         if job.status != Status.SUCCEEDED:
@@ -57,6 +56,16 @@ class Command(ProjectJobCommand):
             self.say(project, applied, report)
         if not report["ok"]:
             raise SystemExit(1)
+
+    def finish_install(self, project) -> None:
+        """Run an install that stopped, or one under way, here until it ends (its check
+        applies the module fixes); a paused one stays paused (the fix job says so)."""
+        project.finish_install()
+        install = project.install_job
+        if install and not install.is_terminal and install.status != Status.PAUSED:
+            self.stderr.write(f"Finishing the install of {project.name} first…")
+            run_foreground(install.pk)
+            project.refresh_from_db()
 
     def say(self, project, applied: list[dict], report: dict) -> None:
         for fix in applied:
