@@ -212,9 +212,7 @@ def test_a_pin_that_loses_another_type_is_a_choice_applied_by_its_own_button(cli
     assert project.last_check["node_types_missing"] == ["TypeB"]
 
 
-def test_fix_all_on_a_project_whose_install_job_was_pruned_never_installs_again(
-    client, tmp_path
-):
+def test_fix_all_on_a_project_whose_install_job_was_pruned_never_installs_again(client, tmp_path):
     project = build("Pruned", comfy_needing(tmp_path))
     mine = project.comfyui_dir / "output" / "my_render.png"
     mine.parent.mkdir(parents=True, exist_ok=True)
