@@ -270,3 +270,15 @@ def test_a_pin_to_a_commit_the_packs_clone_lacks_is_fetched_from_the_mirror(tmp_
     code, report = fix_json(project.slug)
     assert code == 0, report
     assert Project.objects.get(pk=project.pk).node_pins[0]["commit"] == back
+
+
+def test_go_without_an_input_on_the_page_finishes_the_install(client, tmp_path):
+    files = [{"path": "input/cat.png", "url": "", "sources": []}]
+    project = build("Cat", comfy_needing(tmp_path), files=files)
+    fields = {"kind": "go_without", "target": "input/cat.png"}
+    assert client.post(f"/projects/{project.slug}/fix/", fields).status_code == 302
+    run_foreground(project.install_job_id)  # Retry queued it; the worker's part, here
+    run_foreground(Job.objects.get(kind="project_fix").pk)
+    project.refresh_from_db()
+    assert project.models_skipped == ["input/cat.png"]
+    assert project.status == ProjectStatus.READY, project.last_check

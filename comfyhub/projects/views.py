@@ -288,14 +288,14 @@ def fix(request: HttpRequest, slug: str) -> HttpResponse:
     """Apply the fixes of the last check that need no choice ("Fix all"), or the one
     named by `kind` and `target`; an install that stopped is run again first."""
     project = project_or_404(slug)
+    if project.install_job and not project.install_job.is_terminal:
+        return problem(request, project, project.why_not_checkable())
     only = {key: request.POST.get(key, "") for key in ("kind", "target", "commit")}
     if only["kind"] == "go_without" and only["target"] in project.file_keys():
         project.leave_out([only["target"]])
         only = None  # then the install goes on, and ComfyUI is asked again
     elif only["kind"] and not fixes.chosen(project, only):
         return problem(request, project, "The last check offers no such fix: check again.")
-    if project.install_job and not project.install_job.is_terminal:
-        return problem(request, project, project.why_not_checkable())
     project.finish_install()
     only = only if only and only["kind"] else None
     project.queue_job("project_fix", matching={"only": only}, only=only)
