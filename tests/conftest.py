@@ -1,4 +1,5 @@
 import contextlib
+import json
 import os
 import re
 import signal
@@ -7,6 +8,7 @@ import subprocess
 import sys
 import time
 from html import unescape
+from io import StringIO
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
@@ -47,6 +49,19 @@ def manage(*args: str, env: dict, timeout: float = 120) -> subprocess.CompletedP
         text=True,
         timeout=timeout,
     )
+
+
+def command_json(name: str, *args: str) -> tuple[int, dict]:
+    """A management command run with --json here: its exit code and its JSON."""
+    from django.core.management import call_command
+
+    out = StringIO()
+    try:
+        call_command(name, *args, "--json", stdout=out)
+        code = 0
+    except SystemExit as exit:
+        code = exit.code
+    return code, json.loads(out.getvalue())
 
 
 def processes_with_env(marker: str) -> list[int]:

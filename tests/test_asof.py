@@ -14,8 +14,8 @@ import pytest
 from comfyhub.projects import envs, restore
 from comfyhub.projects.models import Project
 from tests.fakecomfy import MAIN_PY, make_repo
-from tests.test_envs import build, installed, pack, write_pip_conf
-from tests.wheels import DatedIndex, seed_wheels, write_wheel
+from tests.test_envs import build, installed, pack
+from tests.wheels import DatedIndex, offline_index, seed_wheels, write_pip_conf, write_wheel
 
 pytestmark = pytest.mark.django_db(transaction=True)
 COMFYUI_DAY = "2026-01-07T21:47:02Z"
@@ -30,12 +30,9 @@ def dated(monkeypatch, moment: str) -> None:
 
 @pytest.fixture
 def wheels(tmp_path, monkeypatch, project_dirs):
-    folder = tmp_path / "wheels"
-    seed_wheels(folder)
+    folder = offline_index(tmp_path, monkeypatch)
     write_wheel(folder, "torch", "2.5.0")
     write_wheel(folder, "extra", "1.0")
-    write_pip_conf(tmp_path / "pip.conf", monkeypatch, no_index="true", find_links=folder)
-    monkeypatch.setenv("UV_OFFLINE", "1")
     return folder
 
 

@@ -15,31 +15,18 @@ from recovery.engine import run_foreground
 from recovery.errors import JobError
 from recovery.models import Category, Job
 from tests.fakecomfy import MAIN_PY, comfyui_repo, commit_files, make_repo
-from tests.wheels import seed_wheels, write_wheel
+from tests.wheels import offline_index, write_pip_conf, write_wheel
 
 pytestmark = pytest.mark.django_db(transaction=True)
-PIP_VARIABLES = ("PIP_FIND_LINKS", "PIP_INDEX_URL", "PIP_EXTRA_INDEX_URL", "PIP_CONSTRAINT")
-
-
-def write_pip_conf(path, monkeypatch, **values) -> None:
-    lines = ["[global]", *(f"{key.replace('_', '-')} = {value}" for key, value in values.items())]
-    path.write_text("\n".join(lines) + "\n")
-    monkeypatch.setenv("PIP_CONFIG_FILE", str(path))
-    for name in (*PIP_VARIABLES, "PIP_NO_INDEX"):
-        monkeypatch.delenv(name, raising=False)
 
 
 @pytest.fixture
 def wheels(tmp_path, monkeypatch, project_dirs):
-    folder = tmp_path / "wheels"
-    seed_wheels(folder)
+    folder = offline_index(tmp_path, monkeypatch)
     write_wheel(folder, "torch", "2.5.0")
     write_wheel(folder, "torch", "2.0.0")
     write_wheel(folder, "helper", "1.0", ("torch>=2",))
     write_wheel(folder, "extra", "1.0")
-    conf = dict(no_index="true", find_links=folder, extra_index_url="", constraint="")
-    write_pip_conf(tmp_path / "pip.conf", monkeypatch, **conf)
-    monkeypatch.setenv("UV_OFFLINE", "1")
     return folder
 
 

@@ -3,7 +3,6 @@ missing module is installed by the install itself, a dropped node type is brough
 pinning its pack, and fix_project applies what needs no choice (stand-in ComfyUI, local
 wheels, local git repos; the real ComfyUI's turn is tests/test_real_comfyui.py)."""
 
-import json
 from io import StringIO
 
 import pytest
@@ -13,9 +12,9 @@ from comfyhub.projects import install, runtime
 from comfyhub.projects.models import Project, ProjectStatus
 from recovery.engine import run_foreground
 from recovery.models import Job
+from tests.conftest import command_json
 from tests.fakecomfy import MAIN_PY, make_repo
-from tests.test_envs import write_pip_conf
-from tests.wheels import seed_wheels, write_wheel
+from tests.wheels import offline_index, write_wheel
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
@@ -27,13 +26,9 @@ NEW = 'NODE_CLASS_MAPPINGS = {"KeptNode": object}\n'
 def wheels(settings, tmp_path, monkeypatch, project_dirs):
     """An offline index: pip's seeds, PyYAML (module `yaml`) and `extra`."""
     settings.PORT_RANGE = (4500, 4599)
-    folder = tmp_path / "wheels"
-    seed_wheels(folder)
+    folder = offline_index(tmp_path, monkeypatch)
     write_wheel(folder, "PyYAML", "6.0", module="yaml")
     write_wheel(folder, "extra", "1.0")
-    conf = dict(no_index="true", find_links=folder, extra_index_url="", constraint="")
-    write_pip_conf(tmp_path / "pip.conf", monkeypatch, **conf)
-    monkeypatch.setenv("UV_OFFLINE", "1")
     return folder
 
 
@@ -65,13 +60,7 @@ def build(name: str, comfy: dict, nodes=(), workflow=(), files=()) -> Project:
 
 
 def fix_json(*args: str) -> tuple[int, dict]:
-    out = StringIO()
-    try:
-        call_command("fix_project", *args, "--json", stdout=out)
-        code = 0
-    except SystemExit as exit:
-        code = exit.code
-    return code, json.loads(out.getvalue())
+    return command_json("fix_project", *args)
 
 
 def test_a_comfyui_that_exits_at_start_is_a_finding_led_by_its_exception_line(tmp_path):

@@ -11,14 +11,13 @@ of ComfyUI's commit first, the one resolved at today's versions last.
 import json
 import shutil
 import subprocess
-from io import StringIO
 
 import pytest
-from django.core.management import call_command
 
 from comfyhub.projects import install, runtime
 from comfyhub.projects.models import Project, ProjectStatus
 from recovery.engine import run_foreground
+from tests.conftest import command_json
 from tests.fakecomfy import make_repo
 from tests.realcomfy import (
     COMFYUI,
@@ -171,16 +170,6 @@ def in_venv(project: Project, code: str) -> subprocess.CompletedProcess:
     return subprocess.run([python, "-c", code], capture_output=True, text=True, timeout=120)
 
 
-def command_json(name: str, *args: str) -> tuple[int, dict]:
-    out = StringIO()
-    try:
-        call_command(name, *args, "--json", stdout=out)
-        code = 0
-    except SystemExit as exit:
-        code = exit.code
-    return code, json.loads(out.getvalue())
-
-
 def test_a_core_workflow_on_comfyui_v0_8_0_ends_ready_with_the_default_settings(real, comfyui):
     project = build("Core", comfyui, CORE)
     assert project.status == ProjectStatus.READY, story(project)
@@ -245,5 +234,6 @@ def test_at_the_latest_versions_the_check_installs_the_missing_requests_and_ends
     project = build("Latest", comfyui, CORE)
     assert project.status == ProjectStatus.READY, story(project)
     log = project.install_log.read_text().splitlines()
-    assert [line for line in log if line.startswith("== fix:") and "requests" in line]
+    fixes = [line for line in log if line.startswith("== fix:") and "requests" in line]
+    assert fixes and "module requests: ComfyUI does not start without it" in fixes[0]
     assert in_venv(project, "import requests").returncode == 0

@@ -89,3 +89,27 @@ class DatedIndex(LoopbackServer):
         ]
         versions = sorted({file["filename"].split("-")[1] for file in files})
         return {"meta": {"api-version": "1.1"}, "name": name, "versions": versions, "files": files}
+
+
+PIP_VARIABLES = ("PIP_FIND_LINKS", "PIP_INDEX_URL", "PIP_EXTRA_INDEX_URL", "PIP_CONSTRAINT")
+
+
+def write_pip_conf(path: Path, monkeypatch, **values) -> None:
+    """pip's configuration (and so uv's, envs.pip_config) is `values`, as a pip.conf; the
+    PIP_* variables that would override it are unset."""
+    lines = ["[global]", *(f"{key.replace('_', '-')} = {value}" for key, value in values.items())]
+    path.write_text("\n".join(lines) + "\n")
+    monkeypatch.setenv("PIP_CONFIG_FILE", str(path))
+    for name in (*PIP_VARIABLES, "PIP_NO_INDEX"):
+        monkeypatch.delenv(name, raising=False)
+
+
+def offline_index(tmp_path: Path, monkeypatch) -> Path:
+    """A folder of wheels (pip's seeds to start with) that pip and uv read instead of any
+    index, with no configured constraint: a test's environments need no network."""
+    folder = tmp_path / "wheels"
+    seed_wheels(folder)
+    conf = dict(no_index="true", find_links=folder, extra_index_url="", constraint="")
+    write_pip_conf(tmp_path / "pip.conf", monkeypatch, **conf)
+    monkeypatch.setenv("UV_OFFLINE", "1")
+    return folder

@@ -99,15 +99,8 @@ def pip_config() -> dict[str, str]:
 
 @functools.cache
 def ask_pip_config(key: tuple) -> tuple[tuple[str, str], ...]:
-    try:
-        listed = subprocess.run(
-            [sys.executable, "-m", "pip", "config", "list"],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=True,
-        ).stdout
-    except (OSError, subprocess.SubprocessError):
+    listed = ask_pip(sys.executable, "config", "list")
+    if listed is None:
         return ()
     ranked = []
     for line in listed.splitlines():
@@ -359,17 +352,21 @@ def uv_problem(binary: str) -> str:
 @functools.cache
 def pip_takes_dates(interpreter: str) -> bool:
     """Whether the pip of `interpreter` has --uploaded-prior-to; asked once per venv."""
+    return "--uploaded-prior-to" in (ask_pip(interpreter, "install", "--help") or "")
+
+
+def ask_pip(interpreter: str, *args: str) -> str | None:
+    """What `interpreter -m pip ARGS` prints; None when it cannot run or fails."""
     try:
-        said = subprocess.run(
-            [interpreter, "-m", "pip", "install", "--help"],
+        return subprocess.run(
+            [interpreter, "-m", "pip", *args],
             capture_output=True,
             text=True,
             timeout=60,
             check=True,
         ).stdout
     except (OSError, subprocess.SubprocessError):
-        return False
-    return "--uploaded-prior-to" in said
+        return None
 
 
 def commit_date(folder: Path, log: Path) -> datetime | None:
